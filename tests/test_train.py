@@ -1,0 +1,155 @@
+"""train.py: data, resume, DDP, and every bad input ending in one clear message."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mdlm
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--seq-len", "32", "--batch-size", "4",
+        "--eval-interval", "2", "--eval-batches", "1", "--sample-interval", "0", "--no-progress",
+        "--device", "cpu", "--warmup", "2"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text("Masked diffusion reads the whole canvas at once. " * 200 + "Ünïcödé ✓\n", encoding="utf-8")
+    return str(path)
+
+
+def run_train(*args):
+    """train.py in a fresh process: (exit code, stderr)."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    return p.returncode, p.stderr
+
+
+def weights(path, key="model"):
+    return mdlm.load_checkpoint(path)[key]
+
+
+def test_default_corpus_is_deterministic_text():
+    a, b = train.build_default_corpus(), train.build_default_corpus()
+    assert a == b
+    assert 1_000_000 < len(a.encode()) < 2_000_000
+    assert "assert" in a and "\x00" not in a
+
+
+def test_load_corpus_split(corpus):
+    tr, va = train.load_corpus(corpus)
+    raw = open(corpus, "rb").read()
+    assert tr.dtype == torch.uint8 and bytes(torch.cat([tr, va]).tolist()) == raw
+    assert len(va) == int(len(raw) * train.VAL_FRACTION)
+
+
+def test_resume_is_bit_identical(tmp_path, corpus):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert train.main(["--data", corpus, "--out-dir", a, "--steps", "6", *TINY]) is None
+    train.main(["--data", corpus, "--out-dir", b, "--steps", "3", *TINY])
+    assert mdlm.load_checkpoint(os.path.join(b, "ckpt.pt"))["step"] == 3
+    train.main(["--data", corpus, "--out-dir", b, "--steps", "6", "--resume", *TINY])
+    wa, wb = weights(os.path.join(a, "ckpt.pt")), weights(os.path.join(b, "ckpt.pt"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ea, eb = weights(os.path.join(a, "ckpt.pt"), "ema"), weights(os.path.join(b, "ckpt.pt"), "ema")
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    # and the weights did move
+    w0 = mdlm.Transformer(mdlm.ModelConfig.from_dict(mdlm.load_checkpoint(os.path.join(a, "ckpt.pt"))["config"]))
+    assert not torch.equal(w0.state_dict()["blocks.0.attn.qkv.weight"], wa["blocks.0.attn.qkv.weight"])
+
+
+def test_ddp_two_processes_match_one(tmp_path, corpus):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    train.main(["--data", corpus, "--out-dir", one, "--steps", "3", *TINY])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           os.path.join(ROOT, "train.py"), "--data", corpus, "--out-dir", two, "--steps", "3", *TINY]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    w1, w2 = weights(os.path.join(one, "ckpt.pt")), weights(os.path.join(two, "ckpt.pt"))
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=1e-4), k
+
+
+def test_log_and_checkpoint_contents(tmp_path, corpus):
+    out = str(tmp_path / "o")
+    train.main(["--data", corpus, "--out-dir", out, "--steps", "4", *TINY])
+    lines = [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))]
+    assert [l["step"] for l in lines] == [1, 2, 3, 4]
+    assert all(l["tok_per_s"] > 0 for l in lines) and "val_bits" in lines[-1]
+    ckpt = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert ckpt["meta"] == {"objective": "mdlm", "schedule": "linear", "loss": "ce", "slack": False,
+                            "collapse": "surface"}
+    assert ckpt["config"]["seq_len"] == 32 and ckpt["step"] == 4
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "does not exist"), (b"", "is empty"), (b"\x00\x01binary\x00", "binary"),
+    (b"\xff\xfe\xfa not utf8", "not UTF-8"), (b"too short", "too short"),
+])
+def test_bad_data(tmp_path, content, message):
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    code, err = run_train("--data", str(path), "--out-dir", str(tmp_path / "o"), "--steps", "2", *TINY)
+    assert code == 1 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o" / "ckpt.pt").exists()
+
+
+def test_bad_checkpoints_and_settings_leave_the_checkpoint_intact(tmp_path, corpus):
+    out = str(tmp_path / "o")
+    train.main(["--data", corpus, "--out-dir", out, "--steps", "2", *TINY])
+    ckpt = os.path.join(out, "ckpt.pt")
+    before = open(ckpt, "rb").read()
+    cases = [
+        (["--out-dir", out, "--steps", "4"], "exists; pass --resume"),
+        (["--out-dir", out, "--steps", "4", "--resume", "--n-layer", "3"], "differs from the checkpoint"),
+        (["--out-dir", str(tmp_path / "f"), "--init-from", ckpt, "--seq-len", "64"], "longer than the model"),
+        (["--out-dir", str(tmp_path / "f"), "--init-from", ckpt, "--prompt-len", "40"], "--prompt-len"),
+        (["--out-dir", str(tmp_path / "f"), "--init-from", ckpt, "--slack-rate", "1.0"], "--slack-rate"),
+        (["--out-dir", str(tmp_path / "f"), "--init-from", str(tmp_path / "nope.pt")], "does not exist"),
+    ]
+    for extra, message in cases:
+        args = ["--data", corpus, "--steps", "2", *TINY]
+        code, err = run_train(*args, *extra)
+        assert code == 1 and message in err and "Traceback" not in err, (extra, err)
+    trunc = str(tmp_path / "trunc.pt")
+    open(trunc, "wb").write(before[: len(before) // 3])
+    code, err = run_train("--data", corpus, "--out-dir", str(tmp_path / "g"), "--init-from", trunc, *TINY)
+    assert code == 1 and "corrupted" in err
+    assert open(ckpt, "rb").read() == before
+    assert not os.path.exists(str(tmp_path / "f" / "ckpt.pt"))
+
+
+def interrupting(exc, at_step):
+    """A compute_loss that raises `exc` (or returns NaN) at the given call."""
+    real, calls = train.compute_loss, [0]
+
+    def fake(model, b, args):
+        calls[0] += 1
+        if calls[0] == at_step:
+            if exc == "nan":
+                return real(model, b, args) * float("nan")
+            raise exc
+        return real(model, b, args)
+    return fake
+
+
+@pytest.mark.parametrize("exc,message", [(KeyboardInterrupt(), "interrupted at step"), ("nan", "loss is nan")])
+def test_ctrl_c_and_nan_keep_last_checkpoint(tmp_path, corpus, monkeypatch, capsys, exc, message):
+    out = str(tmp_path / "o")
+    # validation also calls compute_loss (one batch every 2 steps), so count those calls in
+    monkeypatch.setattr(train, "compute_loss", interrupting(exc, at_step=8))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data", corpus, "--out-dir", out, "--steps", "10", "--ckpt-interval", "2", *TINY])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert message in err and "last good checkpoint" in err, err
+    ckpt = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert ckpt["step"] == 4 and f"step {ckpt['step']}" in err
+    assert not os.path.exists(os.path.join(out, "ckpt.pt.tmp"))
