@@ -1,0 +1,313 @@
+"""Tests of decode.py on tiny random models (CPU, a few seconds)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import decode
+import mdlm
+from mdlm import EOS, MASK, SLACK
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_model(causal=False, seed=0, seq_len=32, sharp=False):
+    """A random 1-layer model. sharp: unit-variance weights, so its predictions depend strongly on
+    the canvas (at the usual 0.02 init they are almost uniform whatever the input)."""
+    torch.manual_seed(seed)
+    cfg = mdlm.ModelConfig(seq_len=seq_len, n_layer=1, n_head=2, n_embd=16, causal=causal)
+    model = mdlm.Transformer(cfg).eval()
+    if sharp:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_()
+    return model
+
+
+class Wrapped(nn.Module):
+    """A model whose logits get `bias` added at `token`, and which counts its calls."""
+
+    def __init__(self, model, token=None, bias=0.0):
+        super().__init__()
+        self.model, self.cfg, self.token, self.bias, self.calls = model, model.cfg, token, bias, 0
+
+    def forward(self, ids):
+        self.calls += 1
+        logits = self.model(ids)
+        if self.token is not None:
+            logits[..., self.token] += self.bias
+        return logits
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def prompt_of(text, batch):
+    ids = mdlm.encode(text)
+    return torch.tensor([ids] * batch, dtype=torch.long).view(batch, len(ids))
+
+
+# ------------------------------------------------------------------------------------------------
+# The samplers
+
+
+@pytest.mark.parametrize("sampler,block_length", [("ancestral", None), ("ancestral", 4),
+                                                  ("confidence", None), ("confidence", 4)])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_committed_tokens_and_prompt_never_change(sampler, block_length, temperature):
+    model, prompt = tiny_model(), prompt_of("hey", 3)
+    out = decode.generate(model, prompt, 16, steps=8, sampler=sampler, block_length=block_length,
+                          temperature=temperature, generator=gen(1), record_steps=True)
+    canvas = out["canvas"]
+    assert canvas.shape == (3, 19)
+    assert torch.equal(canvas[:, :3], prompt), "the prompt changed"
+    assert not (canvas == MASK).any(), "masks left at the end"
+    assert not (canvas == SLACK).any(), "SLACK sampled although not allowed"
+    assert len(out["history"]) == 8 and torch.equal(out["history"][-1], canvas)
+    prev = torch.cat([prompt, torch.full((3, 16), MASK)], 1)
+    for step in out["history"]:
+        seen = prev != MASK
+        assert torch.equal(step[seen], prev[seen]), "a committed token or the prompt changed"
+        prev = step
+    assert out["n_committed"].tolist() == [16] * 3 and out["n_shifted"].tolist() == [0] * 3
+
+
+def test_blocks_fill_left_to_right_with_even_split():
+    # length 12 in 3 blocks of 4, 6 steps -> 2 steps per block, 2 tokens per step (LLaDA's split)
+    out = decode.generate(tiny_model(), prompt_of("ab", 2), 12, steps=6, sampler="confidence",
+                          block_length=4, temperature=1.0, generator=gen(), record_steps=True)
+    prev_masked = 12
+    for k, step in enumerate(out["history"]):
+        gen_part = step[:, 2:]
+        masked = (gen_part == MASK).sum(1)
+        assert masked.tolist() == [prev_masked - 2] * 2, f"step {k} did not commit exactly 2"
+        prev_masked -= 2
+        done_blocks = (k + 1) // 2  # blocks finished after this step
+        assert not (gen_part[:, : 4 * done_blocks] == MASK).any()
+        assert (gen_part[:, 4 * (k // 2 + 1):] == MASK).all(), "a later block was touched early"
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_ancestral_unmasks_at_the_schedule_rate(schedule):
+    # after step k of n, the expected fraction of visible positions is alpha(1 - k/n)
+    B, L, n = 256, 16, 4
+    out = decode.generate(tiny_model(), prompt_of("", B), L, steps=n, schedule=schedule,
+                          generator=gen(3), record_steps=True)
+    for k, step in enumerate(out["history"][:-1], start=1):
+        visible = (step != MASK).float().mean().item()
+        expect = mdlm.alpha_t(torch.tensor(1.0 - k / n), schedule).item()
+        assert abs(visible - expect) < 0.03, (k, visible, expect)
+
+
+def test_same_seed_same_samples_other_seed_differs():
+    model, prompt = tiny_model(), prompt_of("x", 2)
+    a = decode.generate(model, prompt, 16, steps=8, generator=gen(5))["canvas"]
+    b = decode.generate(model, prompt, 16, steps=8, generator=gen(5))["canvas"]
+    c = decode.generate(model, prompt, 16, steps=8, generator=gen(6))["canvas"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_ancestral_cache_matches_uncached_with_fewer_calls():
+    steps, length = 200, 16
+    cached_model, plain_model = Wrapped(tiny_model(sharp=True)), Wrapped(tiny_model(sharp=True))
+    cached = decode.generate(cached_model, prompt_of("ab", 2), length, steps=steps, generator=gen(2),
+                             record_steps=True)
+    plain = decode.generate(plain_model, prompt_of("ab", 2), length, steps=steps, generator=gen(2),
+                            use_cache=False)
+    assert torch.equal(cached["canvas"], plain["canvas"])
+    assert plain_model.calls == plain["model_calls"] == steps
+    assert cached_model.calls == cached["model_calls"]
+    prev, changed = None, 0
+    for step in cached["history"]:
+        changed += prev is None or not torch.equal(step, prev)
+        prev = step
+    assert cached["model_calls"] <= changed + 1
+    assert cached["model_calls"] <= 2 * length + 1 < steps // 4
+
+
+def test_request_errors():
+    model = tiny_model(seq_len=32)
+    with pytest.raises(ValueError, match="exceeds"):
+        decode.generate(model, prompt_of("0123456789", 1), 23, steps=4)
+    with pytest.raises(ValueError, match="divisible by block length"):
+        decode.generate(model, prompt_of("", 1), 16, steps=4, sampler="confidence", block_length=5)
+    with pytest.raises(ValueError, match="number of blocks"):
+        decode.generate(model, prompt_of("", 1), 16, steps=6, sampler="confidence", block_length=4)
+
+
+# ------------------------------------------------------------------------------------------------
+# SLACK
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "confidence"])
+def test_slack_only_when_allowed(sampler):
+    model = Wrapped(tiny_model(), token=SLACK, bias=50.0)  # SLACK would win everywhere
+    for allow in (False, True):
+        out = decode.generate(model, prompt_of("hi", 2), 16, steps=4, sampler=sampler,
+                              allow_slack=allow, generator=gen())
+        n_slack = (out["canvas"] == SLACK).sum().item()
+        assert (n_slack > 16) if allow else (n_slack == 0), (allow, n_slack)
+        for row in out["canvas"]:
+            for collapse in ("surface", "standard"):
+                ids = decode.finish(row, 2, collapse, slack=True)
+                assert all(i < 256 for i in ids), "finish left a special id in the output"
+
+
+def test_finish_collapse_and_eos():
+    a, b, c = mdlm.encode("abc")
+    row = torch.tensor(mdlm.encode("p:") + [a, SLACK, a, a, SLACK, b, b, EOS, c, SLACK])
+    assert decode.finish(row, 2, "surface", slack=True) == [a, a, a, b, b]
+    assert decode.finish(row, 2, "standard", slack=True) == [a, a, b]
+    no_slack = torch.tensor(mdlm.encode("p:") + [a, a, MASK, b, EOS, c])
+    assert decode.finish(no_slack, 2, "standard", slack=False) == [a, a, b]  # no merging
+    assert decode.finish(torch.tensor([a, b]), 0, "surface", slack=True) == [a, b]  # no EOS: all kept
+    assert mdlm.decode(decode.finish(row, 2, "standard", slack=True)) == "aab"
+
+
+def test_render_canvas_shows_specials():
+    row = torch.tensor(mdlm.encode("hi") + [SLACK, MASK, EOS, 0xC3, ord("\n"), ord("a")])
+    assert decode.render_canvas(row, 2) == "hi▸·□⏎\\xc3↵a"
+
+
+# ------------------------------------------------------------------------------------------------
+# The shift probe
+
+
+def test_shift_probe_crafted_canvas():
+    # prompt 0..1 | generation 2..11.  Committed now: A(2) B(5) D(9) E(10); C(6), F(11) are older.
+    A, B, C, D, E, F, P = 65, 66, 67, 68, 69, 70, 80
+    M = MASK
+    canvas = torch.tensor([[P, P, A, M, M, B, C, M, M, D, E, F]])
+    now = torch.zeros_like(canvas, dtype=torch.bool)
+    now[0, [2, 5, 9, 10]] = True
+    # every token has one free side at its turn, so the result does not depend on the coin:
+    # A: left is the prompt -> right; B: right is C -> left; D: right is E -> left;
+    # E: its left was just vacated by D -> left (tokens are processed left to right)
+    expect = torch.tensor([[P, P, M, A, B, M, C, M, D, E, M, F]])
+    for seed in range(5):
+        out, moved = decode.shift_probe(canvas, now, 1.0, gen(seed), gen_start=2)
+        assert torch.equal(out, expect) and moved.tolist() == [4]
+    # a token with no masked neighbour stays, and nothing moves at rate 0
+    stuck = torch.tensor([[P, A, B, C]])
+    assert decode.shift_probe(stuck, stuck != P, 1.0, gen(), gen_start=1)[1].item() == 0
+    out, moved = decode.shift_probe(canvas, now, 0.0, gen(), gen_start=2)
+    assert torch.equal(out, canvas) and moved.item() == 0
+    # masked slots outside [gen_start, gen_end) (another block) are never entered
+    edge = torch.tensor([[M, A, M, M, B, M]])
+    out, moved = decode.shift_probe(edge, edge != M, 1.0, gen(), gen_start=1, gen_end=5)
+    assert torch.equal(out, torch.tensor([[M, M, A, B, M, M]])) and moved.item() == 2
+
+
+def test_shift_probe_random_isolated_tokens():
+    # committed-now tokens 3 apart never interact: at rate 1 each one with a masked neighbour moves
+    # exactly one slot, the count equals half the changed positions, and the prompt is untouched
+    g, lefts, both = torch.Generator().manual_seed(0), 0, 0
+    for trial in range(50):
+        B, T, P = 4, 40, 5
+        canvas = torch.randint(0, 256, (B, T), generator=g)
+        canvas[:, P:][torch.rand(B, T - P, generator=g) < 0.5] = MASK
+        now = torch.zeros(B, T, dtype=torch.bool)
+        for b in range(B):
+            for i in range(P + torch.randint(0, 3, (1,), generator=g).item(), T, 3):
+                if torch.rand(1, generator=g) < 0.6:
+                    now[b, i], canvas[b, i] = True, torch.randint(0, 256, (1,), generator=g)
+        out, moved = decode.shift_probe(canvas, now, 1.0, gen(trial), gen_start=P)
+        assert torch.equal(out[:, :P], canvas[:, :P])
+        assert ((out != canvas).sum(1) == 2 * moved).all()
+        for b, i in now.nonzero().tolist():
+            free = [j for j in (i - 1, i + 1) if P <= j < T and canvas[b, j] == MASK]
+            if not free:
+                assert out[b, i] == canvas[b, i]
+                continue
+            assert out[b, i] == MASK and any(out[b, j] == canvas[b, i] for j in free)
+            if len(free) == 2:
+                both, lefts = both + 1, lefts + int(out[b, i - 1] == canvas[b, i])
+    assert 0.35 < lefts / both < 0.65, "left and right should be equally likely"
+
+
+def test_generate_with_tiny_probe_rate_equals_no_probe():
+    # the probe has its own random stream: without a realised move the samples are identical
+    model, prompt = tiny_model(), prompt_of("ab", 2)
+    def run(rate):
+        return decode.generate(model, prompt, 16, steps=8, sampler="confidence", block_length=8,
+                               shift_rate=rate, generator=gen(4))
+
+    base, tiny, some = run(0.0), run(1e-12), run(0.5)
+    assert torch.equal(base["canvas"], tiny["canvas"]) and tiny["n_shifted"].sum() == 0
+    assert some["n_shifted"].sum() > 0 and not torch.equal(base["canvas"], some["canvas"])
+    # vacated slots are refilled: every mask is still filled and the prompt kept; a move fills one
+    # mask and frees another, so the number of commits stays the length
+    assert not (some["canvas"] == MASK).any() and torch.equal(some["canvas"][:, :2], prompt)
+    assert some["n_committed"].tolist() == [16, 16]
+
+
+# ------------------------------------------------------------------------------------------------
+# Autoregressive checkpoints
+
+
+def test_generate_ar():
+    model = tiny_model(causal=True)
+    prompt = prompt_of("hey", 2)
+    out = decode.generate_ar(model, prompt, 10, temperature=1.0, generator=gen())
+    assert out["canvas"].shape == (2, 13) and torch.equal(out["canvas"][:, :3], prompt)
+    assert not ((out["canvas"] == SLACK) | (out["canvas"] == MASK)).any()
+    empty = decode.generate_ar(Wrapped(model, token=EOS, bias=50.0), prompt_of("", 2), 10,
+                               temperature=0.0)
+    assert empty["canvas"].shape == (2, 10) and (empty["canvas"] == EOS).all()
+    assert empty["model_calls"] == 1, "all rows ended: decoding should stop"
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def write_ckpt(path, causal=False, slack=True):
+    model = tiny_model(causal=causal)
+    meta = {"objective": "ar" if causal else "mdlm", "schedule": "linear", "slack": slack,
+            "collapse": "surface"}
+    mdlm.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(), "ema": None,
+                          "step": 0, "meta": meta}, str(path))
+    return str(path)
+
+
+def run_cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: threads only add start-up time
+    return subprocess.run([sys.executable, os.path.join(ROOT, "decode.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_cli_json(tmp_path):
+    ckpt = write_ckpt(tmp_path / "m.pt")
+    r = run_cli("--ckpt", ckpt, "--prompt", "hi", "--length", "16", "--steps", "8", "--json",
+                "--num-samples", "2", "--shift-rate", "0.1", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 2 and all(row["prompt"] == "hi" for row in rows)
+    for row in rows:
+        assert row["n_committed"] == 16 and 0 <= row["shift_fraction"] <= 1 and row["model_calls"] >= 1
+
+
+def test_cli_errors_and_text_mode(tmp_path, capsys):
+    ckpt = write_ckpt(tmp_path / "m.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert decode.main(["--ckpt", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 1
+    assert decode.main(["--ckpt", str(bad), "--device", "cpu"]) == 1
+    assert decode.main(["--ckpt", ckpt, "--prompt", "x" * 30, "--length", "16", "--device", "cpu"]) == 1
+    assert decode.main(["--ckpt", ckpt, "--length", "16", "--steps", "8", "--sampler", "confidence",
+                        "--block-length", "5", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("error: ") for line in err), err
+    assert "does not exist" in err[0] and "corrupted" in err[1] and "exceeds" in err[2]
+    assert decode.main(["--ckpt", ckpt, "--prompt", "hi", "--length", "8", "--steps", "4",
+                        "--show-steps", "--show-canvas", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "step    4 hi▸" in out and "canvas: hi▸" in out
+    ar = write_ckpt(tmp_path / "ar.pt", causal=True, slack=False)
+    assert decode.main(["--ckpt", ar, "--prompt", "hi", "--length", "8", "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["sampler"] == "ar"
