@@ -223,11 +223,12 @@ def place_slack(y, U, R, placement, gen):
     random: K_b positions uniformly at random; tail: all slack after the targets."""
     B, R_max = len(R), int(R.max())
     pos = torch.arange(R_max)[None, :]  # (1, R_max)
+    # drawn for every placement, so that runs differing only in placement see the same noise after it
+    scores = torch.rand(B, R_max, generator=gen).masked_fill(pos >= R[:, None], 2.0)
     if placement == "tail":
         is_slack = pos >= U[:, None]
     else:
         # rank uniform scores; the K_b lowest-ranked real positions of row b become slack
-        scores = torch.rand(B, R_max, generator=gen).masked_fill(pos >= R[:, None], 2.0)
         rank = scores.argsort(1).argsort(1)  # (B, R_max)
         is_slack = rank < (R - U)[:, None]
     is_slack |= pos >= R[:, None]  # beyond the canvas: padding

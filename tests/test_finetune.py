@@ -1,0 +1,196 @@
+"""Fine-tuning with CE, slack CTC and both, through train.py's own batch and loss code."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mdlm
+import train
+from mdlm import EOS, MASK, SLACK
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--seq-len", "32", "--batch-size", "8",
+        "--eval-interval", "1000", "--eval-batches", "1", "--sample-interval", "0", "--no-progress",
+        "--device", "cpu", "--warmup", "5"]
+
+
+def args_for(**kw):
+    args = train.get_args(["--device", "cpu", "--seq-len", "32", "--batch-size", "6"])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    if args.slack_placement is None:
+        args.slack_placement = "tail" if args.loss == "ce" else "random"
+    return args
+
+
+def tiny_model(seed=0, vocab_size=mdlm.VOCAB_SIZE):
+    torch.manual_seed(seed)
+    return mdlm.Transformer(mdlm.ModelConfig(vocab_size=vocab_size, seq_len=32, n_layer=1, n_head=2, n_embd=32))
+
+
+def loss_on_same_batch(model, ids, seed, **kw):
+    args = args_for(**kw)
+    b = train.get_batch(ids, args, torch.Generator().manual_seed(seed), {"truncated": 0}, model)
+    return train.compute_loss(model, b, args), b
+
+
+IDS = torch.tensor(list(("abcabd " * 400).encode()), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("prompt_len", [0, 8])
+def test_ctc_equals_ce_at_slack_rate_zero(prompt_len):
+    model = tiny_model()
+    for seed in range(3):
+        ce, b1 = loss_on_same_batch(model, IDS, seed, loss="ce", prompt_len=prompt_len)
+        ctc, b2 = loss_on_same_batch(model, IDS, seed, loss="ctc", prompt_len=prompt_len)
+        assert torch.equal(b1["z_t"], b2["z_t"])  # same batch and noise
+        assert (b1["z_t"] == MASK).any()
+        assert torch.allclose(ce, ctc, rtol=1e-5, atol=1e-6), (ce, ctc)
+
+
+@pytest.mark.parametrize("placement", ["random", "tail"])
+def test_ctc_never_exceeds_ce_when_reference_collapses_to_target(placement):
+    model = tiny_model()
+    for seed in range(3):
+        ce, b = loss_on_same_batch(model, IDS, seed, loss="ce", slack_rate=0.25, prompt_len=4,
+                                   slack_placement=placement)
+        ctc, _ = loss_on_same_batch(model, IDS, seed, loss="ctc", slack_rate=0.25, prompt_len=4,
+                                    slack_placement=placement)
+        # the reference canvas collapses to the target: drop slack from the response, get y back
+        for z0, P, y, U in zip(b["z0"], b["P"], b["y"], b["U"]):
+            assert [v for v in z0[P:].tolist() if v != SLACK] == y[:U].tolist()
+        assert (ctc <= ce + 1e-5).all() and (ctc < ce - 1e-3).any(), (ctc, ce)
+
+
+def test_ctc_plus_ce_is_the_weighted_sum():
+    model = tiny_model()
+    kw = dict(slack_rate=0.2, prompt_len=4, slack_placement="random")
+    ce, _ = loss_on_same_batch(model, IDS, 0, loss="ce", **kw)
+    ctc, _ = loss_on_same_batch(model, IDS, 0, loss="ctc", **kw)
+    both, _ = loss_on_same_batch(model, IDS, 0, loss="ctc+ce", ctc_weight=0.7, ce_weight=0.3, **kw)
+    assert torch.allclose(both, 0.7 * ctc + 0.3 * ce, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["ce", "ctc"])
+def test_prompt_positions_are_never_masked_nor_scored(loss):
+    model = tiny_model()
+    args = args_for(loss=loss, slack_rate=0.1, prompt_len=10)
+    b = train.get_batch(IDS, args, torch.Generator().manual_seed(0), {"truncated": 0}, model)
+    assert b["keep"][:, :10].all() and not b["keep"][:, 10:].any()
+    assert torch.equal(b["z_t"][:, :10], b["z0"][:, :10])
+    # change the prompt's logits only: the loss must not move
+    logits = torch.randn(6, 32, mdlm.VOCAB_SIZE, requires_grad=True)
+    out = train.compute_loss(lambda z: logits, b, args).sum()
+    out.backward()
+    assert logits.grad[:, :10].abs().max() == 0 and logits.grad[:, 10:].abs().max() > 0
+
+
+def test_model_placement_puts_targets_in_order():
+    model = tiny_model()
+    args = args_for(loss="ctc", slack_rate=0.25, prompt_len=4, slack_placement="model")
+    b = train.get_batch(IDS, args, torch.Generator().manual_seed(0), {"truncated": 0}, model)
+    for z0, y in zip(b["z0"], b["y"]):
+        assert [v for v in z0[4:].tolist() if v != SLACK] == y.tolist()
+        assert (z0[4:] == SLACK).sum() == round(0.25 * 28)
+
+
+def write_sft(path, records):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n")
+
+
+def test_sft_reader(tmp_path):
+    path = str(tmp_path / "sft.jsonl")
+    write_sft(path, [{"prompt": "Grüß", "response": "日本"}, "", {"prompt": "q", "response": ""}])
+    recs = train.read_sft(path)
+    assert recs == [(list("Grüß".encode()), list("日本".encode()) + [EOS]), (list(b"q"), [EOS])]
+    for bad, message in [("{not json", ":1: not valid JSON"), ('{"prompt": "x"}', ":1: need an object"),
+                         ('["prompt", "response"]', ":1: need an object")]:
+        write_sft(path, [bad])
+        with pytest.raises(train.UserError, match=message):
+            train.read_sft(path)
+    write_sft(path, [{"prompt": "a", "response": "b"}, '{"prompt": 1, "response": "b"}'])
+    with pytest.raises(train.UserError, match=":2:"):
+        train.read_sft(path)
+
+
+def test_sft_batches_truncate_and_count():
+    records = [(list(b"p" * 5), list(b"r" * 40) + [EOS]), (list(b"q"), [EOS])]
+    stats = {"truncated": 0}
+    args = args_for(loss="ctc", slack_rate=0.1, sft="x")
+    b = train.get_batch(records, args, torch.Generator().manual_seed(0), stats, None)
+    long_rows = (b["P"] == 5).sum().item()
+    assert stats["truncated"] == long_rows > 0
+    for z0, P, y, U, R in zip(b["z0"], b["P"], b["y"], b["U"], b["R"]):
+        R, U = int(R), int(U)
+        assert R == 32 - P and U <= R - round(0.1 * R)
+        assert [v for v in z0[P:].tolist() if v != SLACK] == y[:U].tolist()
+
+
+def run_train(*args):
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ft")
+    corpus = d / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. " * 300, encoding="utf-8")
+    out = str(d / "pre")
+    train.main(["--data", str(corpus), "--out-dir", out, "--steps", "60", "--lr", "3e-3", *TINY])
+    return str(corpus), os.path.join(out, "ckpt.pt"), d
+
+
+def test_ctc_fine_tune_lowers_its_loss_and_learns_slack(pretrained):
+    corpus, ckpt, d = pretrained
+    out = str(d / "ctc")
+    common = ["--data", corpus, "--loss", "ctc", "--slack-rate", "0.2", "--prompt-len", "8", *TINY]
+    train.main(["--init-from", ckpt, "--out-dir", out, "--steps", "80", "--lr", "3e-3", *common])
+    log = [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))]
+    first, last = sum(l["loss"] for l in log[:10]) / 10, sum(l["loss"] for l in log[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+    fine = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert fine["meta"]["slack"] is True and fine["meta"]["collapse"] == "surface"
+    model = mdlm.model_from_checkpoint(fine)
+    # the fine-tuned model puts real probability on SLACK at masked positions; the pretrained one none
+    z = torch.tensor([mdlm.encode("the cat ") + [MASK] * 24])
+    with torch.no_grad():
+        p_slack = model(z).float().softmax(-1)[0, 8:, SLACK].mean().item()
+        p_before = mdlm.model_from_checkpoint(mdlm.load_checkpoint(ckpt))(z).float().softmax(-1)[0, 8:, SLACK]
+    assert p_slack > 0.05 and p_slack > 10 * p_before.mean().item(), (p_slack, p_before.mean())
+    # decoding it uses slack in the canvas, yet the output never contains a SLACK (or MASK) id
+    import decode
+    prompt = torch.tensor([mdlm.encode("the cat ")] * 8)
+    out = decode.generate(model, prompt, 24, steps=24, allow_slack=True, generator=torch.Generator().manual_seed(0))
+    assert (out["canvas"][:, 8:] == SLACK).any()
+    for row in out["canvas"].tolist():
+        ids = decode.finish(row, 8, "surface", True)
+        assert SLACK not in ids and MASK not in ids and len(ids) > 0
+
+
+def test_fine_tune_bad_input_keeps_files(pretrained, tmp_path):
+    corpus, ckpt, d = pretrained
+    model = tiny_model(vocab_size=SLACK)  # a vocabulary without SLACK (and MASK)
+    no_slack = str(tmp_path / "noslack.pt")
+    mdlm.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(), "ema": None,
+                          "meta": {"objective": "mdlm"}}, no_slack)
+    sft = str(tmp_path / "bad.jsonl")
+    write_sft(sft, [{"prompt": "a", "response": "b"}, {"prompt": "a"}])
+    out = str(tmp_path / "o")
+    cases = [
+        (["--init-from", no_slack, "--loss", "ctc"], "no SLACK"),
+        (["--init-from", ckpt, "--loss", "ctc", "--slack-rate", "-0.1"], "--slack-rate"),
+        (["--init-from", ckpt, "--loss", "ctc", "--prompt-len", "32"], "--prompt-len"),
+        (["--init-from", ckpt, "--loss", "ctc", "--sft", sft], "bad.jsonl:2:"),
+    ]
+    for extra, message in cases:
+        code, _, err = run_train("--data", corpus, "--out-dir", out, "--steps", "2", *TINY, *extra)
+        assert code == 1 and message in err and "Traceback" not in err, (extra, err)
+        assert not os.path.exists(os.path.join(out, "ckpt.pt"))
