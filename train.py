@@ -72,7 +72,7 @@ def get_args(argv=None):
     a("--n-embd", type=int, default=None, help="model width (default: 128)")
     a("--dropout", type=float, default=0.0, help="dropout rate (default: 0)")
     # optimisation
-    a("--steps", type=int, default=2000, help="optimizer steps in total (default: 2000)")
+    a("--steps", type=int, default=1500, help="optimizer steps in total (default: 1500)")
     a("--batch-size", type=int, default=32, help="global batch size, split across DDP ranks (default: 32)")
     a("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
     a("--min-lr-ratio", type=float, default=0.1, help="cosine decays to lr * this (default: 0.1)")
@@ -396,9 +396,9 @@ def make_optimizer(model, args):
 def ema_update(ema, model, step, decay):
     """ema <- d * ema + (1 - d) * model, with d ramped up early so the EMA does not lag at the start."""
     d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
-        if e.dtype.is_floating_point:
-            e.mul_(d).add_(p, alpha=1 - d)
+    # parameters(), not state_dict(): the tied embedding / output matrix must be updated once
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.mul_(d).add_(p.detach(), alpha=1 - d)
 
 
 def run_meta(args, init_meta):

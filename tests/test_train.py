@@ -153,3 +153,16 @@ def test_ctrl_c_and_nan_keep_last_checkpoint(tmp_path, corpus, monkeypatch, caps
     ckpt = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["step"] == 4 and f"step {ckpt['step']}" in err
     assert not os.path.exists(os.path.join(out, "ckpt.pt.tmp"))
+
+
+def test_ema_update_is_an_exponential_average_once_per_parameter():
+    torch.manual_seed(0)
+    cfg = mdlm.ModelConfig(seq_len=8, n_layer=1, n_head=2, n_embd=8)
+    model, ema = mdlm.Transformer(cfg), mdlm.Transformer(cfg)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    step, decay = 1000, 0.9
+    train.ema_update(ema, model, step, decay)
+    d = min(decay, (1 + step) / (10 + step))
+    for k, v in ema.state_dict().items():  # the tied embedding/head included
+        expect = d * before[k] + (1 - d) * model.state_dict()[k] if v.dtype.is_floating_point else before[k]
+        assert torch.allclose(v, expect, atol=1e-7), k
