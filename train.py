@@ -97,8 +97,8 @@ def get_args(argv=None):
 # downloaded: the help topics of pydoc_data plus the docstrings of the standard library, read with
 # `ast` (never imported), in sorted file order, capped at ~1.5 MB, cached to .cache/.
 
-CORPUS_BYTES = 1_500_000
-VAL_FRACTION = 0.05
+CORPUS_BYTES = 1_500_000  # enough for a 1M-parameter model to learn English-like text on a CPU
+VAL_FRACTION = 0.05  # the last 5% of the bytes is held out (after, not mixed in: no near-duplicates)
 
 
 def build_default_corpus():
@@ -159,6 +159,7 @@ def load_corpus(data=None):
                 f.write(build_default_corpus())
             os.replace(path + ".tmp", path)
         data = path
+    # bytes are the tokens (mdlm.encode); uint8 keeps the corpus small, batches are cast to long
     ids = torch.tensor(list(read_text(data).encode("utf-8")), dtype=torch.uint8)
     n_val = max(1, int(len(ids) * VAL_FRACTION))
     return ids[:-n_val], ids[-n_val:]
@@ -189,12 +190,20 @@ def read_sft(path):
 # Examples and canvases. Every example is a prompt (visible, never masked or scored) followed by a
 # response canvas of R = T - P positions holding the U target tokens y and K = R - U slacks.
 # Pretraining is the special case P = 0, K = 0: the canvas is just a window of text.
+#
+#     z0:   T h e _ l i s t | t y p e · i s _ a · m u t a b l e     (· = SLACK, here K = 2)
+#           prompt, P = 8     response canvas, R = 22, y = "type is a mutable", U = 20
+#     z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?       (? = MASK, prob. 1 - alpha(t))
+#
+# CE scores each masked position against z0 (SLACK included, at the place z0 put it); CTC scores
+# the masked positions against y under every alignment that agrees with the visible ones.
 
 
 def text_examples(ids, B, T, P, rate, gen):
-    """Random windows of the byte stream: P prompt bytes, then U = R - K target bytes."""
+    """Random windows of the byte stream: P prompt bytes, then U = R - K target bytes.
+    -> prompt (B, P), P (B,), y (B, U), U (B,); every row has the same sizes here."""
     R = T - P
-    U = R - round(rate * R)
+    U = R - round(rate * R)  # K = round(rate * R) positions of the canvas are left for slack
     offs = torch.randint(0, len(ids) - (P + U) + 1, (B,), generator=gen)
     win = torch.stack([ids[o:o + P + U] for o in offs.tolist()]).long()  # (B, P + U)
     full = lambda n: torch.full((B,), n, dtype=torch.long)
@@ -202,7 +211,9 @@ def text_examples(ids, B, T, P, rate, gen):
 
 
 def sft_examples(records, B, T, rate, gen, stats):
-    """Random SFT records; a response longer than its canvas allows is truncated (and counted)."""
+    """Random SFT records; a response longer than its canvas allows is truncated (and counted).
+    A shorter one leaves K_b = R_b - U_b > round(rate * R_b) slacks: the canvas is padded with slack
+    as LLaDA pads with EOS. Rows differ in P and U, so both are padded (with SLACK, never read)."""
     picks = torch.randint(0, len(records), (B,), generator=gen).tolist()
     prompts, ys = [], []
     for i in picks:
@@ -261,14 +272,15 @@ def get_batch(split, args, gen, stats, model=None):
         prompt, P, y, U = sft_examples(split, B, T, args.slack_rate, gen, stats)
     else:
         prompt, P, y, U = text_examples(split, B, T, args.prompt_len, args.slack_rate, gen)
-    R = T - P
+    R = T - P  # (B,) response canvas lengths
     if args.slack_placement == "model" and model is not None:
         resp = model_alignment(model, prompt, P, y, U, R, args)
     else:
         resp = place_slack(y, U, R, "tail" if args.slack_placement == "model" else args.slack_placement, gen)
-    z0, keep = assemble(prompt, P, resp, T)
-    t = mdlm.sample_t(B, generator=gen)
-    z_t = mdlm.forward_mask(z0, t, args.schedule, generator=gen, keep=keep)
+    z0, keep = assemble(prompt, P, resp, T)  # (B, T) clean canvas, (B, T) prompt positions
+    # the forward process: stratified t, then mask each response position with prob. 1 - alpha(t)
+    t = mdlm.sample_t(B, generator=gen)  # (B,)
+    z_t = mdlm.forward_mask(z0, t, args.schedule, generator=gen, keep=keep)  # (B, T)
     return {"z0": z0, "z_t": z_t, "t": t, "keep": keep, "P": P, "y": y, "U": U, "R": R}
 
 
@@ -288,7 +300,9 @@ def model_alignment(model, prompt, P, y, U, R, args):
 
 
 def response_log_probs(logits, P, R_max):
-    """log p over real tokens, EOS and SLACK (MASK is -inf: SUBS) at the response positions."""
+    """log p over real tokens, EOS and SLACK (MASK is -inf: SUBS) at the response positions,
+    left-aligned (B, R_max, V) so that the CTC sees each response canvas as its own sequence.
+    Visible positions need no carry-over here: the CTC reads their token from the canvas."""
     logits = logits.float().index_fill(-1, torch.tensor([MASK], device=logits.device), float("-inf"))
     idx = response_index(P, R_max, logits.shape[1])  # (B, R_max)
     return logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])).log_softmax(-1)  # (B, R_max, V)
@@ -301,6 +315,8 @@ def ctc_term(logits, b, schedule, collapse):
     R_max = int(b["R"].max())
     log_p = response_log_probs(logits, b["P"], R_max)  # (B, R_max, V)
     canvas = b["z_t"].gather(1, response_index(b["P"], R_max, b["z_t"].shape[1]))  # (B, R_max)
+    # -log P(y | z_t): the marginal over completions of the masked positions (ctc_slack.py). z_t is
+    # a masking of a canvas that collapses to y, so at least one alignment exists: never +inf.
     nll = ctc_slack_loss(log_p, b["y"], b["R"], b["U"], slack_id=SLACK, canvas=canvas, mask_id=MASK,
                          collapse=collapse, reduction="none")  # (B,)
     return mdlm.w_t(b["t"], schedule) * nll / b["R"]
@@ -310,7 +326,7 @@ def compute_loss(model, b, args):
     """Per-example loss (B,) of the configured objective on batch b (tensors on the device)."""
     if args.objective == "ar":
         return mdlm.ar_loss(model(b["x"][:, :-1]), b["x"])
-    logits = model(b["z_t"])  # (B, T, V)
+    logits = model(b["z_t"])  # (B, T, V): one forward pass serves both terms of ctc+ce
     ce = lambda: mdlm.mdlm_loss(logits, b["z0"], b["z_t"], b["t"], args.schedule, scored=~b["keep"])
     if args.loss == "ce":
         return ce()
@@ -377,7 +393,8 @@ def model_config(args, ckpt):
 
 
 def lr_at(step, args):
-    """Linear warmup, then cosine decay from lr to lr * min_lr_ratio."""
+    """Linear warmup, then cosine decay from lr to lr * min_lr_ratio (as nanoGPT). A pure function
+    of the step, so a resumed run needs no scheduler state."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     progress = (step - args.warmup) / max(1, args.steps - args.warmup)
@@ -416,7 +433,9 @@ def run_meta(args, init_meta):
 
 @torch.no_grad()
 def validate(model, val, args, device, ctx):
-    """Mean validation loss in bits per position (for pretraining: the NELBO in bits per byte)."""
+    """Mean validation loss in bits per position (for pretraining: the NELBO in bits per byte, an
+    upper bound on the true bits per byte; for AR: the exact bits per byte). Fixed batches and
+    noise, so curves are comparable across evaluations and runs. evaluate.py averages more t."""
     gen = torch.Generator().manual_seed(args.seed + 1)  # the same batches at every evaluation
     total = 0.0
     for _ in range(args.eval_batches):
@@ -445,7 +464,48 @@ def sample_text(model, val, args, meta, device):
 
 
 # ----------------------------------------------------------------------------------------------
-# The training loop.
+# The training loop: data, model, then one flat loop of batch -> loss -> step -> EMA -> log.
+
+
+def load_splits(args):
+    """(train, val): SFT records (every 20th one held out at the end), or the bytes of a corpus."""
+    if args.sft:
+        records = read_sft(args.sft)
+        n_val = max(1, len(records) // 20) if len(records) > 1 else 0
+        return records[:len(records) - n_val], records[len(records) - n_val:] or records
+    train_ids, val_ids = load_corpus(args.data)
+    need = args.seq_len + 1
+    if len(train_ids) < need or len(val_ids) < need:
+        raise UserError(f"the corpus ({len(train_ids) + len(val_ids)} bytes) is too short for "
+                        f"--seq-len {args.seq_len}: both splits need at least {need} bytes")
+    return train_ids, val_ids
+
+
+def build(args, device, ckpt_path):
+    """Model, EMA copy, optimizer, data RNG, first step and meta: a fresh run, a fine-tune of
+    --init-from (its EMA weights, a new optimizer) or a --resume (everything as it was saved)."""
+    src = ckpt_path if args.resume else args.init_from
+    ckpt = mdlm.load_checkpoint(src) if src else None
+    cfg = model_config(args, ckpt)
+    model = mdlm.Transformer(cfg).to(device)
+    ema = mdlm.Transformer(cfg).to(device).eval()
+    opt = make_optimizer(model, args)
+    gen = torch.Generator().manual_seed(args.seed)  # draws every batch and all the noise
+    if ckpt is None:
+        ema.load_state_dict(model.state_dict())
+        return cfg, model, ema, opt, gen, 0, run_meta(args, {})
+    weights = ckpt["model"] if args.resume else (ckpt.get("ema") or ckpt["model"])
+    try:
+        model.load_state_dict(weights)
+        ema.load_state_dict((ckpt.get("ema") or ckpt["model"]) if args.resume else weights)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {src} does not fit this model: {e}")
+    if not args.resume:
+        return cfg, model, ema, opt, gen, 0, run_meta(args, ckpt.get("meta", {}))
+    opt.load_state_dict(ckpt["optimizer"])
+    gen.set_state(ckpt["rng"]["data"])  # the batches continue exactly where they stopped
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    return cfg, model, ema, opt, gen, ckpt["step"], ckpt["meta"]
 
 
 def train(args):
@@ -454,51 +514,17 @@ def train(args):
     master = rank == 0
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} must be divisible by the {world} DDP ranks")
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the initial weights
     ckpt_path, log_path = os.path.join(args.out_dir, "ckpt.pt"), os.path.join(args.out_dir, "log.jsonl")
-
-    # data: the SFT file, or a text corpus whose last 5% is held out
-    if args.sft:
-        records = read_sft(args.sft)
-        n_val = max(1, len(records) // 20) if len(records) > 1 else 0
-        train_split, val_split = records[:len(records) - n_val], records[len(records) - n_val:] or records
-    else:
-        train_split, val_split = load_corpus(args.data)
-        need = args.seq_len + 1
-        if len(train_split) < need or len(val_split) < need:
-            raise UserError(f"the corpus ({len(train_split) + len(val_split)} bytes) is too short for "
-                            f"--seq-len {args.seq_len}: both splits need at least {need} bytes")
-
-    # model: fresh, fine-tuned from --init-from, or resumed
-    src = ckpt_path if args.resume else args.init_from
-    ckpt = mdlm.load_checkpoint(src) if src else None
-    cfg = model_config(args, ckpt)
-    model = mdlm.Transformer(cfg).to(device)
-    ema = mdlm.Transformer(cfg).to(device).eval()
-    if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model"] if args.resume else (ckpt.get("ema") or ckpt["model"]))
-            ema.load_state_dict(ckpt.get("ema") or ckpt["model"])
-        except RuntimeError as e:
-            raise UserError(f"checkpoint {src} does not fit this model: {e}")
-    ema.load_state_dict(model.state_dict()) if ckpt is None or not args.resume else None
-    meta = run_meta(args, ckpt.get("meta", {}) if (ckpt and not args.resume) else {})
-    if args.resume:
-        meta = ckpt["meta"]
-    opt = make_optimizer(model, args)
-    gen = torch.Generator().manual_seed(args.seed)  # draws every batch and all noise
-    step = 0
-    if args.resume:
-        opt.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["rng"]["data"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        step = ckpt["step"]
+    train_split, val_split = load_splits(args)
+    cfg, model, ema, opt, gen, step, meta = build(args, device, ckpt_path)
     fwd = torch.compile(model) if args.compile else model
-    if world > 1:
+    if world > 1:  # gradients are averaged over ranks inside backward()
         fwd = torch.nn.parallel.DistributedDataParallel(fwd, device_ids=[device] if "cuda" in device else None)
+    # bf16 autocast on GPU: matmuls in bf16, losses in fp32 (they call .float()), no loss scaling needed
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if "cuda" in device else contextlib.nullcontext()
 
-    def save(step):
+    def save(step):  # atomic (mdlm.save_checkpoint): a crash mid-write leaves the previous one intact
         rng = {"data": gen.get_state(), "torch": torch.get_rng_state()}
         mdlm.save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "ema": ema.state_dict(),
                               "optimizer": opt.state_dict(), "step": step, "rng": rng, "meta": meta,
@@ -509,23 +535,24 @@ def train(args):
         print(f"{cfg.n_layer} layers, width {cfg.n_embd}: {model.num_params() / 1e6:.2f}M parameters on {device}"
               f"{f' x {world}' if world > 1 else ''}; {len(train_split)} training examples/bytes")
     log = open(log_path, "a") if master else None
-    stats, saved_step = {"truncated": 0}, (step if args.resume else None)
-    B_local, T = args.batch_size // world, args.seq_len
-    start_step = step
+    stats, saved_step, start_step = {"truncated": 0}, (step if args.resume else None), step
+    B_local = args.batch_size // world
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not master or args.no_progress)
     t0 = time.time()
     try:
         for step in bar:
-            # one global batch drawn identically on every rank; this rank trains on its slice
+            # one global batch, drawn identically on every rank (same generator); each trains on
+            # its slice, so N ranks compute exactly what one process computes on the whole batch
             batch = get_batch(train_split, args, gen, stats, model)
             b = {k: v[rank * B_local:(rank + 1) * B_local].to(device) for k, v in batch.items()}
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, args)
             with ctx:
                 loss = compute_loss(fwd, b, args).mean()
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss):  # stop before the bad update reaches the weights
+                last = f"step {saved_step}" if saved_step is not None else "none"
                 raise UserError(f"loss is {loss.item()} at step {step}; stopped without saving "
-                                f"(last good checkpoint: {'step ' + str(saved_step) if saved_step is not None else 'none'})")
+                                f"(last good checkpoint: {last})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if args.grad_clip > 0:
@@ -534,21 +561,22 @@ def train(args):
             ema_update(ema, model, step, args.ema)
 
             done = step + 1
-            if master:
-                tok_s = (done - start_step) * args.batch_size * T / (time.time() - t0)
-                bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tok_s:.0f}")
-                rec = {"step": done, "loss": loss.item(), "lr": lr_at(step, args), "tok_per_s": tok_s,
-                       "time": time.time() - t0, "truncated": stats["truncated"]}
-                if done % args.eval_interval == 0 or done == args.steps:
-                    rec["val_bits"] = validate(ema, val_split, args, device, ctx)
-                    bar.write(f"step {done}: train {loss.item() / math.log(2):.4f}, "
-                              f"val {rec['val_bits']:.4f} bits/position")
-                if args.sample_interval and (done % args.sample_interval == 0 or done == args.steps):
-                    bar.write(f"sample: {sample_text(ema, val_split, args, meta, device)!r}")
-                log.write(json.dumps(rec) + "\n"), log.flush()
-                if done % args.ckpt_interval == 0 or done == args.steps:
-                    save(done)
-                    saved_step = done
+            if not master:
+                continue
+            tok_s = (done - start_step) * args.batch_size * args.seq_len / (time.time() - t0)
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tok_s:.0f}")
+            rec = {"step": done, "loss": loss.item(), "lr": lr_at(step, args), "tok_per_s": tok_s,
+                   "time": time.time() - t0, "truncated": stats["truncated"]}
+            if done % args.eval_interval == 0 or done == args.steps:
+                rec["val_bits"] = validate(ema, val_split, args, device, ctx)
+                bar.write(f"step {done}: train {loss.item() / math.log(2):.4f}, "
+                          f"val {rec['val_bits']:.4f} bits/position")
+            if args.sample_interval and (done % args.sample_interval == 0 or done == args.steps):
+                bar.write(f"sample: {sample_text(ema, val_split, args, meta, device)!r}")
+            log.write(json.dumps(rec) + "\n"), log.flush()
+            if done % args.ckpt_interval == 0 or done == args.steps:
+                save(done)
+                saved_step = done
     except KeyboardInterrupt:
         where = f"{ckpt_path} (step {saved_step})" if saved_step is not None else "none written"
         raise UserError(f"interrupted at step {step}; last good checkpoint: {where}")
