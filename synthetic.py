@@ -73,7 +73,8 @@ MODELS = ("pretrained", "ce-ft", "ctc-ft")  # the first is the baseline of the p
 
 # ----------------------------------------------------------------------------------------------
 # The task. A string s of n letters, n uniform in [min_len, max_len]; prompt s + "=", answer s.
-# train.py appends EOS to the answer and fills the rest of the response canvas with slack.
+# train.py appends EOS to the answer and pads it with EOS up to R - round(rate * R) tokens, so the
+# response canvas holds exactly round(rate * R) slacks.
 
 
 def make_examples(n, min_len, max_len, seed):
@@ -161,7 +162,7 @@ def train_stages(args, train_path, seconds):
               "--seed", args.seed, "--device", args.device, "--eval-interval", args.eval_interval]
     stage = lambda name, steps, flags: evaluate.run_stage(
         name, os.path.join(args.out_dir, name), steps, common + flags, seconds)
-    # slack rate 0: K = R - U, so the slack is just the padding of a short answer at the tail
+    # slack rate 0: K = 0, the answer and its EOS are padded with EOS to fill the canvas (LLaDA)
     pre = stage("pretrain", args.pretrain_steps, ["--loss", "ce", "--lr", args.lr, "--n-layer",
                                                   args.n_layer, "--n-head", args.n_head,
                                                   "--n-embd", args.n_embd])
@@ -371,7 +372,7 @@ def parse_args(argv=None):
                       ("pretrain_steps", "CE pretraining steps"),
                       ("finetune_steps", "steps of each fine-tune"),
                       ("eval_interval", "train.py validates every N steps"),
-                      ("slack_rate", "slack rate of both fine-tunes: >= round(rate * R) slacks per canvas"),
+                      ("slack_rate", "slack rate of both fine-tunes: round(rate * R) slacks per canvas"),
                       ("gen_batch_size", "prompts decoded together"),
                       ("n_boot", "bootstrap resamples per interval")]:
         # default None: run() can tell an unset flag (SIZES or TINY decides) from a set one

@@ -211,18 +211,19 @@ def text_examples(ids, B, T, P, rate, gen):
 
 
 def sft_examples(records, B, T, rate, gen, stats):
-    """Random SFT records; a response longer than its canvas allows is truncated (and counted).
-    A shorter one leaves K_b = R_b - U_b > round(rate * R_b) slacks: the canvas is padded with slack
-    as LLaDA pads with EOS. Rows differ in P and U, so both are padded (with SLACK, never read)."""
+    """Random SFT records as prompt + target y of U_b = R_b - round(rate * R_b) tokens: the response
+    and its EOS, padded with more EOS (as LLaDA pads its SFT responses), so that every canvas holds
+    exactly K_b = round(rate * R_b) slacks. A response too long for that is truncated (and counted).
+    Rows differ in P and U, so both are padded (with SLACK, never read)."""
     picks = torch.randint(0, len(records), (B,), generator=gen).tolist()
     prompts, ys = [], []
     for i in picks:
         prompt, y = records[i]
         prompt = prompt[-(T - 1):]  # keep at least one response position
         R = T - len(prompt)
-        cap = R - round(rate * R)
-        stats["truncated"] += len(y) > cap
-        prompts.append(prompt), ys.append(y[:cap])
+        U = R - round(rate * R)
+        stats["truncated"] += len(y) > U
+        prompts.append(prompt), ys.append((y + [EOS] * U)[:U])
     pad = lambda seqs, n: torch.tensor([s + [SLACK] * (n - len(s)) for s in seqs], dtype=torch.long)
     P = torch.tensor([len(s) for s in prompts])
     U = torch.tensor([len(s) for s in ys])

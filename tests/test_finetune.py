@@ -119,17 +119,20 @@ def test_sft_reader(tmp_path):
         train.read_sft(path)
 
 
-def test_sft_batches_truncate_and_count():
-    records = [(list(b"p" * 5), list(b"r" * 40) + [EOS]), (list(b"q"), [EOS])]
+def test_sft_batches_truncate_pad_with_eos_and_count():
+    records = [(list(b"p" * 5), list(b"r" * 40) + [EOS]), (list(b"q"), list(b"ok") + [EOS])]
     stats = {"truncated": 0}
     args = args_for(loss="ctc", slack_rate=0.1, sft="x")
     b = train.get_batch(records, args, torch.Generator().manual_seed(0), stats, None)
     long_rows = (b["P"] == 5).sum().item()
     assert stats["truncated"] == long_rows > 0
     for z0, P, y, U, R in zip(b["z0"], b["P"], b["y"], b["U"], b["R"]):
-        R, U = int(R), int(U)
-        assert R == 32 - P and U <= R - round(0.1 * R)
-        assert [v for v in z0[P:].tolist() if v != SLACK] == y[:U].tolist()
+        P, R, U = int(P), int(R), int(U)
+        assert R == 32 - P and U == R - round(0.1 * R)  # exactly K = round(rate * R) slacks
+        expect = list(b"r" * U) if P == 5 else list(b"ok") + [EOS] * (U - 2)  # truncated / EOS-padded
+        assert y[:U].tolist() == expect
+        assert [v for v in z0[P:].tolist() if v != SLACK] == expect
+        assert (z0[P:] == SLACK).sum() == R - U
 
 
 def run_train(*args):

@@ -19,6 +19,7 @@ TINY = {
                             "--gen-batch-size", "2", "--n-boot", "50", "--max-batches", "1",
                             "--eval-batch-size", "2", "--t-samples", "1"],
     "evaluate.py reproduce": ["--tiny"],
+    "synthetic.py": ["--tiny"],
 }
 
 
@@ -50,7 +51,7 @@ def tiny(argv):
 def test_readme_has_the_commands():
     blocks = readme_blocks()
     scripts = {c[0] for b in blocks for c in b}
-    assert {"train.py", "decode.py", "evaluate.py"} <= scripts
+    assert {"train.py", "decode.py", "evaluate.py", "synthetic.py"} <= scripts
     assert blocks[0][0] == ["train.py"]  # the quickstart's main job: the default run
 
 
