@@ -29,7 +29,9 @@ import train
 
 
 class EncoderLM(nn.Module):
-    """The same network built from torch.nn.TransformerEncoder (learned positions instead of RoPE)."""
+    """The same network built from torch.nn.TransformerEncoder (learned positions instead of RoPE).
+    This is what a reader would otherwise reach for; our model must be at least as fast to train.
+    Same width, depth, heads, 4x GELU MLP, pre-norm (norm_first) and tied output head."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -48,7 +50,10 @@ class EncoderLM(nn.Module):
 
 
 def time_steps(step_fns, n, device):
-    """Run the step functions round-robin n times each; return each one's list of seconds."""
+    """Run the step functions round-robin n times each; return each one's list of seconds.
+    Round-robin, not one after the other: a burst of load from another process then hits both
+    sides of a ratio alike, and the medians stay comparable. On CUDA, synchronize around each step,
+    since kernels run asynchronously and the clock would otherwise stop before they finish."""
     times = [[] for _ in step_fns]
     for i in range(n + 2):
         for j, fn in enumerate(step_fns):
@@ -77,6 +82,7 @@ def make_step(model, loss_fn, ctx):
 
 
 def train_args(**kw):
+    """train.py's default settings with some overridden, without parsing a command line."""
     args = train.get_args(["--device", "cpu"])
     for k, v in kw.items():
         setattr(args, k.replace("-", "_"), v)
@@ -104,6 +110,8 @@ def main():
     results = {}
 
     if a.only in (None, "mdlm-vs-ar"):
+        # an MDLM step adds masking and the 1/t-weighted loss to the forward and backward of the
+        # same backbone; bidirectional and causal attention cost the same with SDPA
         m_mdlm = mdlm.Transformer(cfg).to(device)
         m_ar = mdlm.Transformer(mdlm.ModelConfig(seq_len=T, causal=True)).to(device)
         args_m, args_a = train_args(seq_len=T, batch_size=B), train_args(seq_len=T, batch_size=B, objective="ar")
@@ -118,7 +126,8 @@ def main():
         ours, ref = mdlm.Transformer(cfg).to(device), EncoderLM(cfg).to(device)
         n_ours, n_ref = sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in ref.parameters())
         x = torch.randint(0, 256, (B, T + 1), device=device)
-        loss = lambda m: mdlm.ar_loss(m(x[:, :-1]), x).mean()  # same loss for both: only the network differs
+        # the same batch and loss for both, so that only the network differs
+        loss = lambda m: mdlm.ar_loss(m(x[:, :-1]), x).mean()
         fo, fr = make_step(ours, lambda: loss(ours), ctx), make_step(ref, lambda: loss(ref), ctx)
         to, tr = map(statistics.median, time_steps([fo, fr], a.steps, device))
         results["encoder"] = {"ours_tok_s": B * T / to, "encoder_tok_s": B * T / tr, "ratio": tr / to,
@@ -127,6 +136,8 @@ def main():
               f"{B * T / tr:.0f} tok/s ({n_ref} params): ours / encoder = {tr / to:.3f}")
 
     if a.only in (None, "ctc-vs-ce"):
+        # one model, two objectives on canvases of the same shape: the ratio isolates the cost of
+        # the slack CTC (gather, band recursion in float64, its backward) over the CE gather
         model = mdlm.Transformer(cfg).to(device)
         common = dict(seq_len=T, batch_size=B, prompt_len=64, slack_rate=0.1)
         args_ce, args_ctc = train_args(loss="ce", **common), train_args(loss="ctc", **common)

@@ -360,7 +360,8 @@ def check_args(args):
 
 
 def setup_device(name):
-    """(rank, world size, device). torchrun sets RANK and WORLD_SIZE; a plain run is rank 0 of 1."""
+    """(rank, world size, device). torchrun sets RANK and WORLD_SIZE; a plain run is rank 0 of 1.
+    GPUs talk through NCCL, CPU processes through gloo (so DDP is testable on a laptop)."""
     device = mdlm.pick_device(name)
     if "RANK" not in os.environ:
         return 0, 1, device
@@ -372,7 +373,9 @@ def setup_device(name):
 
 
 def model_config(args, ckpt):
-    """The model's config: from the checkpoint when there is one (flags must then agree), else flags."""
+    """The model's config: from the checkpoint when there is one (flags must then agree), else flags.
+    Size flags default to None so that "not given" and "given, equal to the default" differ: a
+    fine-tune needs no size flags, and a size flag that contradicts the checkpoint is an error."""
     sizes = {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd}
     if ckpt is None:
         defaults = mdlm.ModelConfig()
@@ -403,7 +406,8 @@ def lr_at(step, args):
 
 
 def make_optimizer(model, args):
-    """AdamW; weight decay on matrices only (not on biases and norms)."""
+    """AdamW; weight decay on matrices only (not on biases and norms). beta2 = 0.95, as in GPT-style
+    training, lets the second-moment estimate follow the large swings of a 1/t-weighted loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -412,7 +416,9 @@ def make_optimizer(model, args):
 
 @torch.no_grad()
 def ema_update(ema, model, step, decay):
-    """ema <- d * ema + (1 - d) * model, with d ramped up early so the EMA does not lag at the start."""
+    """ema <- d * ema + (1 - d) * model, with d ramped up early so the EMA does not lag at the start.
+    The NELBO's gradient is noisy (one t and one mask per sequence), so the average of recent
+    weights samples and validates better than the last ones (MDLM uses an EMA of 0.9999)."""
     d = min(decay, (1 + step) / (10 + step))
     # parameters(), not state_dict(): the tied embedding / output matrix must be updated once
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -420,7 +426,9 @@ def ema_update(ema, model, step, decay):
 
 
 def run_meta(args, init_meta):
-    """What decoding needs to know: was slack trained, and which collapse map defines the output."""
+    """What decoding needs to know: was slack trained, and which collapse map defines the output.
+    A model that never saw SLACK must never sample it (its SLACK logit is untrained), and the
+    collapse map of training is the one that turns its canvas into text."""
     uses_slack = args.slack_rate > 0 or args.loss != "ce" or bool(args.sft)
     slack = uses_slack or bool(init_meta.get("slack"))
     collapse = args.collapse if uses_slack else init_meta.get("collapse", args.collapse)
@@ -556,6 +564,8 @@ def train(args):
                                 f"(last good checkpoint: {last})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            # clipping matters more here than for an AR model: w(t) = 1/t makes a batch whose
+            # stratified times start near eps weigh its few masked tokens up to 1000x
             if args.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             opt.step()
