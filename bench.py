@@ -110,8 +110,8 @@ def main():
     results = {}
 
     if a.only in (None, "mdlm-vs-ar"):
-        # an MDLM step adds masking and the 1/t-weighted loss to the forward and backward of the
-        # same backbone; bidirectional and causal attention cost the same with SDPA
+        # the same backbone and batch; the ratio shows what masking, the 1/t-weighted loss and
+        # bidirectional (instead of causal) attention add to a training step
         m_mdlm = mdlm.Transformer(cfg).to(device)
         m_ar = mdlm.Transformer(mdlm.ModelConfig(seq_len=T, causal=True)).to(device)
         args_m, args_a = train_args(seq_len=T, batch_size=B), train_args(seq_len=T, batch_size=B, objective="ar")
