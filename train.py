@@ -58,7 +58,8 @@ def get_args(argv=None):
       help="MDLM loss: position-wise CE (NELBO), slack CTC, or ctc_weight*CTC + ce_weight*CE (default: ce)")
     a("--ctc-weight", type=float, default=1.0, help="weight of the CTC term in ctc+ce (default: 1)")
     a("--ce-weight", type=float, default=1.0, help="weight of the CE term in ctc+ce (default: 1)")
-    a("--slack-rate", type=float, default=0.0, help="K = round(rate * R) slacks per response canvas of R positions")
+    a("--slack-rate", type=float, default=0.0,
+      help="K = round(rate * R) slacks per response canvas of R positions (default: 0)")
     a("--slack-placement", choices=["random", "tail", "model"], default=None,
       help="where the reference canvas puts slack: random positions, the tail, or the model's Viterbi "
            "alignment (default: tail for --loss ce, random otherwise)")
@@ -380,7 +381,8 @@ def model_config(args, ckpt):
     if ckpt is None:
         defaults = mdlm.ModelConfig()
         sizes = {k: getattr(defaults, k) if v is None else v for k, v in sizes.items()}
-        return mdlm.ModelConfig(seq_len=args.seq_len, causal=args.objective == "ar", dropout=args.dropout, **sizes)
+        return mdlm.ModelConfig(seq_len=args.seq_len, causal=args.objective == "ar", dropout=args.dropout,
+                                **sizes)
     cfg = mdlm.ModelConfig.from_dict(ckpt["config"])
     for k, v in sizes.items():
         if v is not None and v != getattr(cfg, k):
@@ -388,7 +390,8 @@ def model_config(args, ckpt):
     if args.seq_len > cfg.seq_len:
         raise UserError(f"--seq-len {args.seq_len} is longer than the model's seq_len {cfg.seq_len}")
     if cfg.causal != (args.objective == "ar"):
-        raise UserError(f"the checkpoint is {'an AR' if cfg.causal else 'an MDLM'} model; --objective disagrees")
+        kind = "an AR" if cfg.causal else "an MDLM"
+        raise UserError(f"the checkpoint is {kind} model; --objective disagrees")
     if args.loss != "ce" or args.slack_rate > 0 or args.sft:
         if cfg.vocab_size <= SLACK:
             raise UserError("the checkpoint's vocabulary has no SLACK token; it cannot learn slack")

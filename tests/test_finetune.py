@@ -171,7 +171,8 @@ def test_ctc_fine_tune_lowers_its_loss_and_learns_slack(pretrained):
     # decoding it uses slack in the canvas, yet the output never contains a SLACK (or MASK) id
     import decode
     prompt = torch.tensor([mdlm.encode("the cat ")] * 8)
-    out = decode.generate(model, prompt, 24, steps=24, allow_slack=True, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    out = decode.generate(model, prompt, 24, steps=24, allow_slack=True, generator=gen)
     assert (out["canvas"][:, 8:] == SLACK).any()
     for row in out["canvas"].tolist():
         ids = decode.finish(row, 8, "surface", True)
