@@ -595,8 +595,11 @@ def stage_state(path, flags, steps):
     stored = ckpt.get("args") or {}
     want = {f[2:].replace("-", "_"): v for f, v in zip(flags[::2], flags[1::2])}  # "--name value" pairs
     want.setdefault("data", None)  # no --data: the default corpus, stored as None
-    for key, value in want.items():  # the device may differ (a run moved to a GPU), nothing else
-        if key != "device" and key in stored and str(stored[key]) != str(value):
+    # the device may differ (a run moved to a GPU), and so may the paths inside the experiment's
+    # folder (a copied or renamed folder); nothing else
+    free = ("device", "out_dir", "init_from", "sft")
+    for key, value in want.items():
+        if key not in free and key in stored and str(stored[key]) != str(value):
             raise StageError(f"{path} was trained with --{key.replace('_', '-')} {stored[key]}, this run "
                              f"asks for {value}; delete {os.path.dirname(path)} or choose another --out-dir")
     return "done" if (ckpt.get("step") or 0) >= steps else "partial"

@@ -274,3 +274,18 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     # a second run finds every stage complete and only evaluates again
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and run.stdout.count("skipped") == 4, run.stdout[-2000:] + run.stderr[-2000:]
+
+
+def test_stage_state_accepts_a_moved_experiment_folder(tmp_path):
+    """A finished stage copied to another folder is still complete; a changed setting is not."""
+    cfg = mdlm.ModelConfig(seq_len=8, n_layer=1, n_head=2, n_embd=8)
+    path = str(tmp_path / "ckpt.pt")
+    stored = {"out_dir": "old/ce-ft", "init_from": "old/pretrain/ckpt.pt", "sft": "old/train.jsonl",
+              "lr": 0.0005, "data": None, "device": "cuda"}
+    mdlm.save_checkpoint({"config": cfg.to_dict(), "model": mdlm.Transformer(cfg).state_dict(),
+                          "step": 10, "args": stored}, path)
+    flags = ["--out-dir", "new/ce-ft", "--init-from", "new/pretrain/ckpt.pt", "--sft", "new/train.jsonl",
+             "--lr", "0.0005", "--device", "cpu"]
+    assert evaluate.stage_state(path, flags, 10) == "done"
+    with pytest.raises(evaluate.StageError, match="--lr"):
+        evaluate.stage_state(path, flags[:-4] + ["--lr", "0.001", "--device", "cpu"], 10)
