@@ -86,8 +86,6 @@ def train_args(**kw):
     args = train.get_args(["--device", "cpu"])
     for k, v in kw.items():
         setattr(args, k.replace("-", "_"), v)
-    if args.slack_placement is None:
-        args.slack_placement = "tail" if args.loss == "ce" else "random"
     return args
 
 

@@ -380,9 +380,7 @@ def main(argv=None):
         # one line: torch's own unpickling messages run over many lines, the first one says enough
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
-    # what the checkpoint was trained as; older or hand-made checkpoints fall back to plain MDLM
-    meta = {"objective": "mdlm", "schedule": "linear", "slack": False, "collapse": "surface"}
-    meta.update(ckpt.get("meta") or {})
+    meta = mdlm.checkpoint_meta(ckpt)  # what the checkpoint was trained as
     causal = model.cfg.causal
     ids = mdlm.encode(args.prompt)
     prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long).view(args.num_samples, len(ids))

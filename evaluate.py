@@ -116,11 +116,7 @@ def load_model(path, device):
     """(model, meta, checkpoint) with the EMA weights; meta falls back to plain MDLM values."""
     ckpt = mdlm.load_checkpoint(path)
     model = mdlm.model_from_checkpoint(ckpt, device=device)
-    # meta says how the model was trained (objective, schedule, slack, collapse map); a checkpoint
-    # without it is a plain model: AR if causal, else MDLM with the linear schedule and no slack
-    meta = {"objective": "ar" if model.cfg.causal else "mdlm", "schedule": "linear", "slack": False,
-            "collapse": "surface", **(ckpt.get("meta") or {})}
-    return model, meta, ckpt
+    return model, mdlm.checkpoint_meta(ckpt), ckpt
 
 
 # ----------------------------------------------------------------------------------------------

@@ -327,6 +327,15 @@ def model_from_checkpoint(ckpt, use_ema=True, device="cpu"):
     return model.to(device).eval()
 
 
+def checkpoint_meta(ckpt):
+    """How the checkpoint's model was trained: objective, schedule, whether it knows SLACK, the
+    collapse map. A checkpoint without this record is a plain model: AR if its config is causal,
+    else an MDLM with the linear schedule that never saw slack."""
+    causal = bool(ckpt.get("config", {}).get("causal"))
+    return {"objective": "ar" if causal else "mdlm", "schedule": "linear", "slack": False,
+            "collapse": "surface", **(ckpt.get("meta") or {})}
+
+
 def pick_device(name="auto"):
     """'auto' -> cuda, then mps, then cpu (as llm.c does)."""
     if name != "auto":

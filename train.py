@@ -275,15 +275,22 @@ def get_batch(split, args, gen, stats, model=None):
     else:
         prompt, P, y, U = text_examples(split, B, T, args.prompt_len, args.slack_rate, gen)
     R = T - P  # (B,) response canvas lengths
-    if args.slack_placement == "model" and model is not None:
+    placement = slack_placement(args)
+    if placement == "model" and model is not None:
         resp = model_alignment(model, prompt, P, y, U, R, args)
-    else:
-        resp = place_slack(y, U, R, "tail" if args.slack_placement == "model" else args.slack_placement, gen)
+    else:  # with no model at hand, "model" falls back to the tail
+        resp = place_slack(y, U, R, "tail" if placement == "model" else placement, gen)
     z0, keep = assemble(prompt, P, resp, T)  # (B, T) clean canvas, (B, T) prompt positions
     # the forward process: stratified t, then mask each response position with prob. 1 - alpha(t)
     t = mdlm.sample_t(B, generator=gen)  # (B,)
     z_t = mdlm.forward_mask(z0, t, args.schedule, generator=gen, keep=keep)  # (B, T)
     return {"z0": z0, "z_t": z_t, "t": t, "keep": keep, "P": P, "y": y, "U": U, "R": R}
+
+
+def slack_placement(args):
+    """--slack-placement, or its default: the tail for --loss ce (the matched CE baseline pads at
+    the tail, as LLaDA pads with EOS), random positions for the CTC losses."""
+    return args.slack_placement or ("tail" if args.loss == "ce" else "random")
 
 
 @torch.no_grad()
@@ -354,8 +361,7 @@ def check_args(args):
     ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
     if os.path.exists(ckpt_path) and not args.resume:
         raise UserError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out-dir")
-    if args.slack_placement is None:  # the matched CE baseline pads at the tail, as LLaDA pads with EOS
-        args.slack_placement = "tail" if args.loss == "ce" else "random"
+    args.slack_placement = slack_placement(args)  # resolved, so the checkpoint records it
     if args.slack_placement == "model" and args.collapse != "surface":
         raise UserError("--slack-placement model needs --collapse surface")
 

@@ -191,3 +191,13 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     ckpt = {"config": model.cfg.to_dict(), "model": {**other.state_dict(), "extra": torch.zeros(1)}}
     with pytest.raises(mdlm.CheckpointError, match="does not match"):
         mdlm.model_from_checkpoint(ckpt)
+
+
+def test_checkpoint_meta_defaults_and_overrides():
+    causal = mdlm.ModelConfig(causal=True).to_dict()
+    assert mdlm.checkpoint_meta({"config": causal})["objective"] == "ar"
+    plain = mdlm.checkpoint_meta({"config": mdlm.ModelConfig().to_dict()})
+    assert plain == {"objective": "mdlm", "schedule": "linear", "slack": False, "collapse": "surface"}
+    stored = {"objective": "mdlm", "slack": True, "collapse": "standard"}
+    got = mdlm.checkpoint_meta({"config": mdlm.ModelConfig().to_dict(), "meta": stored})
+    assert got["slack"] is True and got["collapse"] == "standard" and got["schedule"] == "linear"
