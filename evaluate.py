@@ -7,7 +7,7 @@ and degrades less under that probe.
     python evaluate.py bpb --ckpts out/ckpt.pt out-ar/ckpt.pt        # held-out bits per byte
     python evaluate.py compare --ckpts out-ce/ckpt.pt out-ctc/ckpt.pt --names ce-ft ctc-ft \\
         --judge out-ar/ckpt.pt --out-dir eval                     # quality at shift rates 0..5%
-    python evaluate.py reproduce --out-dir experiment                # everything, ~30-40 min on 2 CPUs
+    python evaluate.py reproduce --out-dir experiment                # everything, ~35-40 min on 2 CPUs
     python evaluate.py reproduce --tiny --out-dir /tmp/tiny          # the same at toy sizes, ~1 min
 
 `compare` (and `reproduce` at its end) writes to --out-dir: results.json (every number, per-prompt
@@ -48,9 +48,9 @@ import mdlm
 import train
 
 # ----------------------------------------------------------------------------------------------
-# Settings of the reproduce experiment, all in one block. SIZES runs the whole experiment in about
-# 30 minutes on an otherwise idle 2-core CPU (measured: ~0.18 s per CE or AR training step, ~0.38 s
-# per CTC step, ~25 s per model and shift rate of generation); more when the cores are shared.
+# Settings of the reproduce experiment, all in one block. SIZES ran in 41 minutes on a 2-core CPU
+# (pretrain 1207 s while sharing the cores, ~600 s alone; judge 552 s; fine-tunes 186 s and 206 s;
+# evaluation 284 s: see README, "Results"); more when the cores are shared.
 # TINY runs each stage in seconds (the end-to-end test). `compare` takes its defaults from SIZES.
 # Each value's type (int or float) is also the type of its command-line flag.
 
