@@ -11,38 +11,33 @@ where the collapse map B is either
     surface  (default, the paper's v2): delete slack; repeated tokens are kept,
     standard (Graves CTC, the paper's v1): merge repeated tokens, then delete slack.
 Some canvas positions may be visible (not masked): their token is fixed, so the sum runs only over
-completions of the masked positions (the Imputer, Chan et al. 2020, arXiv 2002.08926).
-
-Papers: Graves et al. 2006, "Connectionist Temporal Classification" (ICML); Chan et al. 2020,
-"Imputer" (arXiv 2002.08926); Ye et al. 2026, the slack paper (arXiv 2601.22947).
+completions of the masked positions (the Imputer, Chan et al. 2020, arXiv 2002.08926). CTC itself:
+Graves et al. 2006, "Connectionist Temporal Classification" (ICML).
 
 Usage:
-    python ctc_slack.py --bench               # speed and memory against torch.nn.functional.ctc_loss
-    python ctc_slack.py --bench --quick       # a smaller set of shapes
     python -m pytest tests/test_ctc_slack.py  # exactness tests (brute force, F.ctc_loss, gradcheck)
+    python bench.py ctc --quick               # speed and memory against torch.nn.functional.ctc_loss
 
-Cost, surface collapse (algorithm="band", the default): K+1 sequential steps (K = T - U slacks)
-of O(B * U) vectorized work, memory O(B * (K+1) * (U+1)); standard collapse: the usual loop over
-T positions and 2U+1 states under autograd, O(B * T * U) time and memory. The recursions run in
-float64 whatever the input dtype (see "One row in closed form" for why); the result has the
-input dtype.
+Use in your own MDLM (the porter API at the end of this file; P prompt positions, R = T - P
+response positions per example, y the U target tokens, K = R - U slacks):
+    resp = place_slack(y, U, R, "random", slack_id=SLACK, generator=g)  # (B, R_max) reference
+    z0, is_prompt = build_canvas(prompt, P, resp, T)                     # (B, T) clean canvas
+    z_t = your_forward_mask(z0, t, keep=is_prompt)                       # mask w.p. 1 - alpha(t)
+    loss = slack_ctc_term(model(z_t), z_t, P, y, U, w(t), slack_id=SLACK, mask_id=MASK).mean()
+align_slack in place of place_slack puts the slack where the model's alignment wants it.
 
-On CPU the band runs many small ops in sequence: on a machine whose cores are busy with other
-work, torch.set_num_threads(1) (or --threads 1 for the benchmark) can make it several times faster.
+Cost (algorithm="band", the default): surface, K+1 sequential steps (K = T - U slacks) of O(B * U)
+vectorized work in float64, memory O(B * (K+1) * (U+1)); standard, PyTorch's own CTC kernel on
+edited log-probs, at about F.ctc_loss's time and memory. algorithm="time": the slow references.
 
 This file imports only torch; copy it alone into another codebase.
 """
 
-import argparse
-import json
-import time
-
 import torch
 from torch.nn.functional import pad
 
-# A stand-in for log 0 in the slow reference loops. It is finite because -inf makes autograd produce
-# NaN gradients (inf - inf); any path through it is smaller than any real path by ~1e30, so it adds
-# exactly nothing in float64. Finite log-probs are assumed to be above -1e20.
+# log 0 in the slow reference loops: finite, as -inf gives NaN gradients (inf - inf); a path through
+# it adds exactly nothing in float64 (finite log-probs are assumed to be above -1e20).
 NEG_TIME = -1e30
 
 
@@ -68,10 +63,8 @@ def collapse_tokens(seq, slack_id, collapse="surface"):
 #             |s        |s          |s          |s          |s
 #     d=2   (0,2) -y1-> (1,2) -y2-> (2,2) -y3-> (3,2) -y4-> (4,2) = end, t = T
 #
-# An alignment is a monotone path from (0,0) to (U,K). A loop over time would take T steps over
-# the U+1 states; here the lattice has only K+1 rows, and each row is solved in closed form, so
-# the loop runs over the slack count: K+1 steps, usually far fewer than T. Work and memory are
-# O(B * (K+1) * (U+1)), not the O(B * T * U) of a time loop over all 2U+1 CTC states.
+# An alignment is a monotone path from (0,0) to (U,K). The lattice has only K+1 rows, each solved
+# in closed form, so the loop runs over the slack count: K+1 steps, usually far fewer than T.
 #
 # Both arrows into (u, d) consume the same position t = u + d - 1, so one gather reads them:
 #     tok[d, u] = log p_{u+d-1}(y[u])   (edge (u-1,d) -> (u,d), u >= 1; y is 1-indexed here)
@@ -92,8 +85,7 @@ def _band_index(targets, T_b, U_b, slack_id, T, V):
     y = targets[:, : U1 - 1].long().clamp(0, V - 1)
     y = torch.cat([y.new_full((B, 1), slack_id), y], 1)  # (B, U+1): y[u], y[0] a placeholder
     v = torch.stack([y, torch.full_like(y, slack_id)], 1).view(B, 2, 1, U1)  # (B, 2, 1, U+1)
-    # The edge exists if it stays inside the example: u <= U, d <= K, t < T; u >= 1 for a token
-    # edge, d >= 1 for a slack edge.
+    # An edge exists inside the example (u <= U, d <= K, t < T), token edges from u >= 1, slack d >= 1.
     Tb, Ub, Kb = T_b.view(B, 1, 1, 1), U_b.view(B, 1, 1, 1), K_b.view(B, 1, 1, 1)
     inside = (u + d - 1 < Tb) & (u <= Ub) & (d <= Kb)  # (B, 1, K+1, U+1)
     edge = torch.cat([(u >= 1).expand(1, 1, K1, U1), (d >= 1).expand(1, 1, K1, U1)], 1)
@@ -102,10 +94,9 @@ def _band_index(targets, T_b, U_b, slack_id, T, V):
 
 def _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     """Gather the band once: em (B, 2, K+1, U+1) float64 (em[:, 0] = tok, em[:, 1] = slk); free
-    (same shape, bool: the entry is a real, differentiable log-prob); neg (B, 1), the stand-in for
-    log 0; low (B,), a lower bound on any allowed path. Entries that no alignment may use (outside
-    the example, contradicting a visible position, a -inf log-prob) become neg; entries at visible
-    positions that agree become 0 (probability 1). Memory O(B * (K+1) * (U+1)), never O(B*T*U)."""
+    (same shape, bool: a real, differentiable log-prob); neg (B, 1), the stand-in for log 0; low
+    (B,), a lower bound on any allowed path. Entries no alignment may use (outside the example,
+    contradicting a visible position, -inf) become neg; visible ones that agree become 0."""
     B, T, V = log_probs.shape
     flat, t, v, valid = _band_index(targets, T_b, U_b, slack_id, T, V)
     K1, U1 = t.shape[2], t.shape[3]
@@ -119,12 +110,10 @@ def _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     free = valid & ~visible
     em = torch.where(free, em, 0.0)  # (B, 2, K+1, U+1)
     # The stand-in for log 0. Every path uses U token edges and K slack edges, so an allowed path
-    # has log-prob >= low = U * min(tok) + K * min(slk) over allowed entries. A path through a
-    # forbidden entry scores <= neg, and there are fewer than 4^T paths, so with
-    # neg = low - 2T - 100 forbidden paths add less than e^-100 relative to the true sum (this
-    # assumes log-probs <= 0, as log-softmax outputs are). A fixed stand-in such as -1e4 is not
-    # enough: at T = 1000 a real path easily scores below -1e4. Keeping |neg| as small as this
-    # also keeps the cumulative sums of each row (below) small, hence precise.
+    # scores >= low = U * min(tok) + K * min(slk) over allowed entries; one through a forbidden
+    # entry scores <= neg (log-probs are <= 0). With fewer than 4^T paths, neg = low - 2T - 100
+    # leaves forbidden paths under e^-100 of the true sum; a fixed -1e4 is not enough (at T = 1000
+    # a real path easily scores below it). A small |neg| also keeps each row's cumsum precise.
     big = torch.where(valid, em, float("inf")).amin(dim=(2, 3))  # (B, 2)
     big = torch.where(torch.isfinite(big), big, 0.0)
     K_b = (T_b - U_b).clamp(min=0)
@@ -142,32 +131,27 @@ def _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
 #     F_d(u) = C_d(u) + logcumsumexp_j (E_d(j) - C_d(j))
 # one cumsum and one logcumsumexp per row instead of a loop over u. Backwards (suffix sums):
 #     G_d(u) = logaddexp(tok_d(u+1) + G_d(u+1), E'_d(u)) = logsumexp_{j>=u} [E'_d(j) + C_d(j) - C_d(u)]
-# Why float64: C grows like (number of forbidden entries) * |neg|, and in float32 the difference
-# C(u) - C(j) then loses every digit of the small terms once visible tokens pin positions. In
-# float64 the absolute error in log space is about 1e-16 * |C|: ~1e-9 at T = 1024 with half of the
-# positions visible. neg must be finite: with -inf, E - C would be inf - inf = NaN.
+# Why float64: C grows like (number of forbidden entries) * |neg|, and in float32 C(u) - C(j) then
+# loses every digit of the small terms; in float64 the error is about 1e-16 * |C|, ~1e-9 at
+# T = 1024 with half of the positions visible. neg must be finite: E - C would be inf - inf = NaN.
 # With max in place of logsumexp (cummax) the same line gives the Viterbi row (_align_surface).
 
 
 class _BandLogZ(torch.autograd.Function):
-    """log Z = log sum over surface alignments (the band DP), with a hand-written backward
-    (the forward-backward algorithm). Autograd through the K+1 rows would be exact too, but
-    slower, and would keep every intermediate of every row. Kept for backward: the band em
-    (float64), its free mask and the forward rows F (float64), 26 bytes per band cell, against
-    F.ctc_loss's float32 (B, T, 2U+1) table. Outputs log Z (B,) and feasible (B,) (bool)."""
+    """log Z over surface alignments (the band DP), with a hand-written forward-backward (autograd
+    would keep every intermediate of every row): 26 bytes per band cell kept for backward, against
+    F.ctc_loss's 4 per (t, state). Outputs log Z (B,) and feasible (B,) (bool)."""
 
     @staticmethod
     def forward(ctx, log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
         em, free, neg, low = _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
         B, _, K1, U1 = em.shape
         cum = em[:, 0].cumsum(2)  # (B, K+1, U+1): C of every row at once
-        # The closed form above, with E - C = F_{d-1} + (slk_d - C_d) and slk - C made once for
-        # all rows: three small ops per row.
+        # The closed form above, E - C = F_{d-1} + (slk_d - C_d), slk - C made once for all rows.
         slk_minus_cum = (em[:, 1] - cum).unbind(1)  # K+1 rows of (B, U+1)
         cum = cum.unbind(1)
         u = torch.arange(U1, device=em.device)
-        # Row 0 starts at (0, 0) with probability 1; log 0 (neg) at every other u.
-        start = torch.where(u == 0, 0.0, neg)  # (B, U+1)
+        start = torch.where(u == 0, 0.0, neg)  # (B, U+1): row 0 starts at (0, 0) with probability 1
         rows = []
         for d in range(K1):  # K+1 steps, not T: each step solves a whole row
             # (u, d) is entered from above by a slack: E_d(u) = F_{d-1}(u) + slk_d(u).
@@ -198,15 +182,15 @@ class _BandLogZ(torch.autograd.Function):
         end = torch.where(u == U_b.view(B, 1), 0.0, neg).flip(1)  # (B, U+1): log 1 at (U, K)
         rows = []
         for d in reversed(range(K1)):
-            # G_d(u) = log sum of path suffixes from (u, d) to (U, K). The entries are the slack
-            # edges down: E'_d(u) = slk_{d+1}(u) + G_{d+1}(u); row K itself starts at the end.
+            # G_d(u) = log sum of suffixes from (u, d) to (U, K); entries E'_d(u) = slk_{d+1}(u) +
+            # G_{d+1}(u) come by the slack edges down; row K itself starts at the end.
             e_plus_c = end + cum[d] if d == K1 - 1 else rows[-1] + slk_plus_cum[d]
             if ragged:  # rows past an example's own K hold log 0; its row K starts at the end
                 e_plus_c = torch.where(d == K_b, end + cum[d], torch.where(d > K_b, neg + cum[d], e_plus_c))
             rows.append(torch.logcumsumexp(e_plus_c, 1) - cum[d])
         log_bwd = torch.stack(rows[::-1], 1).flip(2)  # (B, K+1, U+1), u in order again
-        # Edge posterior = exp(F(source) + edge + G(target) - log Z), at most 1: the clamp guards
-        # only the forbidden region of infeasible rows, whose gradient is zero anyway.
+        # Edge posterior = exp(F(source) + edge + G(target) - log Z) <= 1; the clamp guards only
+        # infeasible rows, whose gradient is zero anyway.
         post = torch.zeros_like(em)  # (B, 2, K+1, U+1)
         lz = logz.view(B, 1, 1)
         post[:, 0, :, 1:] = log_fwd[:, :, :-1] + em[:, 0, :, 1:] + log_bwd[:, :, 1:] - lz  # tok
@@ -223,9 +207,73 @@ class _BandLogZ(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------------------------
-# Slow exact references: loops over time, one canvas position per step. The standard collapse
-# uses only this one: it also fits a band, but each cell would need two states (inside a run of a
-# token, or of slack) and a gate between equal tokens; the familiar Graves loop is kept instead.
+# The standard collapse is Graves CTC on edited log-probs, so PyTorch's native kernel runs it. A
+# visible position is a one-hot emission row (log 1 = 0 for its token, log 0 for every other), and
+# given such rows F.ctc_loss sums exactly the alignments that agree with the canvas.
+# Here log 0 is -inf itself, not a finite stand-in as in the band: the kernel's recursions treat
+# -inf exactly (a forbidden path adds exactly 0, an infeasible row gives nll = +inf), and a finite
+# stand-in makes them ~15% slower (each forbidden transition underflows exp). -inf does give NaN
+# gradients, but only at the -inf entries themselves, whose gradient is zeroed by selection below.
+# ----------------------------------------------------------------------------------------------
+
+
+def _standard_emissions(log_probs, T_b, canvas, mask_id):
+    """The log-probs that F.ctc_loss reads (B, T, V): visible rows one-hot (0 at the token, -inf
+    elsewhere), non-finite entries -inf; free (B, T, V) bool, the entries that stay real,
+    differentiable log-probs (finite, at a masked position inside the example)."""
+    if log_probs.dtype not in (torch.float32, torch.float64):  # the native kernel's dtypes
+        log_probs = log_probs.float()
+    B, T, V = log_probs.shape
+    keep = torch.arange(T, device=log_probs.device) < T_b[:, None]  # (B, T): inside the example
+    if canvas is not None:
+        visible = canvas != mask_id  # (B, T)
+        keep &= ~visible
+    free = torch.isfinite(log_probs) & keep[..., None]  # (B, T, V)
+    lp = torch.where(free, log_probs, float("-inf"))  # (B, T, V)
+    if canvas is not None:  # log 1 at the visible token; a token outside the vocabulary: none
+        tok = canvas.long().clamp(0, V - 1)[..., None]  # (B, T, 1)
+        shown = (visible & (canvas >= 0) & (canvas < V))[..., None]
+        lp.scatter_(2, tok, torch.where(shown, 0.0, lp.gather(2, tok)))
+    return lp, free
+
+
+class _StandardLogZ(torch.autograd.Function):
+    """log Z of the standard collapse by torch's native CTC kernel (C++ or CUDA) in the dtype of
+    log_probs (float32 at least). Saves what F.ctc_loss saves plus the canvas: the edited log-probs
+    are rebuilt in backward, not kept. Outputs log Z (B,) and feasible (B,) (bool)."""
+
+    @staticmethod
+    def forward(ctx, log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
+        lp, _ = _standard_emissions(log_probs, T_b, canvas, mask_id)
+        lens = (T_b.tolist(), U_b.tolist())
+        # The op F.ctc_loss calls, so that log_alpha is ours to pass to its backward; time-major.
+        nll, log_alpha = torch.ops.aten._ctc_loss(lp.transpose(0, 1), targets.long(), *lens, slack_id)
+        feasible = torch.isfinite(nll)  # +inf: no alignment agrees with the canvas, or T is too short
+        ctx.save_for_backward(log_probs, targets, T_b, canvas, nll, log_alpha, feasible)
+        ctx.lens, ctx.slack_id, ctx.mask_id = lens, slack_id, mask_id
+        ctx.mark_non_differentiable(feasible)
+        return -nll, feasible
+
+    @staticmethod
+    def backward(ctx, grad_logz, _):
+        log_probs, targets, T_b, canvas, nll, log_alpha, feasible = ctx.saved_tensors
+        lp, free = _standard_emissions(log_probs, T_b, canvas, ctx.mask_id)
+        g = (grad_logz * feasible).to(lp.dtype)  # (B,): infeasible rows get no gradient
+        # Given h = d/d nll, the native backward returns h * (exp(lp) - posterior), the gradient
+        # w.r.t. the logits of a log_softmax (its Jacobian folded in). We owe d log Z / d lp =
+        # posterior, and log Z = -nll, so with h = -g:  g * posterior = g * exp(lp) + native.
+        # zero_infinity=True zeroes the infeasible rows (nll = +inf) instead of filling them with NaN.
+        native = torch.ops.aten._ctc_loss_backward(-g, lp.transpose(0, 1), targets.long(), *ctx.lens,
+                                                   nll, log_alpha, ctx.slack_id, True)  # (T, B, V)
+        # exp is many times slower where it underflows: clamp first (e^-80 ~ 2e-35, nothing here).
+        grad = lp.clamp_(min=-80.0).exp_().mul_(g.view(-1, 1, 1)).add_(native.transpose(0, 1))
+        # Exact zeros where the entry is not free (visible, -inf, past T_b): masked_fill selects,
+        # so the NaN that native holds at -inf entries goes too. In place: no third (B, T, V) buffer.
+        return grad.masked_fill_(~free, 0.0).to(log_probs.dtype), None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Slow exact references (algorithm="time"): loops over time, one position per step, autograd.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -243,9 +291,8 @@ def _time_emissions(log_probs, labels, canvas, mask_id):
 
 
 def _surface_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
-    """Surface collapse, one step per position. log_fwd_t(u) = log prob that positions 0..t emit
-    exactly y[1..u] (plus slack):  log_fwd_t(u) = logaddexp(log_fwd_{t-1}(u) + log p_t(slack),
-    log_fwd_{t-1}(u-1) + log p_t(y[u])). Cost O(B * T * U) time and memory."""
+    """Surface collapse; log_fwd_t(u) = log P(positions 0..t emit y[1..u] and slack) = logaddexp(
+    log_fwd_{t-1}(u) + log p_t(slack), log_fwd_{t-1}(u-1) + log p_t(y[u])). O(B * T * U)."""
     B, T, V = log_probs.shape
     U1 = int(U_b.max()) + 1
     y = targets[:, : U1 - 1].long().clamp(0, V - 1)
@@ -263,33 +310,35 @@ def _surface_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     return final, (T_b >= U_b) & (final > NEG_TIME / 2)
 
 
+def _graves_lattice(log_probs, targets, U_b, slack_id, canvas, mask_id):
+    """Standard collapse states: labels l' = (slack, y1, slack, ..., yU, slack) (B, 2U+1), skip (0
+    where s-2 -> s is allowed), emissions (B, T, 2U+1), start, the two end states (B, 2), end_ok."""
+    B, T, V = log_probs.shape
+    U, dev = int(U_b.max()), log_probs.device
+    ext = torch.full((B, 2 * U + 1), slack_id, dtype=torch.long, device=dev)
+    ext[:, 1::2] = targets[:, :U].long().clamp(0, V - 1)  # (B, 2U+1)
+    # Skipping s-2 -> s jumps over a slack: allowed only between different tokens (else they merge).
+    skip = torch.full(ext.shape, NEG_TIME, dtype=torch.float64, device=dev)
+    skip[:, 3::2] = torch.where(ext[:, 3::2] != ext[:, 1:-2:2], 0.0, NEG_TIME)
+    start = torch.where(torch.arange(2 * U + 1, device=dev) == 0, 0.0, NEG_TIME).double().expand(B, -1)
+    last = torch.stack([2 * U_b, (2 * U_b - 1).clamp(min=0)], 1)  # (B, 2): after slack, after y_U
+    end_ok = U_b[:, None] >= torch.arange(2, device=dev)  # (B, 2): 2U-1 exists only when U >= 1
+    return ext, skip, _time_emissions(log_probs, ext, canvas, mask_id), start, last, end_ok
+
+
 def _standard_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
-    """Standard (Graves) collapse: states s = 0..2U of the extended label l' = (slack, y1, slack,
-    y2, ..., yU, slack). From s a step may stay, go to s+1, or skip to s+2 when l'(s+2) is a token
-    different from l'(s): skipping the slack between two equal tokens would merge them.
+    """Standard (Graves) collapse over the extended labels l'. From s a step may stay, go to s+1,
+    or skip to s+2 when l'(s+2) is a token different from l'(s):
         log_fwd_t(s) = log p_t(l'(s)) + logsumexp(log_fwd_{t-1}(s), log_fwd_{t-1}(s-1),
                                                    log_fwd_{t-1}(s-2) if skip allowed)
     The end is s = 2U or 2U-1 after T_b positions. Cost O(B * T * U) time and memory."""
-    B, T, V = log_probs.shape
-    U = int(U_b.max())
-    S = 2 * U + 1
-    dev = log_probs.device
-    ext = torch.full((B, S), slack_id, dtype=torch.long, device=dev)
-    ext[:, 1::2] = targets[:, :U].long().clamp(0, V - 1)  # (B, 2U+1)
-    skip = torch.zeros((B, S), dtype=torch.bool, device=dev)
-    skip[:, 3::2] = ext[:, 3::2] != ext[:, 1:-2:2]  # (B, 2U+1): may come from s-2
-    skip_bias = torch.where(skip, 0.0, NEG_TIME).double()
-    e = _time_emissions(log_probs, ext, canvas, mask_id)  # (B, T, 2U+1)
-    s = torch.arange(S, device=dev)
-    log_fwd = torch.where(s == 0, 0.0, NEG_TIME).double().expand(B, S)  # before any position
-    last = torch.stack([2 * U_b, (2 * U_b - 1).clamp(min=0)], 1)  # (B, 2): the two end states
-    end_ok = torch.stack([U_b >= 0, U_b >= 1], 1)
+    ext, skip, e, log_fwd, last, end_ok = _graves_lattice(log_probs, targets, U_b, slack_id, canvas, mask_id)
     read = lambda lf: torch.where(end_ok, lf.gather(1, last), NEG_TIME).logsumexp(1)  # noqa: E731
     final = read(log_fwd)
     ends = set(T_b.tolist())  # read the end only at steps where some example ends
     for t, e_t in enumerate(e.unbind(1)):  # unbind once: per-step indexing makes backward O(T^2)
         shifted = pad(log_fwd, (2, 0), value=NEG_TIME)  # (B, 2U+3): shifted[:, s+2] = log_fwd(s)
-        one, two = shifted[:, 1:-1], shifted[:, :-2] + skip_bias  # from s-1; from s-2 if allowed
+        one, two = shifted[:, 1:-1], shifted[:, :-2] + skip  # from s-1; from s-2 if allowed
         log_fwd = torch.logaddexp(torch.logaddexp(log_fwd, one), two) + e_t  # (B, 2U+1)
         if t + 1 in ends:
             final = torch.where(T_b == t + 1, read(log_fwd), final)
@@ -299,6 +348,19 @@ def _standard_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
 # ----------------------------------------------------------------------------------------------
 # The loss
 # ----------------------------------------------------------------------------------------------
+
+
+def _check(log_probs, targets, input_lengths, target_lengths, canvas, mask_id, collapse):
+    """Refuse malformed arguments; the lengths as (B,) long tensors on the device of log_probs."""
+    assert log_probs.dim() == 3, "log_probs must be (B, T, V)"
+    assert targets.dim() == 2 and targets.shape[0] == log_probs.shape[0], "targets must be (B, U_max)"
+    assert collapse in ("surface", "standard"), f"unknown collapse {collapse!r}"
+    assert canvas is None or mask_id is not None, "a canvas needs mask_id"
+    T_b = torch.as_tensor(input_lengths, device=log_probs.device).long()
+    U_b = torch.as_tensor(target_lengths, device=log_probs.device).long()
+    assert int(T_b.max()) <= log_probs.shape[1], "input_lengths exceed log_probs.shape[1]"
+    assert int(U_b.max()) <= targets.shape[1], "target_lengths exceed targets.shape[1]"
+    return T_b, U_b
 
 
 def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
@@ -313,28 +375,22 @@ def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_i
         collapse: "surface" (delete slack) or "standard" (merge repeats, then delete slack).
         reduction: "none" (B,), "sum", or "mean" (each loss / max(target length, 1), then averaged).
         zero_infinity: infeasible examples give 0 (and zero gradient) instead of +inf.
-        algorithm: "band" (fast, surface only; standard falls back to time) or "time" (reference).
+        algorithm: "band" (fast: the band for surface, the native CTC kernel for standard) or
+            "time" (the slow references, float64).
     Infeasible examples (T < U, a visible token no alignment can use, too few positions for
-    standard repeats) give +inf, never NaN; their gradient is zero. Computed in float64, returned
-    in the dtype of log_probs."""
-    assert log_probs.dim() == 3, "log_probs must be (B, T, V)"
-    assert targets.dim() == 2 and targets.shape[0] == log_probs.shape[0], "targets must be (B, U_max)"
-    assert collapse in ("surface", "standard"), f"unknown collapse {collapse!r}"
+    standard repeats) give +inf, never NaN, and zero gradient. Surface runs in float64, standard
+    in the dtype of log_probs (float32 at least); the result has the dtype of log_probs. The
+    gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0 where visible."""
     assert algorithm in ("band", "time"), f"unknown algorithm {algorithm!r}"
     assert reduction in ("none", "sum", "mean"), f"unknown reduction {reduction!r}"
-    assert canvas is None or mask_id is not None, "a canvas needs mask_id"
-    dev = log_probs.device
-    T_b = torch.as_tensor(input_lengths, device=dev).long()
-    U_b = torch.as_tensor(target_lengths, device=dev).long()
-    assert int(T_b.max()) <= log_probs.shape[1], "input_lengths exceed log_probs.shape[1]"
-    assert int(U_b.max()) <= targets.shape[1], "target_lengths exceed targets.shape[1]"
+    T_b, U_b = _check(log_probs, targets, input_lengths, target_lengths, canvas, mask_id, collapse)
     args = (log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
-    if collapse == "surface" and algorithm == "band":
-        logz, ok = _BandLogZ.apply(*args)
+    if algorithm == "time":
+        logz, ok = (_surface_time if collapse == "surface" else _standard_time)(*args)
     elif collapse == "surface":
-        logz, ok = _surface_time(*args)
+        logz, ok = _BandLogZ.apply(*args)
     else:
-        logz, ok = _standard_time(*args)
+        logz, ok = _StandardLogZ.apply(*args)
     bad = 0.0 if zero_infinity else float("inf")
     nll = torch.where(ok, -logz, bad).to(log_probs.dtype)  # (B,); where() keeps NaN out of grads
     if reduction == "none":
@@ -354,17 +410,15 @@ def _fill_canvas(targets, T_b, U_b, is_slack, slack_id):
     B, T = is_slack.shape
     t = torch.arange(T, device=is_slack.device)
     tok = ~is_slack & (t < T_b[:, None])  # (B, T): positions that hold a target token
-    # The k-th token position (counting from 0) holds y[k]: k = (number of token positions so far) - 1.
-    rank = (tok.long().cumsum(1) - 1).clamp(0, max(targets.shape[1] - 1, 0))  # (B, T)
+    rank = (tok.long().cumsum(1) - 1).clamp(0, max(targets.shape[1] - 1, 0))  # (B, T): k-th holds y[k]
     y = targets.long().gather(1, rank) if targets.shape[1] else torch.zeros_like(rank)
     return torch.where(tok & (rank < U_b[:, None]), y, slack_id)
 
 
 @torch.no_grad()
 def _align_surface(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
-    """Viterbi over the band. Row d: F(u) = C(u) + max_{j<=u} (E(j) - C(j)); the argmax j (from
-    cummax) is where the best path entered row d, by a slack at position j + d - 1. Following
-    these entry points from (U, K) up to row 0 places all K slacks."""
+    """Viterbi over the band: the argmax j of each row's cummax is where the best path entered
+    row d, by a slack at position j + d - 1; following these from (U, K) places all K slacks."""
     em, _, neg, low = _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
     B, _, K1, U1 = em.shape
     cum_tok, slk = em[:, 0].cumsum(2).unbind(1), em[:, 1].unbind(1)
@@ -373,7 +427,7 @@ def _align_surface(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     for d in range(K1):
         if d > 0:
             entry = rows[-1] + slk[d]  # E_d(u) = F_{d-1}(u) + slk_d(u), as in the sum
-        # F_d(u) = C(u) + max_{j<=u} (E(j) - C(j)); the argmax j is kept for the walk back.
+        # F_d(u) = C(u) + max_{j<=u} (E(j) - C(j))
         best, arg = torch.cummax(entry - cum_tok[d], 1)  # (B, U+1) each
         rows.append(cum_tok[d] + best)
         args.append(arg)
@@ -400,181 +454,115 @@ def _align_surface(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
 def _align_standard(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     """Viterbi over the 2U+1-state lattice, one step per position, keeping for every state which
     predecessor (stay, s-1, s-2) was best; then a walk back from the best end state."""
-    B, T, V = log_probs.shape
-    U = int(U_b.max())
-    S, dev = 2 * U + 1, log_probs.device
-    ext = torch.full((B, S), slack_id, dtype=torch.long, device=dev)
-    ext[:, 1::2] = targets[:, :U].long().clamp(0, V - 1)  # (B, 2U+1)
-    skip = torch.zeros((B, S), dtype=torch.bool, device=dev)
-    skip[:, 3::2] = ext[:, 3::2] != ext[:, 1:-2:2]
-    skip_bias = torch.where(skip, 0.0, NEG_TIME).double()
-    e = _time_emissions(log_probs, ext, canvas, mask_id)  # (B, T, 2U+1)
-    log_fwd = torch.where(torch.arange(S, device=dev) == 0, 0.0, NEG_TIME).double().expand(B, S)
-    # As in _standard_time, with max for logsumexp; each example's best end state is kept at t = T_b.
-    last = torch.stack([2 * U_b, (2 * U_b - 1).clamp(min=0)], 1)  # (B, 2): the two end states
-    end_ok = torch.stack([U_b >= 0, U_b >= 1], 1)
-    score = torch.full((B,), NEG_TIME, dtype=torch.float64, device=dev)
-    state = 2 * U_b
-    back = []
-    for t, e_t in enumerate(e.unbind(1)):
+    B, T, _ = log_probs.shape
+    ext, skip, e, log_fwd, last, end_ok = _graves_lattice(log_probs, targets, U_b, slack_id, canvas, mask_id)
+    score = torch.full((B,), NEG_TIME, dtype=torch.float64, device=e.device)
+    state, back = 2 * U_b, []
+    for t, e_t in enumerate(e.unbind(1)):  # as in _standard_time, with max for logsumexp
         shifted = pad(log_fwd, (2, 0), value=NEG_TIME)  # (B, 2U+3): shifted[:, s+2] = log_fwd(s)
-        one, two = shifted[:, 1:-1], shifted[:, :-2] + skip_bias
-        three = torch.stack([log_fwd, one, two])  # (3, B, 2U+1)
-        best, arg = three.max(0)
+        best, arg = torch.stack([log_fwd, shifted[:, 1:-1], shifted[:, :-2] + skip]).max(0)
         log_fwd = best + e_t
-        back.append(arg)  # (B, S): 0 stay, 1 from s-1, 2 from s-2
+        back.append(arg)  # (B, 2U+1): 0 stay, 1 from s-1, 2 from s-2
+        # Each example's best end state is kept at t = T_b.
         ends = torch.where(end_ok, log_fwd.gather(1, last), 2 * NEG_TIME)  # (B, 2)
         at_end = T_b == t + 1
         score = torch.where(at_end, ends.max(1).values, score)
         state = torch.where(at_end, last.gather(1, ends.argmax(1, keepdim=True)).squeeze(1), state)
     # Walk back: at each position write the label of the current state, then move to its best
     # predecessor. Positions at or past an example's T_b stay slack.
-    out = torch.full((B, T), slack_id, dtype=torch.long, device=dev)
+    out = torch.full((B, T), slack_id, dtype=torch.long, device=e.device)
     for t in range(T - 1, -1, -1):
         active = t < T_b
         out[:, t] = torch.where(active, ext.gather(1, state[:, None]).squeeze(1), slack_id)
         prev = (state - back[t].gather(1, state[:, None]).squeeze(1)).clamp(min=0)  # 0 if infeasible
         state = torch.where(active, prev, state)
     feasible = (T_b >= U_b) & (score > NEG_TIME / 2)
-    tail = _fill_canvas(targets, T_b, U_b, torch.arange(T, device=dev) >= U_b[:, None], slack_id)
+    tail = _fill_canvas(targets, T_b, U_b, torch.arange(T, device=e.device) >= U_b[:, None], slack_id)
     return torch.where(feasible[:, None], out, tail)
 
 
 def ctc_slack_align(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
                     mask_id=None, collapse="surface"):
-    """The single most probable alignment consistent with the canvas, as a (B, T) LongTensor of
-    tokens and slack (T = log_probs.shape[1]; positions >= input_length hold slack_id). It
-    collapses to y and agrees with every visible position. Used to place slack where the model
-    wants it (training) and to show where slack went (decoding). Ties are broken arbitrarily.
-    Infeasible rows (T < U, or no alignment agrees with the canvas) get the tail placement: the
-    targets first, then slack (only the first T targets when T < U), ignoring the canvas."""
-    assert collapse in ("surface", "standard"), f"unknown collapse {collapse!r}"
-    assert canvas is None or mask_id is not None, "a canvas needs mask_id"
-    dev = log_probs.device
-    T_b = torch.as_tensor(input_lengths, device=dev).long()
-    U_b = torch.as_tensor(target_lengths, device=dev).long()
-    assert int(T_b.max()) <= log_probs.shape[1], "input_lengths exceed log_probs.shape[1]"
+    """The most probable alignment consistent with the canvas, a (B, T) LongTensor of tokens and
+    slack (T = log_probs.shape[1]; slack_id from input_length on) that collapses to y and agrees
+    with every visible position; ties broken arbitrarily. Infeasible rows (T < U, or no alignment
+    agrees with the canvas) get the targets first, then slack (the first T targets if T < U)."""
+    T_b, U_b = _check(log_probs, targets, input_lengths, target_lengths, canvas, mask_id, collapse)
     args = (log_probs.detach(), targets, T_b, U_b, slack_id, canvas, mask_id)
     return _align_surface(*args) if collapse == "surface" else _align_standard(*args)
 
 
 # ----------------------------------------------------------------------------------------------
-# Benchmark: python ctc_slack.py --bench
+# The porter API: the method as functions of tensors, in the order a step calls them. A canvas is
+# P_b prompt positions, then R_b = T - P_b holding the U_b targets y and K_b = R_b - U_b slacks:
+#     z0:   T h e _ l i s t | t y p e · i s _ a · m u t a b l e     (place_slack, build_canvas)
+#     z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?       (? = MASK: your forward process)
+# CE scores each masked position against z0; the slack CTC against y under every alignment.
 # ----------------------------------------------------------------------------------------------
 
 
-def _bench_case(B, T, V, rate, visible, device, gen):
-    """Random log-probs (a leaf), targets and, when visible > 0, a canvas that shows that fraction
-    of a random reference alignment (the slack in random places). Slack is V-1, mask is V-2."""
-    K = round(rate * T)
-    logits = torch.randn(B, T, V, generator=gen)
-    lp = logits.log_softmax(-1).to(device).requires_grad_()
-    y = torch.randint(0, V - 2, (B, T - K), generator=gen)
-    canvas = None
-    if visible > 0:
-        keys = torch.rand(B, T, generator=gen)
-        is_slack = keys <= keys.kthvalue(K, 1, keepdim=True).values if K else keys < 0  # K per row
-        z0 = _fill_canvas(y, torch.full((B,), T), torch.full((B,), T - K), is_slack, V - 1)
-        canvas = torch.where(torch.rand(B, T, generator=gen) < visible, z0, V - 2).to(device)
-    lens = (torch.full((B,), T, device=device), torch.full((B,), T - K, device=device))
-    return lp, y.to(device), lens, canvas
+def place_slack(targets, target_lengths, canvas_lengths, placement="random", *, slack_id, generator=None):
+    """Reference response canvas (B, R_max) long: the U_b targets (B, U_max) in order and
+    K_b = R_b - U_b slacks, at random positions ("random") or after the targets ("tail"); slack
+    past R_b. Always draws torch.rand(B, R_max, generator=generator) on CPU, whatever the
+    placement, so that runs differing only in placement see identical noise afterwards."""
+    assert placement in ("random", "tail"), f"unknown placement {placement!r} (see align_slack)"
+    U, R, dev = target_lengths, canvas_lengths, targets.device
+    B, R_max = len(R), int(R.max())
+    pos = torch.arange(R_max, device=dev)[None, :]  # (1, R_max)
+    scores = torch.rand(B, R_max, generator=generator).to(dev).masked_fill(pos >= R[:, None], 2.0)
+    # "random": the K_b lowest of R_b uniform scores (padding, 2.0, ranks last), a uniform subset.
+    rank = scores.argsort(1).argsort(1)  # (B, R_max)
+    is_slack = pos >= U[:, None] if placement == "tail" else rank < (R - U)[:, None]  # (B, R_max)
+    return _fill_canvas(targets, R, U, is_slack | (pos >= R[:, None]), slack_id)  # padding: slack
 
 
-def _measure(loss_fn, lp, repeats):
-    """Median wall time of forward + backward (ms), and memory (MB): on CUDA the peak allocated
-    during the call; on CPU the bytes of the unique storages autograd saves for backward plus the
-    output (the leaf log_probs excluded: both methods share it)."""
-    cuda = lp.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    saved = {}
-
-    def pack(x):
-        st = x.untyped_storage()
-        if st.data_ptr() != lp.untyped_storage().data_ptr():
-            saved[st.data_ptr()] = st.nbytes()
-        return x
-
-    # Autograd calls pack() for every tensor it saves for backward; keyed by storage, a tensor
-    # saved twice (or a view of one already saved) is counted once.
-    times = []
-    for i in range(repeats + 1):  # the first run warms up
-        lp.grad = None
-        sync()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        start = time.perf_counter()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-            out = loss_fn()
-        out.backward()
-        sync()
-        times.append(time.perf_counter() - start)
-        mem = torch.cuda.max_memory_allocated() - base if cuda else sum(saved.values()) + 8
-        saved.clear()
-    return sorted(times[1:])[repeats // 2] * 1e3, mem / 2**20
+def align_slack(log_probs, targets, target_lengths, canvas_lengths, *, slack_id, collapse="surface"):
+    """The "model" placement (Imputer-style): the most probable alignment of y under log_probs
+    (B, R_max, V), typically response_log_probs of the model on an all-MASK response, as a
+    reference response canvas (B, R_max). A thin wrapper over ctc_slack_align; no gradient."""
+    return ctc_slack_align(log_probs, targets, canvas_lengths, target_lengths, slack_id=slack_id,
+                           collapse=collapse)
 
 
-def bench(args):
-    """Print (and optionally write as JSON) the speed and memory of ctc_slack_loss against
-    torch.nn.functional.ctc_loss (same log_probs, reduction 'sum', blank = slack). F.ctc_loss
-    cannot take a canvas, so a canvas row is compared with F.ctc_loss at the same shape without one."""
-    from torch.nn.functional import ctc_loss
-    gen = torch.Generator().manual_seed(0)
-    if args.shapes:  # e.g. --shapes 2x64x11 --rates 0.1
-        shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
-        cases = [(*shape, float(r)) for shape in shapes for r in args.rates.split(",")]
-    else:
-        Ts, rates = ([512, 1024], [0.05, 0.1]) if args.quick else ([512, 1024, 4096], [0.05, 0.1, 0.25])
-        cases = [(8, T, 259, r) for T in Ts for r in rates] + [(32, 256, 32000, 0.1)]
-    head = f"{'B':>3} {'T':>5} {'V':>6} {'slack':>5} {'canvas':>6} {'collapse':>8} | {'ours ms':>8} " \
-           f"{'F ms':>8} {'ratio':>6} | {'ours MB':>8} {'F MB':>8} {'ratio':>6}"
-    print(f"device {args.device}, threads {torch.get_num_threads()}, median of {args.repeats}\n{head}")
-    rows = []
-    for B, T, V, rate in cases:
-        # The baseline: F.ctc_loss wants (T, B, V); a transposed view of the same leaf.
-        lp, y, (T_b, U_b), _ = _bench_case(B, T, V, rate, 0.0, args.device, gen)
-        ref = _measure(lambda: ctc_loss(lp.transpose(0, 1), y, T_b, U_b, blank=V - 1,
-                                        reduction="sum"), lp, args.repeats)
-        runs = [("surface", 0.0), ("surface", 0.5)]
-        if T <= args.standard_max_t:
-            runs.append(("standard", 0.0))
-        for collapse, visible in runs:
-            lp, y, (T_b, U_b), canvas = _bench_case(B, T, V, rate, visible, args.device, gen)
-            ours = _measure(lambda: ctc_slack_loss(lp, y, T_b, U_b, slack_id=V - 1, canvas=canvas,
-                                                   mask_id=V - 2, collapse=collapse, reduction="sum"),
-                            lp, args.repeats)
-            row = dict(B=B, T=T, V=V, slack=rate, visible=visible, collapse=collapse, ours_ms=ours[0],
-                       ref_ms=ref[0], ours_mb=ours[1], ref_mb=ref[1])
-            rows.append(row)
-            print(f"{B:>3} {T:>5} {V:>6} {rate:>5.0%} {visible:>6.0%} {collapse:>8} | {ours[0]:>8.1f} "
-                  f"{ref[0]:>8.1f} {ours[0] / ref[0]:>6.2f} | {ours[1]:>8.1f} {ref[1]:>8.1f} "
-                  f"{ours[1] / ref[1]:>6.2f}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+def response_positions(prompt_lengths, R_max, T):
+    """(B, R_max) canvas positions P_b + j of the response region, clamped to T - 1."""
+    j = torch.arange(R_max, device=prompt_lengths.device)
+    return (prompt_lengths[:, None] + j[None, :]).clamp(max=T - 1)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bench", action="store_true", help="run the speed/memory benchmark")
-    parser.add_argument("--quick", action="store_true", help="fewer shapes: T in {512, 1024}, slack "
-                        "5%% and 10%%, plus B=32 T=256 V=32000 (default: T up to 4096, slack up to 25%%)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per shape, after one "
-                        "warm-up; the median is reported (default 3)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default 0: "
-                        "torch's default). On a busy machine 1 gives steadier timings")
-    parser.add_argument("--standard-max-t", type=int, default=1024, help="time the standard "
-                        "collapse (a loop over time under autograd) only up to this T (default 1024)")
-    parser.add_argument("--shapes", default="", help="comma-separated BxTxV shapes to run instead "
-                        "of the preset ones, e.g. 8x1024x259")
-    parser.add_argument("--rates", default="0.1", help="comma-separated slack rates K/T for --shapes")
-    parser.add_argument("--json", default="", help="also write the rows to this JSON file")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.bench:
-        bench(args)
-    else:
-        parser.print_help()
+def build_canvas(prompt, prompt_lengths, response, T):
+    """prompt (B, P_max) padded, prompt_lengths P (B,), response (B, R_max) -> (z0 (B, T) long,
+    is_prompt (B, T) bool: the positions the forward process never masks nor the loss scores)."""
+    P = prompt_lengths
+    pos = torch.arange(T, device=response.device)[None, :]  # (1, T)
+    is_prompt = pos < P[:, None]  # (B, T)
+    from_prompt = prompt.gather(1, pos.clamp(max=max(prompt.shape[1] - 1, 0)).expand(len(P), -1)) \
+        if prompt.shape[1] else torch.zeros(len(P), T, dtype=torch.long, device=response.device)
+    from_resp = response.gather(1, (pos - P[:, None]).clamp(0, response.shape[1] - 1))  # (B, T)
+    return torch.where(is_prompt, from_prompt, from_resp), is_prompt
+
+
+def response_log_probs(logits, prompt_lengths, R_max, *, mask_id):
+    """float32 log p (B, R_max, V) at the response positions, left-aligned so that the CTC sees each
+    response canvas as its own sequence. The MASK logit is -inf (SUBS: the model never predicts
+    MASK). Visible positions need no carry-over here: the CTC reads their token from the canvas."""
+    logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    idx = response_positions(prompt_lengths, R_max, logits.shape[1])  # (B, R_max)
+    return logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])).log_softmax(-1)
+
+
+def slack_ctc_term(logits, z_t, prompt_lengths, targets, target_lengths, weight, *, slack_id, mask_id,
+                   collapse="surface"):
+    """Per-example (B,) slack-CTC fine-tuning loss from the model's logits (B, T, V) on z_t (B, T):
+        L_CTC = weight * (-log P(y | z_t)) / R_b,   R_b = T - P_b
+    weight (B,) = each example's NELBO weight w(t) (1/t for the linear schedule): CE's weight and
+    1/R, so that with K = 0 and the surface collapse (one alignment, y) the two are equal. z_t must
+    mask a canvas that collapses to y: then an alignment exists, and the loss is never +inf."""
+    T, R = z_t.shape[1], z_t.shape[1] - prompt_lengths  # R (B,): response canvas lengths
+    R_max = int(R.max())
+    log_p = response_log_probs(logits, prompt_lengths, R_max, mask_id=mask_id)  # (B, R_max, V)
+    canvas = z_t.gather(1, response_positions(prompt_lengths, R_max, T))  # (B, R_max)
+    nll = ctc_slack_loss(log_p, targets, R, target_lengths, slack_id=slack_id, canvas=canvas,
+                         mask_id=mask_id, collapse=collapse, reduction="none")  # (B,) -log P(y | z_t)
+    return weight * nll / R

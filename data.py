@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import mdlm
-from mdlm import EOS
+from mdlm import EOS, SLACK
 
 
 class UserError(Exception):
@@ -297,6 +297,43 @@ def split_sft(records):
         return records[:], records[:]
     n_val = max(1, len(records) // 20)
     return records[:-n_val], records[-n_val:]
+
+
+# ----------------------------------------------------------------------------------------------
+# Training examples, drawn with a torch generator (so a run repeats exactly). Each is a prompt
+# (visible, never masked or scored) and a target y of U tokens for a response canvas of R = T - P
+# positions; the other K = R - U positions will hold slack (ctc_slack.place_slack puts them).
+
+
+def text_batch(ids, B, T, P, rate, gen):
+    """Random windows of the byte stream (a memory-mapped file): P prompt bytes, then U = R - K
+    target bytes. -> prompt (B, P), P (B,), y (B, U), U (B,); all rows have the same sizes here."""
+    R = T - P
+    U = R - round(rate * R)  # K = round(rate * R) positions of the canvas are left for slack
+    offs = torch.randint(0, len(ids) - (P + U) + 1, (B,), generator=gen)
+    win = windows(ids, offs, P + U)  # (B, P + U) int64, read from the file's pages
+    full = lambda n: torch.full((B,), n, dtype=torch.long)  # noqa: E731
+    return win[:, :P], full(P), win[:, P:], full(U)
+
+
+def sft_batch(records, B, T, rate, gen, stats):
+    """Random SFT records as prompt + target y of U_b = R_b - round(rate * R_b) tokens: the response
+    and its EOS, padded with more EOS (as LLaDA pads its SFT responses), so that every canvas holds
+    exactly K_b = round(rate * R_b) slacks. A response too long for that is truncated (and counted).
+    Rows differ in P and U, so both are padded (with SLACK, never read)."""
+    picks = torch.randint(0, len(records), (B,), generator=gen).tolist()
+    prompts, ys = [], []
+    for i in picks:
+        prompt, y = records[i]
+        prompt = prompt[-(T - 1):]  # keep at least one response position
+        R = T - len(prompt)
+        U = R - round(rate * R)
+        stats["truncated"] += len(y) > U
+        prompts.append(prompt), ys.append((y + [EOS] * U)[:U])
+    pad = lambda seqs, n: torch.tensor([s + [SLACK] * (n - len(s)) for s in seqs], dtype=torch.long)  # noqa
+    P = torch.tensor([len(s) for s in prompts])
+    U = torch.tensor([len(s) for s in ys])
+    return pad(prompts, int(P.max())), P, pad(ys, max(int(U.max()), 1)), U
 
 
 # ----------------------------------------------------------------------------------------------

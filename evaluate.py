@@ -1,33 +1,26 @@
 """
-Evaluate masked diffusion checkpoints on the two claims of arXiv 2601.22947: (a) a CE-trained MDLM
-degrades sharply when ~1% of its generated tokens land one position off during decoding (the shift
-probe); (b) fine-tuning with the slack CTC beats a matched CE fine-tune on open-ended generation
-and degrades less under that probe.
+Evaluate masked diffusion models on the two claims of arXiv 2601.22947: (a) a CE-trained MDLM
+degrades sharply when ~1% of its committed tokens land one position off during decoding (the shift
+probe); (b) a slack-CTC fine-tune degrades less under that probe than a matched CE fine-tune.
 
-    python evaluate.py bpb --ckpts out/ckpt.pt out-ar/ckpt.pt        # held-out bits per byte
-    python evaluate.py compare --ckpts out-ce/ckpt.pt out-ctc/ckpt.pt --names ce-ft ctc-ft \\
-        --judge out-ar/ckpt.pt --out-dir eval                     # quality at shift rates 0..5%
-    python evaluate.py reproduce --out-dir experiment                # everything, ~35-40 min on 2 CPUs
-    python evaluate.py reproduce --tiny --out-dir /tmp/tiny          # the same at toy sizes, ~1 min
+    python evaluate.py task copy --out-dir tasks/copy           # train.jsonl, test.jsonl, task.json
+    python evaluate.py task text --out-dir tasks/text --prompt-len 32 --length 96   # test.jsonl only
+    python evaluate.py bpb --ckpts out/ckpt.pt out-ar/ckpt.pt   # held-out bits per byte
+    python evaluate.py score --task copy --refs tasks/copy/test.jsonl \\
+        --gens ce=gens/ce.jsonl ctc=gens/ctc.jsonl --out-dir eval/copy
+    python evaluate.py score --task text --refs tasks/text/test.jsonl --judge out-ar/ckpt.pt \\
+        --gens ce=gens/ce.jsonl ctc=gens/ctc.jsonl --out-dir eval/text
+    python evaluate.py curves --logs ce=out-ce/log.jsonl ctc=out-ctc/log.jsonl --out-dir eval/curves
 
-`compare` (and `reproduce` at its end) writes to --out-dir: results.json (every number, per-prompt
-values and the exact settings), results.md (the tables, also printed) and quality.svg (judge
-perplexity against shift rate, one line per model).
+`score` reads decode.py's output (a JSON line per prompt and shift rate) and writes results.json
+(every number, per-prompt values, settings), results.md (the tables, also printed) and PRIMARY.svg
+(the first of a task's METRICS against the shift rate); `curves` writes curves.md, .json, .svg. A
+difference "b - a" has a 95% interval from a paired bootstrap over prompts: one that excludes 0
+says the difference is unlikely to come from which prompts were drawn (not from training noise).
 
-Metrics, one value per prompt (so that models are compared prompt by prompt): judge_nll (nats per
-byte of the continuation under an AR judge given the prompt; tables show the judge perplexity
-exp(mean judge_nll)), entropy of the continuation's byte histogram, distinct-1/2/3 and length. A
-model that repeats itself can get a low judge perplexity; entropy and distinct-n expose it. An
-empty continuation (EOS first) counts in `empty` and is left out of the other means.
-
-Reading the tables: a difference "b - a" comes with a 95% interval from a paired bootstrap over
-prompts. An interval that excludes 0 says the difference is unlikely to be an accident of which
-prompts were drawn; it says nothing about the randomness of training (one seed per model here).
-
-Papers:
-- Ye et al. 2026 (arXiv 2601.22947): the shift probe, the CE vs slack-CTC fine-tuning comparison.
-- Sahoo et al. 2024, MDLM (arXiv 2406.07524): the NELBO in bits per byte, stratified t (sec. 3.5).
-- Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13: percentile intervals.
+Papers: Ye et al. 2026 (arXiv 2601.22947): the shift probe, CE vs slack-CTC fine-tuning; Sahoo et
+al. 2024, MDLM (arXiv 2406.07524): the NELBO in bits per byte, stratified t (sec. 3.5); Efron &
+Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13: percentile intervals.
 """
 
 import argparse
@@ -35,7 +28,7 @@ import json
 import math
 import os
 import platform
-import subprocess
+import re
 import sys
 import time
 from xml.sax.saxutils import escape
@@ -43,146 +36,125 @@ from xml.sax.saxutils import escape
 import numpy as np
 import torch
 
-import decode
+import data
 import mdlm
-import train
 
 # ----------------------------------------------------------------------------------------------
-# Settings of the reproduce experiment, all in one block. SIZES ran in 41 minutes on a 2-core CPU
-# (pretrain 1207 s while sharing the cores, ~600 s alone; judge 552 s; fine-tunes 186 s and 206 s;
-# evaluation 284 s: see README, "Results"); more when the cores are shared.
-# TINY runs each stage in seconds (the end-to-end test). `compare` takes its defaults from SIZES.
-# Each value's type (int or float) is also the type of its command-line flag.
+# Settings: each task's per-prompt metrics, the primary one first.
 
-SIZES = dict(
-    n_layer=4, n_head=4, n_embd=128, seq_len=256,  # train.py's defaults, for the MDLM and the AR judge
-    batch_size=32, lr=2e-3, finetune_lr=5e-4,  # the fine-tunes start from a trained model: smaller lr
-    pretrain_steps=1500, judge_steps=1500, finetune_steps=500,  # pretrain and judge = train.py defaults
-    eval_interval=250,  # train.py validates every N steps
-    slack_rate=0.1,  # K = round(0.1 * R) slacks per response canvas, for both fine-tunes
-    num_prompts=128, prompt_len=32, length=96, steps=64,  # prompt + length <= seq_len
-    gen_batch_size=64, eval_batch_size=32, t_samples=8, max_batches=16,
-)
-TINY = dict(
-    n_layer=1, n_head=2, n_embd=32, seq_len=32, batch_size=8, lr=2e-3, finetune_lr=1e-3,
-    pretrain_steps=30, judge_steps=30, finetune_steps=20, eval_interval=1000, slack_rate=0.1,
-    num_prompts=6, prompt_len=8, length=16, steps=8,
-    gen_batch_size=6, eval_batch_size=8, t_samples=2, max_batches=2,
-)
-SHIFT_RATES = (0.0, 0.01, 0.02, 0.05)  # the probe rates of METHOD.md section 9
-# per-prompt metrics, in the order of results.json; judge_nll is what the robustness tables track
-METRICS = ("judge_nll", "entropy", "distinct_1", "distinct_2", "distinct_3", "length")
-TABLE_DIFFS = ("judge_nll", "entropy", "distinct_2", "length")  # results.md; results.json has all
-HERE = os.path.dirname(os.path.abspath(__file__))
-NAN = float("nan")  # "no value": an empty continuation has no entropy; JSON writes it as null
-
-
-class StageError(Exception):
-    """A training stage of `reproduce` failed or left no usable checkpoint."""
+METRICS = {"copy": ("exact", "cer", "dropped_doubled"),
+           "grammar": ("parses", "valid", "lexicon", "dropped_doubled", "length"),
+           "text": ("judge_nll", "entropy", "distinct_2", "length")}
+LOWER = "lower is better"  # table titles say which way is good; other metrics: higher is better
+BETTER = {"cer": LOWER, "dropped_doubled": LOWER, "judge_nll": LOWER, "entropy": "bits", "length": "bytes"}
+NAN = float("nan")  # "no value": an empty output has no entropy; JSON writes it as null
 
 
 # ----------------------------------------------------------------------------------------------
-# Prompts: prefixes of the held-out split (what the models never trained on), or a file. Held-out
-# text matters twice: a model cannot have memorised the continuation, and the true next bytes give
-# a reference row (what real text scores under the same judge).
+# `task`: the examples every model is scored on. Train and test come from different seeds, and a
+# test example that also occurs in train is dropped: no model may pass by recalling an answer.
 
 
-def held_out_prompts(val_ids, num_prompts, prompt_len, length):
-    """`num_prompts` prefixes of `prompt_len` bytes at evenly spaced fixed offsets of the held-out
-    bytes, and the `length` true bytes after each: the reference row (what real text scores)."""
-    span = prompt_len + length
-    if num_prompts < 1 or len(val_ids) < span:
-        raise ValueError(f"need >= 1 prompt and >= {span} held-out bytes, have {len(val_ids)}")
-    ids = val_ids.tolist()
-    # evenly spaced, not random: every run and every model sees the same prompts, and they cover
-    # the whole split instead of clustering in one part of it
-    offsets = np.linspace(0, len(ids) - span, num_prompts).astype(int).tolist()
-    return [ids[o:o + prompt_len] for o in offsets], [ids[o + prompt_len:o + span] for o in offsets]
+def held_out_examples(val_ids, n, prompt_len, length):
+    """n {"prompt", "response"} pairs at evenly spaced offsets of the held-out bytes: prompt_len
+    bytes of prompt, then the `length` true bytes after it (what real text scores)."""
+    span, ids = prompt_len + length, np.asarray(val_ids, dtype=np.uint8)
+    if n < 1 or prompt_len < 1 or length < 1 or len(ids) < span + 3:  # 3: a cut moves <= 3 bytes
+        raise data.UserError(f"need >= 1 prompt and >= {span + 3} held-out bytes, have {len(ids)}")
+    # cuts move forward to the next character start (UTF-8 continuation bytes are 10xxxxxx), so
+    # that prompt and response are whole characters and encode back to exactly these bytes
+    starts = np.append(np.flatnonzero(ids & 0xC0 != 0x80), len(ids))
+    cut = lambda k: int(starts[np.searchsorted(starts, k)])
+    text = lambda a, b: ids[a:b].tobytes().decode("utf-8", errors="replace")
+    # evenly spaced, not random: the prompts cover the whole split instead of clustering
+    cuts = [(a, cut(a + prompt_len)) for a in (cut(o) for o in np.linspace(0, len(ids) - span - 3, n))]
+    return [{"prompt": text(a, b), "response": text(b, cut(b + length))} for a, b in cuts]
 
 
-def file_prompts(path):
-    """JSON lines {"prompt": "..."} -> list of byte-id lists (no reference continuations)."""
-    with open(path, encoding="utf-8") as f:  # blank lines are allowed (and skipped)
-        recs = [(n, json.loads(line)) for n, line in enumerate(f, 1) if line.strip()]
-    for n, rec in recs:
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"]:
-            raise ValueError(f"{path}:{n}: need an object with a non-empty string 'prompt'")
-    if not recs:
-        raise ValueError(f"prompt file {path!r} has no prompts")
-    return [mdlm.encode(rec["prompt"]) for _, rec in recs]
-
-
-def load_model(path, device):
-    """(model, meta, checkpoint) with the EMA weights; meta falls back to plain MDLM values."""
-    ckpt = mdlm.load_checkpoint(path)
-    model = mdlm.model_from_checkpoint(ckpt, device=device)
-    return model, mdlm.checkpoint_meta(ckpt), ckpt
+def run_task(args):
+    """Write out_dir/train.jsonl (not for text), test.jsonl and task.json."""
+    train, dropped = [], 0
+    if args.task == "text":  # text fine-tunes train on the corpus itself: a test set only
+        test = held_out_examples(data.load_corpus(args.data)[1], args.n_test, args.prompt_len, args.length)
+    else:
+        make = ((lambda n, s: data.copy_examples(n, args.min_len, args.max_len, s)) if args.task == "copy"
+                else (lambda n, s: data.grammar_examples(n, s, args.prompt_words, args.max_bytes)))
+        train, drawn = make(args.n_train, args.seed), make(args.n_test, args.seed + 1)
+        seen = {r["prompt"] + r["response"] for r in train}  # the full text of each example
+        test = [r for r in drawn if r["prompt"] + r["response"] not in seen]
+        dropped = len(drawn) - len(test)
+    # the flags (train from seed, test from seed + 1) and the counts: enough to redo the files
+    task = {**{k: v for k, v in vars(args).items() if k not in ("mode", "out_dir")},
+            "n_test_drawn": args.n_test, "n_test": len(test), "dropped_test": dropped, "n_train": len(train)}
+    write_files(args.out_dir, {"task.json": json.dumps(task, indent=1) + "\n"})  # makes out_dir
+    for name, recs in [("test.jsonl", test)] + [("train.jsonl", train)] * bool(train):  # text: no train
+        data.write_jsonl(os.path.join(args.out_dir, name), recs)
+    print(f"{args.out_dir}: {len(test)} test examples ({dropped} dropped), {len(train)} train examples")
 
 
 # ----------------------------------------------------------------------------------------------
-# Held-out likelihood in bits per byte. Bytes are the tokens, so bits per byte compares any two
-# models of this project directly (no tokenizer to normalise for), and it reads as compression: a
-# model at 1 bit per byte could code the held-out text in 1/8 of its size.
+# `bpb`: held-out likelihood in bits per byte. Bytes are the tokens, so it compares any two models
+# of this project directly, and it reads as compression: 1 bit per byte codes text in 1/8 its size.
 
 
 @torch.no_grad()
 def bits_per_byte(model, meta, val_ids, seq_len, batch_size, t_samples=8, seed=0, device="cpu",
                   max_batches=None):
-    """Bits per byte of the held-out bytes `val_ids` (1-D), over non-overlapping windows.
-
+    """Bits per byte of the held-out bytes `val_ids` (1-D) over non-overlapping windows.
     AR:   exact  -1/n sum_i log2 p(x_i | x_<i): windows of seq_len + 1 bytes with stride seq_len,
           so each byte after a window's first is predicted once (mdlm.ar_loss / ln 2).
     MDLM: the NELBO  E_t[ w(t) sum_{i masked in z_t} -log p(x_i | z_t) ] / T / ln 2 (MDLM eq. 10),
           an upper bound on the model's bits per byte, estimated with `t_samples` stratified draws
-          of t for every window. The seed fixes t and the masks: the same number on every call.
-    """
-    val = val_ids.long()
+          of t for every window. The seed fixes t and the masks: the same number on every call."""
     ar = meta.get("objective") == "ar" or model.cfg.causal
+    if seq_len > model.cfg.seq_len:  # the rotary tables stop at the model's canvas length
+        raise ValueError(f"--seq-len {seq_len} exceeds the model's canvas ({model.cfg.seq_len})")
     # an AR window needs one extra byte: it reads x_0..x_{T-1} and predicts x_1..x_T
     width = seq_len + 1 if ar else seq_len
-    n_win = (len(val) - width) // seq_len + 1  # windows that start at 0, T, 2T, ... and fit
+    n_win = (len(val_ids) - width) // seq_len + 1  # windows that start at 0, T, 2T, ... and fit
     if n_win < 1:
-        raise ValueError(f"held-out split of {len(val)} bytes is shorter than one window ({width})")
-    windows = val[:(n_win - 1) * seq_len + width].unfold(0, width, seq_len)  # (N, width)
-    # one generator for every draw of t and of the masks: the estimate is a fixed function of the
-    # seed, so two checkpoints (or two runs) are scored on identical noise
+        raise ValueError(f"held-out split of {len(val_ids)} bytes is shorter than one window ({width})")
+    # one generator for every draw of t and of the masks: two checkpoints get identical noise
     gen = torch.Generator(device=device).manual_seed(seed)
-    schedule = meta.get("schedule", "linear")
-    total, count = 0.0, 0
+    schedule, total, count = meta.get("schedule", "linear"), 0.0, 0
     for start in range(0, n_win, batch_size)[:max_batches]:  # max_batches None: every batch
-        x = windows[start:start + batch_size].to(device)  # (B, width)
-        if ar:
-            losses = mdlm.ar_loss(model(x[:, :-1]), x)  # (B,) nats per predicted byte
-        else:
-            # each draw is one Monte-Carlo sample of the NELBO per window; stratified t (evenly
-            # spread over (0, 1] across the batch) keeps its variance low with few draws
-            draws = []
-            for _ in range(t_samples):  # a fresh stratification offset each draw
-                t = mdlm.sample_t(len(x), generator=gen, device=device)  # (B,)
-                z_t = mdlm.forward_mask(x, t, schedule, generator=gen)  # (B, T)
-                draws.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, schedule))  # (B,) nats per byte
-            losses = torch.cat(draws)  # (t_samples * B,)
-        total, count = total + losses.sum().item(), count + len(losses)
-    # nats -> bits: log2 p = ln p / ln 2. For MDLM this bounds -log2 p(x) from above (the ELBO is
-    # below log p(x)), so an MDLM number next to an AR one is pessimistic for the MDLM
+        # data.windows reads only these bytes of the split (a memmap): the rest stays on disk
+        x = data.windows(val_ids, np.arange(start, min(start + batch_size, n_win)) * seq_len, width)
+        x = x.to(device)  # (B, width)
+        losses = [mdlm.ar_loss(model(x[:, :-1]), x)] if ar else []  # (B,) nats per predicted byte
+        # each MDLM draw is one Monte-Carlo sample of the NELBO per window; stratified t (evenly
+        # spread over (0, 1] across the batch) keeps its variance low with few draws
+        for _ in range(0 if ar else t_samples):
+            t = mdlm.sample_t(len(x), generator=gen, device=device)  # (B,)
+            z_t = mdlm.forward_mask(x, t, schedule, generator=gen)  # (B, T)
+            losses.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, schedule))  # (B,) nats per byte
+        total, count = total + sum(v.sum().item() for v in losses), count + len(x) * len(losses)
+    # nats -> bits: log2 p = ln p / ln 2. For MDLM this bounds -log2 p(x) from above
     return total / count / math.log(2)
 
 
+def run_bpb(args):
+    """Print the held-out bits per byte of each checkpoint."""
+    device, val = mdlm.pick_device(args.device), data.load_corpus(args.data)[1]  # val: held out
+    for path in args.ckpts:
+        ckpt = mdlm.load_checkpoint(path)  # EMA weights; meta: objective, schedule, slack, collapse
+        model, meta = mdlm.model_from_checkpoint(ckpt, device=device), mdlm.checkpoint_meta(ckpt)
+        bpb = bits_per_byte(model, meta, val, args.seq_len or model.cfg.seq_len, args.eval_batch_size,
+                            args.t_samples, args.seed, device, args.max_batches or None)
+        print(f"{path}: {bpb:.4f} bits per byte ({meta['objective']})")
+
+
 # ----------------------------------------------------------------------------------------------
-# Metrics of one continuation. Plain definitions, checked by hand in the tests.
+# `score`, part 1: the metrics of one output, checked by hand in the tests.
 #
-# Why three kinds: the judge perplexity asks "does this read like the corpus?", but a model stuck
-# in a loop ("the the the ...") is very predictable and scores a low, flattering perplexity. The
-# byte entropy and distinct-n measure variety instead, so a degenerate output shows up there even
-# when its perplexity looks good. A real improvement lowers perplexity without losing variety;
-# the held-out text row says how much variety real text has.
+# Why several per task: a model stuck in a loop ("the the the ...") is predictable, so the judge
+# gives it a flattering perplexity; byte entropy and distinct-n measure variety instead.
+# dropped_doubled counts the probe's signature: a token moved one slot leaves a gap and a duplicate.
 
 
 def unigram_entropy(ids):
-    """H = -sum_v p(v) log2 p(v) with p the byte histogram of `ids`, in bits; nan if empty.
-
-    0 bits for one repeated byte, at most log2(256) = 8 for uniformly random bytes; English prose
-    sits at about 4 to 4.5. It ignores order, so it flags a narrow vocabulary, not a repeated phrase."""
+    """H = -sum_v p(v) log2 p(v) with p the byte histogram of `ids`, in bits; nan if empty. 0 for one
+    repeated byte, 8 for uniform random bytes, 4 to 4.5 for English; it flags a narrow vocabulary."""
     if len(ids) == 0:
         return NAN
     counts = np.bincount(np.asarray(ids, dtype=np.int64))
@@ -191,10 +163,8 @@ def unigram_entropy(ids):
 
 
 def distinct_n(ids, n):
-    """Unique n-grams / all n-grams of `ids` (1 = no repetition); nan if shorter than n.
-
-    Catches what entropy misses: a phrase repeated verbatim keeps its byte histogram but repeats
-    all its 2- and 3-grams. It falls with length even for real text, so compare equal lengths."""
+    """Unique n-grams / all n-grams of `ids` (1 = no repetition); nan if shorter than n. Catches a
+    phrase repeated verbatim, which keeps its byte histogram; it falls with length even for real text."""
     grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
     return len(set(grams)) / len(grams) if grams else NAN
 
@@ -202,125 +172,123 @@ def distinct_n(ids, n):
 @torch.no_grad()
 def judge_nll(judge, prompt_ids, cont_ids):
     """(sum_j -log p_judge(c_j | prompt, c_<j) in nats, number of bytes scored) for continuation c.
-
     The judge reads at most seq_len tokens: a longer prompt keeps its last bytes, and the
-    continuation is cut so that prompt + continuation fits seq_len + 1 (the last byte is only a
-    target). The sum runs over continuation bytes only; the prompt is context, never scored.
-    """
+    continuation is cut to fit seq_len + 1 (the last byte is only a target). The prompt is context,
+    never scored."""
     # Why an AR judge: an MDLM has no exact likelihood of its own samples, and a model should not
-    # grade itself. A causal model trained on the same corpus gives the exact probability of any
-    # text, so every model's output is scored by one fixed, independent reader.
+    # grade itself; a causal model gives the exact probability of any text, one fixed reader for all
     if len(prompt_ids) == 0:
         raise ValueError("the judge needs at least one prompt byte to predict the first output byte")
-    T = judge.cfg.seq_len
-    prompt = list(prompt_ids)[-T:]
-    cont = list(cont_ids)[:T + 1 - len(prompt)]
+    prompt = list(prompt_ids)[-judge.cfg.seq_len:]
+    cont = list(cont_ids)[:judge.cfg.seq_len + 1 - len(prompt)]
     if not cont:
         return 0.0, 0
-    device = next(judge.parameters()).device
-    x = torch.tensor([prompt + cont], dtype=torch.long, device=device)  # (1, P + C)
+    x = torch.tensor([prompt + cont], dtype=torch.long, device=next(judge.parameters()).device)
     log_p = judge(x[:, :-1]).float().log_softmax(-1)  # (1, P + C - 1, V): position i predicts i + 1
     # continuation byte j sits at position P + j and is predicted from position P + j - 1
     picked = log_p[:, len(prompt) - 1:].gather(-1, x[:, len(prompt):, None])  # (1, C, 1)
     return -picked.sum().item(), len(cont)
 
 
-def continuation_metrics(judge, prompt_ids, cont_ids):
-    """Every per-prompt metric of METRICS for one continuation."""
-    nll, n = judge_nll(judge, prompt_ids, cont_ids)
-    # judge_nll per byte, so that continuations of different lengths are comparable
-    return {"judge_nll": nll / n if n else NAN, "entropy": unigram_entropy(cont_ids),
-            **{f"distinct_{k}": distinct_n(cont_ids, k) for k in (1, 2, 3)},
-            "length": float(len(cont_ids))}
+def copy_metrics(ref, gen):
+    """exact, cer and dropped_doubled of one copy output against its known answer."""
+    out, want = gen["output"], ref["response"]
+    # CER = edit distance / answer length: a letter one slot off costs exactly one edit
+    cer = data.levenshtein(out, want) / len(want) if want else NAN
+    return {"exact": float(out == want), "cer": cer,
+            "dropped_doubled": float(data.dropped_doubled(out, want))}
 
 
-def nan_mean(xs):
-    """Mean of the values that are not nan (nan if none): empty continuations are left out."""
-    vals = [x for x in xs if not math.isnan(x)]
-    return sum(vals) / len(vals) if vals else NAN
+def grammar_metrics(ref, gen):
+    """parses, valid, lexicon, dropped_doubled, length of one grammar output. The parse is of
+    prompt + output (the prompt opens the sentence); the word counts are of the output alone."""
+    out = gen["output"]
+    g = data.grammar_check(ref["prompt"] + out)
+    # the output's words as grammar_check counts them: split at whitespace, one final "." cut off
+    words = [w for w in (w[:-1] if w.endswith(".") else w for w in out.split()) if w]
+    g["bad"] = sum(data.dropped_doubled_word(w, data.GRAMMAR_LEXICON) for w in words)
+    share = lambda k, n: g[k] / g[n] if g[n] else 0.0  # 0 if none: an empty output earns nothing
+    return {"parses": float(g["parses"]), "valid": share("valid_sentences", "sentences"),
+            "lexicon": share("lexicon_words", "words"), "dropped_doubled": g["bad"] / max(len(words), 1),
+            "length": float(len(out.encode("utf-8")))}
 
 
-# ----------------------------------------------------------------------------------------------
-# Generation: every model continues the same prompts with the same seed and decoding settings.
-
-
-def generate_continuations(model, meta, prompts, args, shift_rate, device):
-    """One continuation per prompt (output ids after the collapse map, cut at EOS), and counts.
-
-    Prompts of equal length share a batch (a canvas is rectangular). One CPU generator seeded with
-    args.seed drives every draw, so two models see the same random stream at every shift rate.
-    AR checkpoints decode left to right and are never probed.
-    """
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # stable: fixed batches
-    conts, committed, shifted, calls = [None] * len(prompts), 0, 0, 0
-    # on the CPU, so that the same seed gives the same samples whatever the device
-    gen = torch.Generator().manual_seed(args.seed)
-    slack = bool(meta["slack"]) and not model.cfg.causal  # only slack-trained MDLMs emit SLACK
-    pos = 0
-    while pos < len(order):  # the next batch: up to gen_batch_size prompts of one length
-        P = len(prompts[order[pos]])
-        batch = [i for i in order[pos:pos + args.gen_batch_size] if len(prompts[i]) == P]
-        pos += len(batch)
-        x = torch.tensor([prompts[i] for i in batch], dtype=torch.long, device=device)  # (B, P)
-        if model.cfg.causal:
-            out = decode.generate_ar(model, x, args.length, temperature=args.temperature, generator=gen)
-            committed += len(batch) * args.length
-        else:
-            # the probe (shift_rate > 0) moves a just-committed token into a masked neighbour,
-            # imitating one misplaced token (decode.shift_probe); rate 0 is plain decoding
-            out = decode.generate(model, x, args.length, steps=args.steps, sampler=args.sampler,
-                                  block_length=args.block_length, temperature=args.temperature,
-                                  schedule=meta["schedule"], allow_slack=slack,
-                                  shift_rate=shift_rate, generator=gen)
-            committed += int(out["n_committed"].sum())
-            shifted += int(out["n_shifted"].sum())
-        calls += out["model_calls"]
-        for k, i in enumerate(batch):  # canvas -> output ids: drop the prompt, collapse, cut at EOS
-            conts[i] = decode.finish(out["canvas"][k].cpu(), P, meta["collapse"], slack)
-    # the realised probe rate: shifted tokens / all commits (re-fills of vacated slots included)
-    counts = {"n_committed": committed, "n_shifted": shifted,
-              "realised_shift": shifted / max(committed, 1), "model_calls": calls}
-    return conts, counts
-
-
-def score(judge, prompts, conts):
-    """Per-prompt metrics {metric: [value per prompt]} and their summary (means over prompts)."""
-    rows = [continuation_metrics(judge, p, c) for p, c in zip(prompts, conts)]
-    per_prompt = {m: [r[m] for r in rows] for m in METRICS}
-    summary = {m: nan_mean(per_prompt[m]) for m in METRICS}
-    # perplexity = exp(mean nats per byte): the geometric mean of the per-prompt perplexities, so
-    # one garbled continuation cannot dominate it the way it would an arithmetic mean
-    summary["judge_ppl"] = math.exp(summary["judge_nll"])
-    summary["empty"] = sum(1 for n in per_prompt["length"] if n == 0)
-    return per_prompt, summary
-
-
-def evaluate_generation(name, model, meta, prompts, judge, args, device):
-    """{rate: {"summary", "per_prompt", counts, "samples"}} for every shift rate (rate 0 for AR)."""
-    results = {}
-    # AR models only at rate 0: the probe moves a token into a masked slot, and a left-to-right
-    # decoder never has one; their row shows what the same backbone reaches without diffusion
-    for rate in ([0.0] if model.cfg.causal else args.shift_rates):
-        t0 = time.time()
-        conts, counts = generate_continuations(model, meta, prompts, args, rate, device)
-        per_prompt, summary = score(judge, prompts, conts)
-        # rates are keyed by their shortest spelling ("0", "0.01"): JSON keys must be strings
-        results[f"{rate:g}"] = {"summary": summary, "per_prompt": per_prompt, **counts,
-                                "samples": [mdlm.decode(c) for c in conts[:args.show_samples]],
-                                "seconds": time.time() - t0}
-        print(f"{name:>12s} shift {rate:<5g} realised {counts['realised_shift']:.4f}  judge ppl "
-              f"{summary['judge_ppl']:8.3f}  entropy {summary['entropy']:.3f}  distinct-2 "
-              f"{summary['distinct_2']:.3f}  ({time.time() - t0:.1f} s)", flush=True)
-    return results
+def text_metrics(judge, ref, gen):
+    """judge_nll (per byte), entropy, distinct_2, length; an empty output: nan but length 0."""
+    ids = gen.get("output_ids") or mdlm.encode(gen["output"])  # the bytes exactly as decoded
+    nll, n = judge_nll(judge, mdlm.encode(ref["prompt"]), ids)
+    # per byte, so that continuations of different lengths are comparable
+    return {"judge_nll": nll / n if n else NAN, "entropy": unigram_entropy(ids),
+            "distinct_2": distinct_n(ids, 2), "length": float(len(ids))}
 
 
 # ----------------------------------------------------------------------------------------------
-# Paired comparisons: the same prompts for every model, so differences are taken prompt by prompt
-# (which removes the prompt-to-prompt variance from the comparison).
+# `score`, part 2: reading and checking its inputs, each problem one data.UserError: a silent
+# mismatch (a shifted index, a missing rate) would give plausible-looking, wrong numbers.
+
+
+def parse_named(specs, flag):
+    """["NAME=PATH", ...] -> {name: path} in the given order. A name is a label and may hold "/"."""
+    out = {}
+    for name, sep, path in (spec.partition("=") for spec in specs):
+        if not (name and sep and path) or name in out:
+            raise data.UserError(f"{flag}: need NAME=PATH with a new name each time, got {specs}")
+        out[name] = path
+    return out
+
+
+def load_gens(name, path, n_refs):
+    """{rate key: {prompt index: record}} of one gens file. A rate is keyed by its shortest
+    spelling ("0", "0.01"): JSON keys must be strings."""
+    if not os.path.isfile(path):
+        raise data.UserError(f"gens file {path!r} (for {name!r}) does not exist")
+    by_rate = {}
+    for n, g in enumerate(data.read_jsonl(path), 1):
+        i, rate, counts = g.get("i"), g.get("rate"), [g.get("n_committed"), g.get("n_shifted")]
+        if not (type(i) is int and 0 <= i < n_refs and isinstance(rate, (int, float))  # True: no i
+                and isinstance(g.get("output"), str) and all(type(c) is int and c >= 0 for c in counts)):
+            raise data.UserError(f"{path}: record {n} needs a prompt index i in 0..{n_refs - 1} (has "
+                                 f"{i!r}), a number rate, a string output, counts n_committed, n_shifted")
+        if i in by_rate.setdefault(f"{float(rate):g}", {}):
+            raise data.UserError(f"{path}: prompt {i} appears twice at shift rate {rate:g}")
+        by_rate[f"{float(rate):g}"][i] = g
+    if "0" not in by_rate:  # robustness is a change from rate 0: without it nothing compares
+        raise data.UserError(f"{path} ({name!r}) has no records at shift rate 0")
+    return by_rate
+
+
+def align(gens):
+    """(shared rates, shared prompt indices, notes). A rate missing from some name is left out,
+    with a note; every name and rate must hold the same prompts, or the pairing would be wrong."""
+    sets = {name: set(g) for name, g in gens.items()}
+    rates = sorted(set.intersection(*sets.values()), key=float)
+    notes = [f"{name!r} also has shift rates {', '.join(sorted(s - set(rates), key=float))}; only the "
+             f"shared rates are compared: {', '.join(rates)}" for name, s in sets.items() if s != set(rates)]
+    first = next(iter(gens))
+    idx = sorted(gens[first]["0"])
+    odd = [(name, r) for name in gens for r in rates if sorted(gens[name][r]) != idx][:1]
+    for name, r in odd:  # the first mismatch, with a few of the prompts one side lacks
+        raise data.UserError(f"{name!r} at shift rate {r} and {first!r} at rate 0 hold different "
+                             f"prompts (e.g. i = {sorted(set(gens[name][r]) ^ set(idx))[:5]})")
+    return rates, idx, notes
+
+
+def score_run(metric_fn, metrics, refs, recs, idx):
+    """Per-example metrics, their means (nan values left out) and the realised shift of one run."""
+    rows = [metric_fn(refs[i], recs[i]) for i in idx]
+    per = {m: [row[m] for row in rows] for m in metrics}
+    mean = lambda xs: float(np.mean([x for x in xs if not math.isnan(x)] or [NAN]))
+    committed, shifted = (sum(recs[i][k] for i in idx) for k in ("n_committed", "n_shifted"))
+    # the realised probe rate: moved tokens / all commits (re-fills of vacated slots included)
+    return {"summary": {m: mean(per[m]) for m in metrics}, "per_example": per, "n_committed": committed,
+            "n_shifted": shifted, "realised_shift": shifted / committed if committed else NAN}
+
+
+# ----------------------------------------------------------------------------------------------
+# `score`, part 3: paired comparisons, prompt by prompt (every name decoded the same prompts).
 #
 # Why pairing matters: prompts differ far more in difficulty than two models differ from each
-# other. For per-prompt values a_i, b_i the unpaired and paired variances of the mean difference
-# are
+# other. For per-prompt values a_i, b_i the variances of the mean difference are
 #     unpaired: (Var a + Var b) / n        paired: Var(b - a) / n = (Var a + Var b - 2 Cov(a, b)) / n
 # and Cov(a, b) is large and positive (a hard prompt is hard for both), so the paired interval is
 # much narrower: the same prompts detect a smaller real difference.
@@ -328,17 +296,14 @@ def evaluate_generation(name, model, meta, prompts, judge, args, device):
 
 def paired_bootstrap(a, b, n_boot=2000, seed=0):
     """(mean of d, 2.5th and 97.5th percentile of its bootstrap distribution), d_i = b_i - a_i.
-
     Percentile bootstrap: resample the n pairs with replacement n_boot times and take the mean of
-    each resample. Pairs where either value is nan are dropped; nan everywhere if none is left.
-    """
-    # The spread of the resampled means stands in for the spread we would see if the experiment
-    # were rerun on n fresh prompts from the same text; its middle 95% is the interval. No normal
-    # approximation is needed, which matters for skewed per-prompt values (perplexity outliers).
+    each resample. Pairs where either value is nan are dropped; nan everywhere if none is left."""
+    # The spread of the resampled means stands in for the spread of a rerun on n fresh prompts. No
+    # normal approximation: per-prompt values are skewed (0/1 exact match, perplexity outliers).
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired samples need equal shapes, got {a.shape} and {b.shape}")
-    d = (b - a)[~(np.isnan(a) | np.isnan(b))]  # keep a pair only if both continuations exist
+    d = (b - a)[~(np.isnan(a) | np.isnan(b))]  # keep a pair only if both values exist
     if len(d) == 0:
         return NAN, NAN, NAN
     rng = np.random.default_rng(seed)  # seeded: the same interval on every run
@@ -347,45 +312,33 @@ def paired_bootstrap(a, b, n_boot=2000, seed=0):
     return float(d.mean()), float(lo), float(hi)
 
 
-def comparisons(models, n_boot, seed):
-    """Three families of paired intervals, all as b - a:
-    - robustness: judge_nll at shift rate r minus the same model's at rate 0 (claim a);
-    - differences: model b minus model a (earlier in --ckpts) at equal rate, for every metric;
-    - diff_in_diff: b's judge_nll rise from rate 0 minus a's (negative: b degrades less; claim b).
-    """
+def comparisons(runs, baseline, rates, metrics, n_boot, seed):
+    """Paired 95% intervals, entries {name, rate, metric, mean_diff, lo, hi}: robustness = a name at
+    rate r minus itself at rate 0 (claim a); differences = a name minus the baseline at equal rate;
+    diff_in_diff = (name_r - name_0) - (base_r - base_0) (claim b: for a lower-is-better metric,
+    negative = the name degrades less). Robustness and diff_in_diff for the first two metrics."""
     ci = lambda a, b: dict(zip(("mean_diff", "lo", "hi"), paired_bootstrap(a, b, n_boot, seed)))
-    nll = lambda name, r: np.asarray(models[name]["rates"][r]["per_prompt"]["judge_nll"])
-    # robustness pairs a model with itself: same prompts and seed, only the probe differs
-    robust = [{"model": name, "rate": r, **ci(nll(name, "0"), nll(name, r))}
-              for name, entry in models.items() for r in entry["rates"] if r != "0"]
-    # every pair once, in --ckpts order: b - a reads "later model minus earlier (baseline) model"
-    names, diffs, did = list(models), [], []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            for r in [r for r in models[a]["rates"] if r in models[b]["rates"]]:
-                pa, pb = models[a]["rates"][r]["per_prompt"], models[b]["rates"][r]["per_prompt"]
-                for m in METRICS:
-                    diffs.append({"a": a, "b": b, "rate": r, "metric": m, **ci(pa[m], pb[m])})
-                # difference in differences, per prompt: (b_r - b_0) - (a_r - a_0). Each model's
-                # own rate-0 quality cancels, leaving only how much more (or less) b suffers
-                if r != "0":
-                    did.append({"a": a, "b": b, "rate": r,
-                                **ci(nll(a, r) - nll(a, "0"), nll(b, r) - nll(b, "0"))})
+    v = lambda name, r, m: np.asarray(runs[name][r]["per_example"][m], dtype=float)
+    others, shifted = [n for n in runs if n != baseline], [r for r in rates if r != "0"]
+    # robustness pairs a name with itself: the same prompts, only the probe differs
+    robust = [{"name": n, "rate": r, "metric": m, **ci(v(n, "0", m), v(n, r, m))}
+              for m in metrics[:2] for n in runs for r in shifted]
+    diffs = [{"name": n, "baseline": baseline, "rate": r, "metric": m,
+              **ci(v(baseline, r, m), v(n, r, m))} for m in metrics for n in others for r in rates]
+    # per prompt, each name's own rate-0 quality cancels, leaving how much more (or less) it suffers
+    did = [{"name": n, "baseline": baseline, "rate": r, "metric": m,
+            **ci(v(baseline, r, m) - v(baseline, "0", m), v(n, r, m) - v(n, "0", m))}
+           for m in metrics[:2] for n in others for r in shifted]
     return {"robustness": robust, "differences": diffs, "diff_in_diff": did}
 
 
 # ----------------------------------------------------------------------------------------------
-# Reports: markdown tables and a hand-written SVG line plot (no plotting dependency).
+# `score`, part 4: the report (markdown tables, a hand-written SVG plot: no plotting dependency).
 
 
 def fmt(x, digits=3):
-    """A number for a table cell; nan (an empty continuation's metric) shows as n/a."""
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def fmt_ci(d):
-    """A paired difference as "mean [lo, hi]", its 95% bootstrap interval in brackets."""
-    return f"{fmt(d['mean_diff'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]"
+    """A number for a table cell; nan (no value) shows as n/a."""
+    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def table(head, rows):
@@ -394,50 +347,33 @@ def table(head, rows):
     return [line(head), "|---" * len(head) + "|"] + [line(r) for r in rows] + [""]
 
 
-def quality_cells(s):
-    """The metric cells of one row of the generation-quality table, from a summary."""
-    return [fmt(s[m]) for m in ("judge_ppl", "entropy", "distinct_1", "distinct_2", "distinct_3")] + [
-        fmt(s["length"], 1), s["empty"]]
+def ci_table(items, label, rates):
+    """Intervals as a table: rows = (label(entry), metric), columns = rates, cells "mean [lo, hi]"."""
+    rows = {}
+    for d in items:
+        cell = f"{fmt(d['mean_diff'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]"
+        rows.setdefault((label(d), d["metric"]), {})[d["rate"]] = cell
+    return table(["", "metric", *rates], [[*k, *(c.get(r, "") for r in rates)] for k, c in rows.items()])
 
 
 def markdown_report(res):
-    """All tables of one evaluation as a markdown string."""
-    st, models = res["settings"], res["models"]
-    out = [f"# Evaluation ({st['num_prompts']} prompts of {st['prompt_len']} bytes, {st['length']} "
-           f"generated positions, {st['sampler']} sampler, {st['steps']} steps, temperature "
-           f"{st['temperature']}, seed {st['seed']})", "",
-           "## Held-out bits per byte (MDLM: NELBO upper bound; AR: exact)", "",
-           "Slack-trained models also put probability on `<slack>`, which held-out text never "
-           "holds, so their NELBO is not a like-for-like likelihood.", ""]
-    out += table(["model", "objective", "step", "bits per byte"],  # step: the checkpoint's
-                 [[name, e["meta"]["objective"], e["step"], fmt(e["bpb"], 4)]
-                  for name, e in list(models.items()) + [("judge", res["judge"])]])
-    # one row per model and shift rate, under the true continuations of the same prompts
-    ref = res.get("reference")
-    rows = [["held-out text", "-", "-"] + quality_cells(ref["summary"])] if ref else []
-    rows += [[name, r, fmt(v["realised_shift"], 4)] + quality_cells(v["summary"])
-             for name, e in models.items() for r, v in e["rates"].items()]
-    out += [f"## Generation quality (judge: {res['judge']['ckpt']})", ""]
-    out += table(["model", "shift rate", "realised shift", "judge ppl", "entropy (bits)", "distinct-1",
-                  "distinct-2", "distinct-3", "length", "empty"], rows)
-    out += ["## Robustness: judge nll (nats/byte) at rate r minus rate 0, same model, "
-            "95% paired bootstrap CI", ""]
-    out += table(["model", "shift rate", "change"],
-                 [[d["model"], d["rate"], fmt_ci(d)] for d in res["robustness"]])
-    cells = {}  # (pair, rate) -> one "mean [lo, hi]" cell per metric, in TABLE_DIFFS order
-    for d in (d for d in res["differences"] if d["metric"] in TABLE_DIFFS):
-        cells.setdefault((d["b"] + " - " + d["a"], d["rate"]), []).append(fmt_ci(d))
-    out += ["## Paired differences b - a, 95% bootstrap CI (judge nll in nats/byte: lower is better)", ""]
-    out += table(["b - a", "shift rate", *TABLE_DIFFS], [[*k, *v] for k, v in cells.items()])
-    out += ["## Difference in degradation: b's judge-nll rise from rate 0 minus a's "
-            "(negative: b degrades less)", ""]
-    out += table(["b vs a", "shift rate", "b rise - a rise"],
-                 [[f"{d['b']} vs {d['a']}", d["rate"], fmt_ci(d)] for d in res["diff_in_diff"]])
-    out += ["## Samples (first prompts; ↵ = newline)", ""]
-    for name, e in models.items():  # the first prompts at the lowest and the highest shift rate
-        for r in sorted({min(e["rates"], key=float), max(e["rates"], key=float)}, key=float):
-            for s in e["rates"][r]["samples"]:  # newlines and backticks would break the markdown
-                out.append(f"- {name}, shift {r}: `{s[:160].replace(chr(10), '↵').replace('`', chr(39))}`")
+    """All tables of one `score` run as a markdown string."""
+    metrics, rates, runs, ref = res["metrics"], res["rates"], res["runs"], res.get("reference")
+    out = [f"# {res['task']} task: {res['n_prompts']} prompts, baseline {res['baseline']}", ""]
+    out += [f"Note: {n}" for n in res["notes"]] + [""] * bool(res["notes"])
+    for k, m in enumerate(metrics):  # the primary metric first, the realised shift under it
+        out += [f"## {m} ({BETTER.get(m, 'higher is better')}): mean per prompt", ""]
+        rows = [[name] + [fmt(runs[name][r]["summary"][m]) for r in rates] for name in runs]
+        rows += [["held-out text"] + [fmt(ref["summary"][m])] * len(rates)] if ref else []
+        rows += [[f"realised shift: {name}"] + [fmt(runs[name][r]["realised_shift"], 4) for r in rates]
+                 for name in runs if k == 0]  # shifted / committed tokens, as really moved
+        out += table(["name \\ shift rate", *rates], rows)
+    out += ["## Change from rate 0, same name (95% paired bootstrap)", ""]
+    out += ci_table(res["robustness"], lambda d: d["name"], rates[1:])
+    out += ["## Name minus baseline at equal rate (95% paired bootstrap)", ""]
+    out += ci_table(res["differences"], lambda d: f"{d['name']} - {d['baseline']}", rates)
+    out += ["## Difference in degradation: (name_r - name_0) - (base_r - base_0)", ""]
+    out += ci_table(res["diff_in_diff"], lambda d: f"{d['name']} vs {d['baseline']}", rates[1:])
     return "\n".join(out) + "\n"
 
 
@@ -448,13 +384,11 @@ def svg_plot(series, title, xlabel, ylabel, hline=None, width=640, height=400):
     pts = [(x, y) for s in series.values() for x, y in s if not math.isnan(y)]
     xs = [x for x, _ in pts] or [0.0, 1.0]  # no data at all: a unit square
     ys = [y for _, y in pts] + ([hline[1]] if hline else []) or [0.0, 1.0]
-    # the data range, widened where it is empty (one x value) and padded by 5% on y, so that no
-    # dot sits on the frame
+    # the data range, widened where it is empty (one x value), padded by 5% on y (no dot on the frame)
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1.0
     pad = 0.05 * (max(ys) - min(ys)) or 1.0
     y0, y1 = min(ys) - pad, max(ys) + pad
-    # data -> pixel, linear: px = left + (x - x0) / (x1 - x0) * plot width; SVG's y axis points
-    # down, so y is measured up from the bottom margin
+    # data -> pixel: px = left + (x - x0) / (x1 - x0) * plot width; y is measured up from the bottom
     sx = lambda x: round(left + (x - x0) / (x1 - x0) * (width - left - right), 1)
     sy = lambda y: round(height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom), 1)
     # the two SVG elements everything is drawn with; text is escaped (a name may hold <, > or &)
@@ -463,9 +397,8 @@ def svg_plot(series, title, xlabel, ylabel, hline=None, width=640, height=400):
     text = lambda x, y, s, style="": f'<text x="{x}" y="{y}"{style}>{escape(str(s))}</text>'
     colors = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
     base, legend_x, y_mid = sy(y0), width - right + 10, (top + sy(y0)) / 2  # base: the x axis's row
-    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-          f'font-family="sans-serif" font-size="12">',
-          f'<rect width="{width}" height="{height}" fill="white"/>',
+    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="12"'
+          f' font-family="sans-serif">', f'<rect width="{width}" height="{height}" fill="white"/>',
           text(width / 2, 20, title, ' text-anchor="middle" font-size="14"'),
           line(left, base, sx(x1), base), line(left, base, left, sy(y1))]  # the x and y axes
     for k in range(5):  # 5 evenly spaced ticks per axis, labelled with 3-4 significant digits
@@ -479,258 +412,165 @@ def svg_plot(series, title, xlabel, ylabel, hline=None, width=640, height=400):
     if hline:  # the reference line gets the legend slot after the last series
         el += [line(left, sy(hline[1]), sx(x1), sy(hline[1]), 'stroke="gray" stroke-dasharray="5,4"'),
                text(legend_x, top + 20 * len(series) + 14, "- - " + hline[0], ' fill="gray"')]
-    for k, (name, s) in enumerate(series.items()):  # one coloured line per model, nan points left out
+    for k, (name, s) in enumerate(series.items()):  # one coloured line per name, nan points left out
         c, ok = colors[k % len(colors)], [(sx(x), sy(y)) for x, y in s if not math.isnan(y)]
         el.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="'
                   + " ".join(f"{px},{py}" for px, py in ok) + '"/>')
         el += [f'<circle cx="{px}" cy="{py}" r="3" fill="{c}"/>' for px, py in ok]
-        el.append(text(legend_x, top + 20 * k + 14, name, f' fill="{c}"'))
+        el.append(text(legend_x, top + 20 * k + 14, name, f' fill="{c}"'))  # the legend entry
     return "\n".join(el + ["</svg>"]) + "\n"
 
 
-def json_ready(x):
-    """nan and inf -> None (JSON has neither), numpy scalars -> Python numbers, recursively."""
-    if isinstance(x, dict):
-        return {str(k): json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_ready(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x.item() if isinstance(x, np.generic) else x
+def json_text(x):
+    """Indented JSON, nan and inf as null: JSON has neither, json.loads hands them to parse_constant."""
+    return json.dumps(json.loads(json.dumps(x), parse_constant=lambda _: None), indent=1)
 
 
-def write_outputs(res, out_dir):
-    """results.json, results.md and quality.svg in out_dir; returns their paths."""
+def write_files(out_dir, files):
+    """Write {file name: text} into out_dir (created if needed); returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, n) for n in ("results.json", "results.md", "quality.svg")]
-    # the plot: judge perplexity against shift rate, one line per model (an AR model is a dot)
-    series = {name: [(float(r), v["summary"]["judge_ppl"]) for r, v in e["rates"].items()]
-              for name, e in res["models"].items()}
-    ref = res.get("reference")
-    svg = svg_plot(series, "Quality under the shift probe", "shift rate (fraction of tokens moved)",
-                   "judge perplexity (lower is better)",
-                   hline=("held-out text", ref["summary"]["judge_ppl"]) if ref else None)
-    for path, text in zip(paths, [json.dumps(json_ready(res), indent=1, ensure_ascii=False),
-                                  markdown_report(res), svg]):
-        with open(path, "w", encoding="utf-8") as f:
+    for name, text in files.items():
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
             f.write(text)
-    return paths
+    return [os.path.join(out_dir, name) for name in files]
+
+
+def run_score(args):
+    """Score every gens file against the refs; write results.json, results.md and PRIMARY.svg."""
+    t0, metrics = time.time(), METRICS[args.task]
+    refs, paths = data.read_jsonl(args.refs), parse_named(args.gens, "--gens")
+    if not refs or not all(isinstance(r.get(k), str) for r in refs for k in ("prompt", "response")):
+        raise data.UserError(f"{args.refs}: need records with string 'prompt' and 'response'")
+    baseline = args.baseline or next(iter(paths))  # default: the first name
+    if baseline not in paths:
+        raise data.UserError(f"--baseline {baseline!r} is none of the names {list(paths)}")
+    if (args.task == "text") != bool(args.judge):
+        raise data.UserError("--judge (an AR checkpoint) is needed with --task text, and only there")
+    gens = {name: load_gens(name, path, len(refs)) for name, path in paths.items()}
+    rates, idx, notes = align(gens)  # the notes head results.md, which is printed too
+    res = {"task": args.task, "primary": metrics[0], "metrics": list(metrics), "names": list(paths),
+           "baseline": baseline, "rates": rates, "n_prompts": len(idx), "prompt_indices": idx,
+           "notes": notes, "judge": None}
+    metric_fn = {"copy": copy_metrics, "grammar": grammar_metrics}.get(args.task)
+    if args.task == "text":
+        ckpt = mdlm.load_checkpoint(args.judge)
+        judge = mdlm.model_from_checkpoint(ckpt, device=mdlm.pick_device(args.device))
+        if not judge.cfg.causal:  # judge_nll needs exact left-to-right probabilities
+            raise data.UserError(f"the judge {args.judge!r} is not an autoregressive checkpoint")
+        res["judge"] = {"ckpt": args.judge, "step": ckpt.get("step"), "meta": mdlm.checkpoint_meta(ckpt)}
+        metric_fn = lambda ref, gen: text_metrics(judge, ref, gen)
+        # the real continuations under the same judge: the quality a model could aim for
+        true = {i: {"output": refs[i]["response"], "n_committed": 0, "n_shifted": 0} for i in idx}
+        res["reference"] = score_run(metric_fn, metrics, refs, true, idx)
+    res["runs"] = runs = {name: {r: score_run(metric_fn, metrics, refs, g[r], idx) for r in rates}
+                          for name, g in gens.items()}
+    res.update(comparisons(runs, baseline, rates, metrics, args.n_boot, args.seed))
+    # everything needed to rerun (or distrust) the numbers travels with them
+    res["settings"] = {**vars(args), "gens": paths, "torch": torch.__version__, "numpy": np.__version__,
+                       "python": platform.python_version(), "wall_seconds": time.time() - t0}
+    m, ref = metrics[0], res.get("reference")
+    svg = svg_plot({name: [(float(r), runs[name][r]["summary"][m]) for r in rates] for name in runs},
+                   f"{args.task}: {m} under the shift probe", "nominal shift rate", m,
+                   hline=("held-out text", ref["summary"][m]) if ref else None)
+    files = {"results.json": json_text(res), "results.md": markdown_report(res), f"{m}.svg": svg}
+    print(files["results.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
+    return res
 
 
 # ----------------------------------------------------------------------------------------------
-# The `bpb` and `compare` modes.
+# `curves`: the validation curves of several training runs side by side. train.py logs a record
+# per validation step, on the same held-out canvases in every run, so equal steps compare directly.
 
 
-def run_bpb(args):
-    """Print the held-out bits per byte of each checkpoint."""
-    device = mdlm.pick_device(args.device)
-    _, val_ids = train.load_corpus(args.data)  # (train, held-out): the same split as training
-    for path in args.ckpts:
-        model, meta, _ = load_model(path, device)
-        bpb = bits_per_byte(model, meta, val_ids, model.cfg.seq_len, args.eval_batch_size, args.t_samples,
-                            args.seed, device, args.max_batches or None)
-        print(f"{path}: {bpb:.4f} bits per byte ({meta['objective']})")
-
-
-def run_compare(args):
-    """Evaluate every checkpoint of args.ckpts on the same prompts; write and print the report."""
-    t_start, device = getattr(args, "t_start", None) or time.time(), mdlm.pick_device(args.device)
-    names = args.names or [os.path.basename(os.path.dirname(os.path.abspath(p))) for p in args.ckpts]
-    if len(names) != len(args.ckpts) or len(set(names)) != len(names):
-        raise ValueError(f"--names needs one distinct name per checkpoint, got {names}")
-    judge, judge_meta, judge_ckpt = load_model(args.judge, device)
-    if not judge.cfg.causal:  # judge_nll reads exact left-to-right probabilities
-        raise ValueError(f"the judge {args.judge!r} is not an autoregressive (causal) checkpoint")
-    _, val_ids = train.load_corpus(args.data)
-    prompts, refs = ((file_prompts(args.prompts), None) if args.prompts else
-                     held_out_prompts(val_ids, args.num_prompts, args.prompt_len, args.length))
-    # the judge's own bits per byte says how good a reader it is: a judge barely better than
-    # uniform (8 bits) would rank any text about the same, and its perplexities would mean little
-    bpb = lambda m, meta: bits_per_byte(m, meta, val_ids, m.cfg.seq_len, args.eval_batch_size,
-                                        args.t_samples, args.seed, device, args.max_batches or None)
-    # everything needed to rerun (or distrust) the numbers travels with them in results.json
-    settings = {**vars(args), "names": names, "num_prompts": len(prompts), "device": device,
-                "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    res = {"settings": settings, "models": {},
-           "judge": {"ckpt": args.judge, "step": judge_ckpt.get("step"), "meta": judge_meta,
-                     "bpb": bpb(judge, judge_meta)}}
-    if refs is not None:  # real text after the same prompts: the quality a model could aim for
-        per_prompt, summary = score(judge, prompts, refs)
-        res["reference"] = {"summary": summary, "per_prompt": per_prompt}
-    for name, path in zip(names, args.ckpts):  # one model in memory at a time
-        model, meta, ckpt = load_model(path, device)
-        entry = {"ckpt": path, "step": ckpt.get("step"), "meta": meta, "bpb": bpb(model, meta)}
-        print(f"{name:>12s} {path}: {entry['bpb']:.4f} bits per byte", flush=True)
-        entry["rates"] = evaluate_generation(name, model, meta, prompts, judge, args, device)
-        res["models"][name] = entry
-    res.update(comparisons(res["models"], args.n_boot, args.seed))
-    settings["wall_seconds"] = time.time() - t_start
-    paths = write_outputs(res, args.out_dir)
-    print(markdown_report(res))
-    print("wrote " + ", ".join(paths))
-    return res, paths
+def run_curves(args):
+    """curves.md (a table per key: names x steps), curves.json and KEY.svg for each key."""
+    logs = parse_named(args.logs, "--logs")
+    # records without an integer step (training-loss lines, notes) are not validation points
+    recs = {name: [r for r in data.read_jsonl(path) if type(r.get("step")) is int]
+            for name, path in logs.items()}
+    seen = [k for rs in recs.values() for r in rs for k in r if k.startswith("val_")]
+    keys = args.keys or list(dict.fromkeys(seen))  # in order of first appearance
+    if not keys:
+        raise data.UserError("the logs hold no val_* keys; name the keys to tabulate with --keys")
+    curves, md, files = {}, ["# Validation curves", ""], {}
+    for key in keys:
+        # the last value per step wins: a resumed run logs the steps after its checkpoint again
+        per = {name: sorted({r["step"]: float(r[key]) for r in rs
+                             if isinstance(r.get(key), (int, float))}.items()) for name, rs in recs.items()}
+        curves[key] = {name: pts for name, pts in per.items() if pts}  # a run may lack a key
+        if not curves[key]:
+            raise data.UserError(f"no log has values for the key {key!r}")
+        steps = sorted({s for pts in curves[key].values() for s, _ in pts})
+        rows = [[name] + [fmt(dict(pts).get(s, NAN), 4) for s in steps] for name, pts in per.items()]
+        md += [f"## {key}", ""] + table(["name", *steps], rows)  # n/a: not logged at that step
+        # the file is named after the key, never after a run name (names may hold "/")
+        files[re.sub(r"[^\w.-]", "_", key) + ".svg"] = svg_plot(curves[key], key, "step", key)
+    files["curves.md"] = "\n".join(md) + "\n"
+    files["curves.json"] = json_text({"logs": logs, "keys": keys, "curves": curves})
+    print(files["curves.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
+    return curves
 
 
 # ----------------------------------------------------------------------------------------------
-# The `reproduce` mode: train.py stages as subprocesses, then `compare`. Resume-friendly: a stage
-# whose out-dir/ckpt.pt already holds a finished run with the same flags is skipped; one stopped
-# halfway continues with train.py --resume; one with other flags is an error (delete its folder).
+# Command line: one subcommand per job above; `evaluate.py MODE --help` lists its flags.
 
-
-def stage_state(path, flags, steps):
-    """'missing', 'partial' or 'done' for the checkpoint a stage would write with these flags."""
-    if not os.path.exists(path):
-        return "missing"
-    try:
-        ckpt = mdlm.load_checkpoint(path)
-    except mdlm.CheckpointError as e:
-        raise StageError(f"{e}; delete {os.path.dirname(path)} to retrain this stage")
-    # train.py stores its parsed flags; a checkpoint trained otherwise must not be silently reused,
-    # or the comparison would mix models from two different experiments
-    stored = ckpt.get("args") or {}
-    want = {f[2:].replace("-", "_"): v for f, v in zip(flags[::2], flags[1::2])}  # "--name value" pairs
-    want.setdefault("data", None)  # no --data: the default corpus, stored as None
-    # the device may differ (a run moved to a GPU), and so may the paths inside the experiment's
-    # folder (a copied or renamed folder); nothing else
-    free = ("device", "out_dir", "init_from", "sft")
-    for key, value in want.items():
-        if key not in free and key in stored and str(stored[key]) != str(value):
-            raise StageError(f"{path} was trained with --{key.replace('_', '-')} {stored[key]}, this run "
-                             f"asks for {value}; delete {os.path.dirname(path)} or choose another --out-dir")
-    return "done" if (ckpt.get("step") or 0) >= steps else "partial"
-
-
-def run_stage(name, out_dir, steps, flags, seconds):
-    """Run `python train.py --out-dir out_dir --steps steps flags...` unless already done; its
-    output streams to this terminal. Returns the checkpoint path; its wall time goes to seconds."""
-    path = os.path.join(out_dir, "ckpt.pt")
-    flags = [str(f) for f in ["--out-dir", out_dir, "--steps", steps] + flags]  # as argv: strings
-    state = stage_state(path, flags, steps)
-    if state == "done":
-        print(f"== {name}: {path} is complete ({steps} steps), skipped", flush=True)
-        return path
-    cmd = [sys.executable, os.path.join(HERE, "train.py")] + flags + ["--resume"] * (state == "partial")
-    print(f"== {name}: {' '.join(cmd)}", flush=True)
-    t0 = time.time()
-    # a subprocess, not an import: each stage is exactly the command a reader could run by hand
-    if subprocess.run(cmd).returncode != 0:
-        raise StageError(f"stage {name} failed (command above); fix it and rerun: finished stages are kept")
-    if stage_state(path, flags, steps) != "done":
-        raise StageError(f"stage {name} ended without a complete checkpoint at {path}")
-    seconds[name] = time.time() - t0
-    print(f"== {name}: done in {seconds[name]:.0f} s", flush=True)
-    return path
-
-
-def reproduce(args):
-    """Pretrain (CE), train the AR judge, fine-tune a CE and a CTC copy, then compare all three."""
-    args.t_start, args.stage_seconds = time.time(), {}
-    # every flag left unset takes its value from the settings block (TINY with --tiny)
-    sizes = TINY if args.tiny else SIZES
-    vars(args).update({k: v for k, v in sizes.items() if getattr(args, k, None) is None})
-    common = ["--batch-size", args.batch_size, "--seed", args.seed, "--device", args.device,
-              "--eval-interval", args.eval_interval, "--seq-len", args.seq_len]
-    common += ["--data", args.data] if args.data else []
-    scratch = common + ["--n-layer", args.n_layer, "--n-head", args.n_head, "--n-embd", args.n_embd,
-                        "--lr", args.lr]
-    stage = lambda name, steps, flags: run_stage(name, os.path.join(args.out_dir, name), steps, flags,
-                                                 args.stage_seconds)
-    # the judge has the MDLM's size and data but a causal mask: it scores, it is never compared
-    pre = stage("pretrain", args.pretrain_steps, scratch + ["--objective", "mdlm"])
-    judge = stage("judge", args.judge_steps, scratch + ["--objective", "ar"])
-    # the matched pair: same init, data, steps, seed, prompt length and slack rate; only the loss
-    # differs (train.py puts CE's slack at the tail, as LLaDA pads with EOS; CTC's at random)
-    finetune = common + ["--init-from", pre, "--lr", args.finetune_lr, "--slack-rate", args.slack_rate,
-                         "--prompt-len", args.prompt_len]
-    ce = stage("ce-ft", args.finetune_steps, finetune + ["--loss", "ce"])
-    ctc = stage("ctc-ft", args.finetune_steps, finetune + ["--loss", "ctc"])
-    print("== evaluate", flush=True)
-    # the pretrained model is the baseline (first): both fine-tunes are compared with it and ctc-ft
-    # with ce-ft, the comparison of claim (b)
-    args.ckpts, args.names, args.judge = [pre, ce, ctc], ["pretrained", "ce-ft", "ctc-ft"], judge
-    _, paths = run_compare(args)
-    print(f"== reproduce finished in {time.time() - args.t_start:.0f} s; results: " + ", ".join(paths))
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line.
-
-
-def add_size(p, key, text, reproduce):
-    """A flag whose default (and type) lives in the settings block; in `reproduce` --tiny changes it.
-    There the default is None, so that reproduce() can tell an unset flag from a set one."""
-    default = None if reproduce else SIZES[key]
-    note = f"default {SIZES[key]}; --tiny {TINY[key]}" if reproduce else f"default {SIZES[key]}"
-    p.add_argument("--" + key.replace("_", "-"), type=type(SIZES[key]), default=default,
-                   help=f"{text} ({note})")
-
-
-def add_eval_flags(p, reproduce=False, generation=True):
-    """Flags shared by the modes: data, device, seeds, likelihood and generation settings."""
-    a = p.add_argument
-    a("--data", default=None, help="UTF-8 text, last 5%% held out (default: train.py's corpus)")
-    a("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
-    a("--seed", type=int, default=1337, help="seed of t, masks and sampling (default: 1337, train.py's)")
-    add_size(p, "eval_batch_size", "windows per batch for bits per byte", reproduce)
-    add_size(p, "t_samples", "draws of t per window for the MDLM NELBO", reproduce)
-    add_size(p, "max_batches", "cap on bits-per-byte batches (0: the whole held-out split)", reproduce)
-    if not generation:  # `bpb` stops here
-        return
-    add_size(p, "num_prompts", "prompts taken from the held-out split, evenly spaced", reproduce)
-    add_size(p, "prompt_len", "bytes per held-out prompt", reproduce)
-    add_size(p, "length", "positions generated after each prompt", reproduce)
-    add_size(p, "steps", "denoising steps per continuation", reproduce)
-    add_size(p, "gen_batch_size", "prompts decoded together", reproduce)
-    a("--prompts", default=None, help='JSON lines {"prompt": ...} to use instead of held-out prefixes')
-    a("--sampler", choices=decode.SAMPLERS, default="ancestral",
-      help="MDLM ancestral sampling or LLaDA low-confidence remasking (default: ancestral)")
-    a("--block-length", type=int, default=None, help="semi-autoregressive block length (default: none)")
-    a("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default: 1)")
-    a("--shift-rates", type=float, nargs="+", default=list(SHIFT_RATES),
-      help="shift-probe rates; rate 0 is always added (default: 0 0.01 0.02 0.05)")
-    a("--n-boot", type=int, default=2000, help="bootstrap resamples per interval (default: 2000)")
-    a("--show-samples", type=int, default=2, help="texts kept per model and shift rate (default: 2)")
+DATA_HELP = "UTF-8 text whose last 5%% is held out (default: the default corpus)"
+TASK_FLAGS = {  # (flag, type, default, help) of each task beyond the common ones
+    "copy": [("--min-len", int, 8, "shortest string to copy"), ("--max-len", int, 8, "longest one")],
+    "grammar": [("--prompt-words", int, 1, "words of each sentence given as the prompt"),
+                ("--max-bytes", int, None, "longest prompt + response in bytes, None = no limit")],
+    "text": [("--data", str, None, DATA_HELP), ("--prompt-len", int, 32, "bytes per prompt"),
+             ("--length", int, 96, "bytes of the true continuation after each prompt")],
+}
 
 
 def build_parser():
-    """The three modes, each a subcommand with its own flags (`evaluate.py MODE --help`)."""
+    """The four subcommands and their flags."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
-    b = sub.add_parser("bpb", help="held-out bits per byte of checkpoints")
-    b.add_argument("--ckpts", nargs="+", required=True, help="checkpoints written by train.py")
-    add_eval_flags(b, generation=False)
-    c = sub.add_parser("compare", help="generation quality and robustness of checkpoints, compared")
-    c.add_argument("--ckpts", nargs="+", required=True, help="checkpoints; the first is the baseline")
-    c.add_argument("--names", nargs="+", default=None, help="one name per checkpoint (default: folder names)")
-    c.add_argument("--judge", required=True, help="AR checkpoint (train.py --objective ar) that scores text")
-    c.add_argument("--out-dir", default="eval", help="folder of results.json, .md, .svg (default: eval)")
-    add_eval_flags(c)
-    r = sub.add_parser("reproduce", help="train every model from scratch, then compare (one command)")
-    r.add_argument("--out-dir", default="experiment", help="a folder per stage (default: experiment)")
-    r.add_argument("--tiny", action="store_true", help="toy sizes: seconds per stage (for the tests)")
-    for key, text in [("n_layer", "Transformer blocks"), ("n_head", "attention heads"),
-                      ("n_embd", "model width"), ("seq_len", "canvas length T"),
-                      ("batch_size", "training batch size"), ("pretrain_steps", "MDLM pretraining steps"),
-                      ("judge_steps", "AR judge training steps"),
-                      ("finetune_steps", "steps of each fine-tune"),
-                      ("eval_interval", "train.py validates every N steps"),
-                      ("lr", "peak learning rate of pretraining and the judge"),
-                      ("finetune_lr", "peak learning rate of both fine-tunes"),
-                      ("slack_rate", "slack rate of both fine-tunes")]:
-        add_size(r, key, text, reproduce=True)
-    add_eval_flags(r, reproduce=True)
+    tasks = sub.add_parser("task", help="write a task's examples").add_subparsers(dest="task", required=True)
+    for name, flags in TASK_FLAGS.items():
+        a = tasks.add_parser(name, help=f"the {name} task").add_argument
+        a("--out-dir", required=True, help="folder for train.jsonl, test.jsonl and task.json")
+        n_test = 128 if name == "text" else 512  # text prompts are long: fewer, decoded more slowly
+        a("--n-test", type=int, default=n_test, help=f"test examples (default: {n_test})")
+        if name != "text":  # text prompts are evenly spaced held-out offsets: no seed, no train set
+            a("--n-train", type=int, default=20000, help="training examples (default: 20000)")
+            a("--seed", type=int, default=1337, help="seed of train; test uses seed + 1 (default: 1337)")
+        for flag, typ, default, text in flags:
+            a(flag, type=typ, default=default, help=f"{text} (default: {default})")
+    a = sub.add_parser("bpb", help="held-out bits per byte of checkpoints").add_argument
+    a("--ckpts", nargs="+", required=True, help="checkpoints written by train.py")
+    a("--data", default=None, help=DATA_HELP)
+    a("--seq-len", type=int, default=None, help="window length in bytes (default: each model's canvas)")
+    a("--t-samples", type=int, default=8, help="draws of t per window, MDLM only (default: 8)")
+    a("--max-batches", type=int, default=16, help="cap on batches, 0 = all (default: 16)")
+    a("--eval-batch-size", type=int, default=32, help="windows per batch (default: 32)")
+    a("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
+    a("--seed", type=int, default=1337, help="seed of t and of the masks (default: 1337)")
+    a = sub.add_parser("score", help="score decode.py's outputs and compare them").add_argument
+    a("--task", choices=tuple(METRICS), required=True, help="which task, so which metrics")
+    a("--refs", required=True, help="the test.jsonl that `task` wrote")
+    a("--gens", nargs="+", required=True, help="NAME=PATH per decode.py output (a name may hold /)")
+    a("--baseline", default=None, help="the name every other is compared with (default: the first)")
+    a("--judge", default=None, help="AR checkpoint (train.py --objective ar) that scores --task text")
+    a("--n-boot", type=int, default=2000, help="bootstrap resamples per interval (default: 2000)")
+    a("--seed", type=int, default=1337, help="seed of the bootstrap (default: 1337)")
+    a("--device", default="auto", help="the judge's device: cpu, cuda, mps or auto (default: auto)")
+    a("--out-dir", required=True, help="folder for results.json, results.md and PRIMARY.svg")
+    a = sub.add_parser("curves", help="validation curves of training runs, side by side").add_argument
+    a("--logs", nargs="+", required=True, help="NAME=PATH of each run's log.jsonl")
+    a("--keys", nargs="+", default=None, help="keys to tabulate and plot (default: every val_* key)")
+    a("--out-dir", required=True, help="folder for curves.md, curves.json and KEY.svg")
     return p
 
 
 def main(argv=None):
-    """Parse argv and run the chosen mode; returns the exit status (1 with a one-line error)."""
+    """Parse argv and run the chosen subcommand; returns the exit status (1 with a one-line error)."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "shift_rates", None) is not None and 0.0 not in args.shift_rates:
-        args.shift_rates = [0.0] + args.shift_rates  # robustness is measured against rate 0
     try:
-        {"bpb": run_bpb, "compare": run_compare, "reproduce": reproduce}[args.mode](args)
-    except (ValueError, OSError, mdlm.CheckpointError, train.UserError, StageError) as e:
+        {"task": run_task, "bpb": run_bpb, "score": run_score, "curves": run_curves}[args.mode](args)
+    except (data.UserError, mdlm.CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)  # an expected failure: a message, no traceback
         return 1
     return 0

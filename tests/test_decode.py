@@ -1,4 +1,4 @@
-"""Tests of decode.py on tiny random models (CPU, a few seconds)."""
+"""The samplers of mdlm.py and decode.py's command line, on tiny random models (CPU, seconds)."""
 import json
 import os
 import subprocess
@@ -61,7 +61,7 @@ def prompt_of(text, batch):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_committed_tokens_and_prompt_never_change(sampler, block_length, temperature):
     model, prompt = tiny_model(), prompt_of("hey", 3)
-    out = decode.generate(model, prompt, 16, steps=8, sampler=sampler, block_length=block_length,
+    out = mdlm.generate(model, prompt, 16, steps=8, sampler=sampler, block_length=block_length,
                           temperature=temperature, generator=gen(1), record_steps=True)
     canvas = out["canvas"]
     assert canvas.shape == (3, 19)
@@ -79,7 +79,7 @@ def test_committed_tokens_and_prompt_never_change(sampler, block_length, tempera
 
 def test_blocks_fill_left_to_right_with_even_split():
     # length 12 in 3 blocks of 4, 6 steps -> 2 steps per block, 2 tokens per step (LLaDA's split)
-    out = decode.generate(tiny_model(), prompt_of("ab", 2), 12, steps=6, sampler="confidence",
+    out = mdlm.generate(tiny_model(), prompt_of("ab", 2), 12, steps=6, sampler="confidence",
                           block_length=4, temperature=1.0, generator=gen(), record_steps=True)
     prev_masked = 12
     for k, step in enumerate(out["history"]):
@@ -96,7 +96,7 @@ def test_blocks_fill_left_to_right_with_even_split():
 def test_ancestral_unmasks_at_the_schedule_rate(schedule):
     # after step k of n, the expected fraction of visible positions is alpha(1 - k/n)
     B, L, n = 256, 16, 4
-    out = decode.generate(tiny_model(), prompt_of("", B), L, steps=n, schedule=schedule,
+    out = mdlm.generate(tiny_model(), prompt_of("", B), L, steps=n, schedule=schedule,
                           generator=gen(3), record_steps=True)
     for k, step in enumerate(out["history"][:-1], start=1):
         visible = (step != MASK).float().mean().item()
@@ -106,18 +106,18 @@ def test_ancestral_unmasks_at_the_schedule_rate(schedule):
 
 def test_same_seed_same_samples_other_seed_differs():
     model, prompt = tiny_model(), prompt_of("x", 2)
-    a = decode.generate(model, prompt, 16, steps=8, generator=gen(5))["canvas"]
-    b = decode.generate(model, prompt, 16, steps=8, generator=gen(5))["canvas"]
-    c = decode.generate(model, prompt, 16, steps=8, generator=gen(6))["canvas"]
+    a = mdlm.generate(model, prompt, 16, steps=8, generator=gen(5))["canvas"]
+    b = mdlm.generate(model, prompt, 16, steps=8, generator=gen(5))["canvas"]
+    c = mdlm.generate(model, prompt, 16, steps=8, generator=gen(6))["canvas"]
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_ancestral_cache_matches_uncached_with_fewer_calls():
     steps, length = 200, 16
     cached_model, plain_model = Wrapped(tiny_model(sharp=True)), Wrapped(tiny_model(sharp=True))
-    cached = decode.generate(cached_model, prompt_of("ab", 2), length, steps=steps, generator=gen(2),
+    cached = mdlm.generate(cached_model, prompt_of("ab", 2), length, steps=steps, generator=gen(2),
                              record_steps=True)
-    plain = decode.generate(plain_model, prompt_of("ab", 2), length, steps=steps, generator=gen(2),
+    plain = mdlm.generate(plain_model, prompt_of("ab", 2), length, steps=steps, generator=gen(2),
                             use_cache=False)
     assert torch.equal(cached["canvas"], plain["canvas"])
     assert plain_model.calls == plain["model_calls"] == steps
@@ -133,11 +133,11 @@ def test_ancestral_cache_matches_uncached_with_fewer_calls():
 def test_request_errors():
     model = tiny_model(seq_len=32)
     with pytest.raises(ValueError, match="exceeds"):
-        decode.generate(model, prompt_of("0123456789", 1), 23, steps=4)
-    with pytest.raises(ValueError, match="divisible by block length"):
-        decode.generate(model, prompt_of("", 1), 16, steps=4, sampler="confidence", block_length=5)
+        mdlm.generate(model, prompt_of("0123456789", 1), 23, steps=4)
+    with pytest.raises(ValueError, match="at least 1"):
+        mdlm.generate(model, prompt_of("", 1), 16, steps=4, sampler="confidence", block_length=0)
     with pytest.raises(ValueError, match="number of blocks"):
-        decode.generate(model, prompt_of("", 1), 16, steps=6, sampler="confidence", block_length=4)
+        mdlm.generate(model, prompt_of("", 1), 16, steps=6, sampler="confidence", block_length=4)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,25 +148,25 @@ def test_request_errors():
 def test_slack_only_when_allowed(sampler):
     model = Wrapped(tiny_model(), token=SLACK, bias=50.0)  # SLACK would win everywhere
     for allow in (False, True):
-        out = decode.generate(model, prompt_of("hi", 2), 16, steps=4, sampler=sampler,
+        out = mdlm.generate(model, prompt_of("hi", 2), 16, steps=4, sampler=sampler,
                               allow_slack=allow, generator=gen())
         n_slack = (out["canvas"] == SLACK).sum().item()
         assert (n_slack > 16) if allow else (n_slack == 0), (allow, n_slack)
         for row in out["canvas"]:
             for collapse in ("surface", "standard"):
-                ids = decode.finish(row, 2, collapse, slack=True)
+                ids = mdlm.output_ids(row, 2, collapse, slack=True)
                 assert all(i < 256 for i in ids), "finish left a special id in the output"
 
 
 def test_finish_collapse_and_eos():
     a, b, c = mdlm.encode("abc")
     row = torch.tensor(mdlm.encode("p:") + [a, SLACK, a, a, SLACK, b, b, EOS, c, SLACK])
-    assert decode.finish(row, 2, "surface", slack=True) == [a, a, a, b, b]
-    assert decode.finish(row, 2, "standard", slack=True) == [a, a, b]
+    assert mdlm.output_ids(row, 2, "surface", slack=True) == [a, a, a, b, b]
+    assert mdlm.output_ids(row, 2, "standard", slack=True) == [a, a, b]
     no_slack = torch.tensor(mdlm.encode("p:") + [a, a, MASK, b, EOS, c])
-    assert decode.finish(no_slack, 2, "standard", slack=False) == [a, a, b]  # no merging
-    assert decode.finish(torch.tensor([a, b]), 0, "surface", slack=True) == [a, b]  # no EOS: all kept
-    assert mdlm.decode(decode.finish(row, 2, "standard", slack=True)) == "aab"
+    assert mdlm.output_ids(no_slack, 2, "standard", slack=False) == [a, a, b]  # no merging
+    assert mdlm.output_ids(torch.tensor([a, b]), 0, "surface", slack=True) == [a, b]  # no EOS: all kept
+    assert mdlm.to_text(mdlm.output_ids(row, 2, "standard", slack=True)) == "aab"
 
 
 def test_render_canvas_shows_specials():
@@ -190,16 +190,16 @@ def test_shift_probe_crafted_canvas():
     # E: its left was just vacated by D -> left (tokens are processed left to right)
     expect = torch.tensor([[P, P, M, A, B, M, C, M, D, E, M, F]])
     for seed in range(5):
-        out, moved = decode.shift_probe(canvas, now, 1.0, gen(seed), gen_start=2)
+        out, moved = mdlm.shift_probe(canvas, now, 1.0, gen(seed), gen_start=2)
         assert torch.equal(out, expect) and moved.tolist() == [4]
     # a token with no masked neighbour stays, and nothing moves at rate 0
     stuck = torch.tensor([[P, A, B, C]])
-    assert decode.shift_probe(stuck, stuck != P, 1.0, gen(), gen_start=1)[1].item() == 0
-    out, moved = decode.shift_probe(canvas, now, 0.0, gen(), gen_start=2)
+    assert mdlm.shift_probe(stuck, stuck != P, 1.0, gen(), gen_start=1)[1].item() == 0
+    out, moved = mdlm.shift_probe(canvas, now, 0.0, gen(), gen_start=2)
     assert torch.equal(out, canvas) and moved.item() == 0
     # masked slots outside [gen_start, gen_end) (another block) are never entered
     edge = torch.tensor([[M, A, M, M, B, M]])
-    out, moved = decode.shift_probe(edge, edge != M, 1.0, gen(), gen_start=1, gen_end=5)
+    out, moved = mdlm.shift_probe(edge, edge != M, 1.0, gen(), gen_start=1, gen_end=5)
     assert torch.equal(out, torch.tensor([[M, M, A, B, M, M]])) and moved.item() == 2
 
 
@@ -216,7 +216,7 @@ def test_shift_probe_random_isolated_tokens():
             for i in range(P + torch.randint(0, 3, (1,), generator=g).item(), T, 3):
                 if torch.rand(1, generator=g) < 0.6:
                     now[b, i], canvas[b, i] = True, torch.randint(0, 256, (1,), generator=g)
-        out, moved = decode.shift_probe(canvas, now, 1.0, gen(trial), gen_start=P)
+        out, moved = mdlm.shift_probe(canvas, now, 1.0, gen(trial), gen_start=P)
         assert torch.equal(out[:, :P], canvas[:, :P])
         assert ((out != canvas).sum(1) == 2 * moved).all()
         for b, i in now.nonzero().tolist():
@@ -234,7 +234,7 @@ def test_generate_with_tiny_probe_rate_equals_no_probe():
     # the probe has its own random stream: without a realised move the samples are identical
     model, prompt = tiny_model(), prompt_of("ab", 2)
     def run(rate):
-        return decode.generate(model, prompt, 16, steps=8, sampler="confidence", block_length=8,
+        return mdlm.generate(model, prompt, 16, steps=8, sampler="confidence", block_length=8,
                                shift_rate=rate, generator=gen(4))
 
     base, tiny, some = run(0.0), run(1e-12), run(0.5)
@@ -253,10 +253,10 @@ def test_generate_with_tiny_probe_rate_equals_no_probe():
 def test_generate_ar():
     model = tiny_model(causal=True)
     prompt = prompt_of("hey", 2)
-    out = decode.generate_ar(model, prompt, 10, temperature=1.0, generator=gen())
+    out = mdlm.generate_ar(model, prompt, 10, temperature=1.0, generator=gen())
     assert out["canvas"].shape == (2, 13) and torch.equal(out["canvas"][:, :3], prompt)
     assert not ((out["canvas"] == SLACK) | (out["canvas"] == MASK)).any()
-    empty = decode.generate_ar(Wrapped(model, token=EOS, bias=50.0), prompt_of("", 2), 10,
+    empty = mdlm.generate_ar(Wrapped(model, token=EOS, bias=50.0), prompt_of("", 2), 10,
                                temperature=0.0)
     assert empty["canvas"].shape == (2, 10) and (empty["canvas"] == EOS).all()
     assert empty["model_calls"] == 1, "all rows ended: decoding should stop"
@@ -299,7 +299,7 @@ def test_cli_errors_and_text_mode(tmp_path, capsys):
     assert decode.main(["--ckpt", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 1
     assert decode.main(["--ckpt", str(bad), "--device", "cpu"]) == 1
     assert decode.main(["--ckpt", ckpt, "--prompt", "x" * 30, "--length", "16", "--device", "cpu"]) == 1
-    assert decode.main(["--ckpt", ckpt, "--length", "16", "--steps", "8", "--sampler", "confidence",
+    assert decode.main(["--ckpt", ckpt, "--length", "16", "--steps", "7", "--sampler", "confidence",
                         "--block-length", "5", "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("error: ") for line in err), err
@@ -311,3 +311,73 @@ def test_cli_errors_and_text_mode(tmp_path, capsys):
     ar = write_ckpt(tmp_path / "ar.pt", causal=True, slack=False)
     assert decode.main(["--ckpt", ar, "--prompt", "hi", "--length", "8", "--json", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["sampler"] == "ar"
+
+
+def test_uneven_last_block_fills_left_to_right():
+    """Blocks of 5 over 12 positions: 5, 5 and a last block of 2, each filled before the next."""
+    out = mdlm.generate(tiny_model(), prompt_of("ab", 1), 12, steps=6, sampler="confidence",
+                        block_length=5, generator=gen(), record_steps=True)
+    filled = [(h[0, 2:] != MASK).sum().item() for h in out["history"]]
+    assert filled == [3, 5, 8, 10, 11, 12]  # ceil(masked in block / steps left in block) per step
+    for k, h in enumerate(out["history"]):  # nothing beyond the current block is ever filled
+        blk_end = 2 + 5 * (k // 2 + 1)
+        assert (h[0, blk_end:] == MASK).all()
+
+
+def write_prompts(path, prompts):
+    path.write_text("".join(json.dumps({"prompt": p, "response": "x"}) + "\n" for p in prompts))
+    return str(path)
+
+
+def test_cli_prompts_file_at_several_rates(tmp_path):
+    """--prompts/--out: one record per prompt and rate, prompts of different lengths, each output
+    the same as decoding that prompt alone with the group's seed (seed + prompt length)."""
+    ckpt = write_ckpt(tmp_path / "m.pt")
+    prompts = write_prompts(tmp_path / "p.jsonl", ["ab", "xyz", "cd"])
+    out = tmp_path / "g" / "gens.jsonl"
+    assert decode.main(["--ckpt", ckpt, "--prompts", prompts, "--out", str(out), "--sampler", "confidence",
+                        "--block-length", "8", "--per-step", "2", "--shift-rates", "0", "0.5",
+                        "--temperature", "1", "--seed", "3", "--device", "cpu"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 6 and {r["rate"] for r in recs} == {0.0, 0.5}
+    assert sorted(r["i"] for r in recs if r["rate"] == 0) == [0, 1, 2]
+    assert all(r["n_committed"] == 32 - len(r["prompt"]) for r in recs)
+    assert all(r["n_shifted"] == 0 for r in recs if r["rate"] == 0)
+    assert sum(r["n_shifted"] for r in recs if r["rate"] == 0.5) > 0
+    # "xyz" alone: a group of one, seed 3 + 3, canvas filled to 32 positions, 29 / 2 -> 15 steps
+    model = mdlm.model_from_checkpoint(mdlm.load_checkpoint(ckpt))
+    alone = mdlm.generate(model, prompt_of("xyz", 1), 29, steps=4 * 4, sampler="confidence",
+                          block_length=8, temperature=1.0, generator=gen(6))
+    rec = next(r for r in recs if r["prompt"] == "xyz" and r["rate"] == 0)
+    assert rec["output_ids"] == mdlm.output_ids(alone["canvas"][0].tolist(), 3)
+    assert rec["output"] == mdlm.to_text(rec["output_ids"])
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--prompt", "\udcff"], "not valid UTF-8"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nope"], "device"),
+    (["--num-samples", "0"], "at least 1"),
+    (["--per-step", "-1"], "at least 1"),
+    (["--shift-rate", "1.5"], "shift rates"),
+    (["--shift-rates", "0", "0.1"], "--shift-rates needs --prompts"),
+    (["--prompts", "p.jsonl"], "go together"),
+    (["--length", "0"], "at least 1"),
+    (["--temperature", "-1"], "temperature"),
+])
+def test_cli_bad_values_are_one_line(tmp_path, capsys, flags, message):
+    ckpt = write_ckpt(tmp_path / "m.pt")
+    assert decode.main(["--ckpt", ckpt, "--device", "cpu", *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_cli_prompts_file_problems(tmp_path, capsys):
+    ckpt = write_ckpt(tmp_path / "m.pt")
+    out = str(tmp_path / "g.jsonl")
+    assert decode.main(["--ckpt", ckpt, "--prompts", str(tmp_path), "--out", out, "--device", "cpu"]) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"no prompt": 1}\n')
+    assert decode.main(["--ckpt", ckpt, "--prompts", str(bad), "--out", out, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err), err
+    assert not os.path.exists(out)

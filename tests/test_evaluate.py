@@ -1,42 +1,57 @@
-"""Tests of evaluate.py: metrics against hand-computed values, bits per byte against mdlm's losses,
-the bootstrap's determinism and coverage, the report writers, and the reproduce command end to end
-at toy sizes."""
+"""Tests of evaluate.py: metrics against hand-computed values and slow loops, bits per byte against
+mdlm's losses, the bootstrap, `score` on hand-made generation files (exact numbers), the checks on
+bad input, `task` (determinism, fresh test prompts), `curves`, and the SVG and CLI plumbing."""
 
+import argparse
 import json
 import math
-import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import torch
 
+import data
 import evaluate
 import mdlm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def tiny_model(causal, seed=0, seq_len=24):
+def tiny_model(causal, seed=0, seq_len=32):
     torch.manual_seed(seed)
-    cfg = mdlm.ModelConfig(seq_len=seq_len, n_layer=1, n_head=2, n_embd=16, causal=causal)
+    cfg = mdlm.ModelConfig(n_layer=1, n_head=2, n_embd=32, seq_len=seq_len, causal=causal)
     return mdlm.Transformer(cfg).eval()
 
 
-def save_tiny(path, causal, seed=0, seq_len=24, slack=False):
+def save_tiny(path, causal, seed=0, seq_len=32):
     """A hand-made checkpoint in train.py's format."""
-    model = tiny_model(causal, seed, seq_len)
-    meta = {"objective": "ar" if causal else "mdlm", "schedule": "linear", "slack": slack,
+    m = tiny_model(causal, seed, seq_len)
+    meta = {"objective": "ar" if causal else "mdlm", "schedule": "linear", "loss": "ce", "slack": False,
             "collapse": "surface"}
-    mdlm.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(), "ema": None,
-                          "step": 7, "meta": meta, "args": {}}, str(path))
+    mdlm.save_checkpoint({"config": m.cfg.to_dict(), "model": m.state_dict(), "ema": m.state_dict(),
+                          "step": 0, "meta": meta}, str(path))
     return str(path)
 
 
+def write_jsonl(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return str(path)
+
+
+def gen(i, output, rate, committed=10, shifted=0, prompt=""):
+    """One record as decode.py writes it."""
+    return {"i": i, "prompt": prompt, "output": output, "output_ids": list(output.encode()), "rate": rate,
+            "n_committed": committed, "n_shifted": shifted}
+
+
+def run(argv, capsys):
+    """(exit status, stdout, stderr) of evaluate.main(argv)."""
+    status = evaluate.main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 # ----------------------------------------------------------------------------------------------
-# Metrics of one continuation
+# Metrics of one output
 
 
 def test_unigram_entropy_by_hand():
@@ -56,21 +71,23 @@ def test_distinct_n_by_hand():
     assert math.isnan(evaluate.distinct_n([1, 2], 3))
 
 
-def test_judge_nll_equals_ar_loss():
-    """With a one-byte prompt every other byte is a continuation byte, so the judge's sum is
-    mdlm.ar_loss (a mean over the same targets) times their number."""
-    judge = tiny_model(causal=True, seq_len=24)
-    x = torch.randint(0, 256, (1, 17), generator=torch.Generator().manual_seed(3))
+def test_judge_nll_equals_a_loop_over_prefixes():
+    """The judge's one-pass sum equals feeding every prefix separately and reading the last row."""
+    judge = tiny_model(causal=True, seq_len=32)
+    prompt, cont = [72, 105, 32], [116, 104, 101, 114, 101, 33]
+    want = 0.0
     with torch.no_grad():
-        ref = mdlm.ar_loss(judge(x[:, :-1]), x).item()
-    nll, n = evaluate.judge_nll(judge, x[0, :1].tolist(), x[0, 1:].tolist())
-    assert n == 16
-    assert nll / n == pytest.approx(ref, rel=1e-5)
-    # a longer prompt scores only the continuation: the mean over the last 6 targets
-    with torch.no_grad():
-        per_byte = torch.nn.functional.cross_entropy(judge(x[:, :-1])[0].float(), x[0, 1:], reduction="none")
-    nll, n = evaluate.judge_nll(judge, x[0, :11].tolist(), x[0, 11:].tolist())
-    assert n == 6 and nll == pytest.approx(per_byte[10:].sum().item(), rel=1e-5)
+        for j in range(len(cont)):
+            x = torch.tensor([prompt + cont[:j]])
+            want -= judge(x)[0, -1].float().log_softmax(-1)[cont[j]].item()
+    nll, n = evaluate.judge_nll(judge, prompt, cont)
+    assert n == 6 and nll == pytest.approx(want, rel=1e-5)
+    # text_metrics reports it per byte, with the continuation's entropy, distinct-2 and length
+    m = evaluate.text_metrics(judge, {"prompt": "Hi "}, {"output": "there!"})
+    assert m["judge_nll"] == pytest.approx(want / 6, rel=1e-5) and m["length"] == 6.0
+    assert m["entropy"] == pytest.approx(evaluate.unigram_entropy(cont)) and m["distinct_2"] == 1.0
+    empty = evaluate.text_metrics(judge, {"prompt": "Hi "}, {"output": "", "output_ids": []})
+    assert empty["length"] == 0.0 and math.isnan(empty["judge_nll"]) and math.isnan(empty["entropy"])
 
 
 def test_judge_nll_truncates_to_the_judge_window():
@@ -84,11 +101,28 @@ def test_judge_nll_truncates_to_the_judge_window():
         evaluate.judge_nll(judge, [], [66])
 
 
-def test_continuation_metrics_of_empty_output_are_nan():
-    judge = tiny_model(causal=True)
-    m = evaluate.continuation_metrics(judge, [65, 66], [])
-    assert m["length"] == 0 and all(math.isnan(m[k]) for k in evaluate.METRICS if k != "length")
-    assert evaluate.nan_mean([1.0, float("nan"), 3.0]) == 2.0
+def test_copy_metrics_by_hand():
+    m = lambda out, ref: evaluate.copy_metrics({"response": ref}, {"output": out})
+    assert m("abcdef", "abcdef") == {"exact": 1.0, "cer": 0.0, "dropped_doubled": 0.0}
+    # one letter dropped: one deletion; doubled in its place: one substitution, the probe's signature
+    assert m("abdef", "abcdef") == {"exact": 0.0, "cer": pytest.approx(1 / 6), "dropped_doubled": 0.0}
+    assert m("abccef", "abcdef") == {"exact": 0.0, "cer": pytest.approx(1 / 6), "dropped_doubled": 1.0}
+    assert m("ba", "ab")["cer"] == 1.0  # a swap is two substitutions: 2 / 2
+    assert m("", "abcd")["cer"] == 1.0 and m("abcdxyz", "abcd")["cer"] == 0.75
+    assert data.levenshtein("kitten", "sitting") == 3  # the textbook example
+
+
+def test_grammar_metrics_by_hand():
+    m = lambda out: evaluate.grammar_metrics({"prompt": "the ", "response": ""}, {"output": out})
+    assert m("cat sees the ox.") == {"parses": 1.0, "valid": 1.0, "lexicon": 1.0, "dropped_doubled": 0.0,
+                                     "length": 16.0}
+    # "badder" is badger with the g dropped and a d doubled: 1 of the 2 output words; the full text
+    # "the badder runs." has 3 words, 2 in the lexicon, and its one sentence is not valid
+    assert m("badder runs.") == {"parses": 0.0, "valid": 0.0, "lexicon": pytest.approx(2 / 3),
+                                 "dropped_doubled": 0.5, "length": 12.0}
+    assert m("cat sees. an eel runs.")["valid"] == 1.0 and m("cat sees. eel an runs.")["valid"] == 0.5
+    # nothing generated: "the " alone is one invalid sentence of one lexicon word
+    assert m("") == {"parses": 0.0, "valid": 0.0, "lexicon": 1.0, "dropped_doubled": 0.0, "length": 0.0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,64 +131,66 @@ def test_continuation_metrics_of_empty_output_are_nan():
 
 def test_bits_per_byte_ar_matches_ar_loss():
     model = tiny_model(causal=True, seq_len=8)
-    val = torch.randint(0, 256, (8 * 5 + 3,), generator=torch.Generator().manual_seed(1), dtype=torch.long)
-    val = val.to(torch.uint8)  # train.load_corpus gives bytes as uint8
+    val = np.random.default_rng(1).integers(0, 256, 8 * 5 + 3).astype(np.uint8)  # as data.load_corpus
     # by hand: windows val[8k : 8k + 9], k = 0..4, each predicting 8 bytes
-    x = torch.stack([val[8 * k:8 * k + 9].long() for k in range(5)])
+    x = torch.stack([torch.from_numpy(val[8 * k:8 * k + 9].astype(np.int64)) for k in range(5)])
     with torch.no_grad():
         ref = mdlm.ar_loss(model(x[:, :-1]), x).mean().item() / math.log(2)
-    got = evaluate.bits_per_byte(model, {"objective": "ar"}, val, 8, batch_size=2)
-    assert got == pytest.approx(ref, rel=1e-5)
+        ref1 = mdlm.ar_loss(model(x[:2, :-1]), x[:2]).mean().item() / math.log(2)
+    assert evaluate.bits_per_byte(model, {"objective": "ar"}, val, 8, batch_size=2) == pytest.approx(ref)
     # max_batches caps the windows read: one batch of 2 windows
     got1 = evaluate.bits_per_byte(model, {"objective": "ar"}, val, 8, batch_size=2, max_batches=1)
-    with torch.no_grad():
-        ref1 = mdlm.ar_loss(model(x[:2, :-1]), x[:2]).mean().item() / math.log(2)
     assert got1 == pytest.approx(ref1, rel=1e-5)
+    with pytest.raises(ValueError):  # shorter than one window
+        evaluate.bits_per_byte(model, {"objective": "ar"}, val[:8], 8, 2)
 
 
-def test_bits_per_byte_mdlm_deterministic_and_finite():
+def test_bits_per_byte_mdlm_is_the_written_out_nelbo():
     model = tiny_model(causal=False, seq_len=16)
-    val = torch.randint(0, 256, (200,), generator=torch.Generator().manual_seed(2)).to(torch.uint8)
+    val = np.random.default_rng(2).integers(0, 256, 200).astype(np.uint8)
     meta = {"objective": "mdlm", "schedule": "linear"}
     a = evaluate.bits_per_byte(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
-    b = evaluate.bits_per_byte(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
-    c = evaluate.bits_per_byte(model, meta, val, 16, batch_size=4, t_samples=3, seed=6)
-    assert math.isfinite(a) and a == b and a != c
-    # an untrained model is near uniform over 258 outcomes: the NELBO estimate is near log2(258)
-    assert 5.0 < a < 11.0
+    assert a == evaluate.bits_per_byte(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
+    assert a != evaluate.bits_per_byte(model, meta, val, 16, batch_size=4, t_samples=3, seed=6)
     # the same estimate written out: 12 windows of 16 bytes in one batch, 3 stratified draws of t
-    x = val[:192].long().view(12, 16)
-    gen, draws = torch.Generator().manual_seed(5), []
+    x = torch.from_numpy(val[:192].astype(np.int64)).view(12, 16)
+    g, draws = torch.Generator().manual_seed(5), []
     with torch.no_grad():
         for _ in range(3):
-            t = mdlm.sample_t(12, generator=gen)
-            z_t = mdlm.forward_mask(x, t, "linear", generator=gen)
+            t = mdlm.sample_t(12, generator=g)
+            z_t = mdlm.forward_mask(x, t, "linear", generator=g)
             draws.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, "linear"))
     ref = torch.cat(draws).mean().item() / math.log(2)
     got = evaluate.bits_per_byte(model, meta, val, 16, batch_size=12, t_samples=3, seed=5)
     assert got == pytest.approx(ref)
 
 
-def test_bits_per_byte_too_short_split():
-    with pytest.raises(ValueError):
-        evaluate.bits_per_byte(tiny_model(causal=True, seq_len=8), {"objective": "ar"},
-                               torch.zeros(8, dtype=torch.uint8), 8, 2)
+def test_bpb_command(tmp_path, capsys):
+    (tmp_path / "d.txt").write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    ckpt = save_tiny(tmp_path / "ar.pt", causal=True, seq_len=16)
+    flags = ["--data", str(tmp_path / "d.txt"), "--device", "cpu"]
+    status, out, _ = run(["bpb", "--ckpts", ckpt, *flags], capsys)
+    assert status == 0 and "bits per byte (ar)" in out
+    status, _, err = run(["bpb", "--ckpts", str(tmp_path / "none.pt"), *flags], capsys)
+    assert status == 1 and err.startswith("error: ") and err.count("\n") == 1
 
 
 # ----------------------------------------------------------------------------------------------
 # Paired bootstrap
 
 
-def test_bootstrap_deterministic_and_covers_known_difference():
+def test_bootstrap_deterministic_contains_the_mean_and_shrinks_with_n():
     rng = np.random.default_rng(0)
-    a = rng.normal(3.0, 1.0, 200)  # large spread between prompts ...
-    b = a + 0.5 + rng.normal(0.0, 0.05, 200)  # ... but a small one in the paired difference
+    a = rng.normal(3.0, 1.0, 800)  # large spread between prompts ...
+    b = a + 0.5 + rng.normal(0.0, 0.2, 800)  # ... a small one in the paired difference
     first = evaluate.paired_bootstrap(a, b, n_boot=2000, seed=1)
     assert first == evaluate.paired_bootstrap(a, b, n_boot=2000, seed=1)
     mean, lo, hi = first
-    assert lo < 0.5 < hi and lo > 0 and hi - lo < 0.05
-    assert mean == pytest.approx(np.mean(b - a))
+    assert mean == pytest.approx(np.mean(b - a)) and lo < mean < hi and lo < 0.5 < hi
     assert evaluate.paired_bootstrap(a, b, seed=2) != first  # the seed matters
+    # the interval narrows about as 1 / sqrt(n): 50 prompts give a ~4x wider one than 800
+    _, lo50, hi50 = evaluate.paired_bootstrap(a[:50], b[:50], n_boot=2000, seed=1)
+    assert 2.5 < (hi50 - lo50) / (hi - lo) < 6.5
     assert evaluate.paired_bootstrap(b, a, seed=1)[0] == pytest.approx(-mean)
 
 
@@ -170,26 +206,226 @@ def test_bootstrap_identical_inputs_and_nans():
 
 
 # ----------------------------------------------------------------------------------------------
-# Prompts, generation and reports
+# `score` on hand-made generation files
+
+COPY_REFS = [{"prompt": s + "=", "response": s} for s in ("abcd", "efgh", "ijkl", "mnop")]
 
 
-def test_held_out_prompts_are_fixed_prefixes():
-    val = torch.arange(100) % 256
-    prompts, refs = evaluate.held_out_prompts(val, 4, 5, 10)
-    assert len(prompts) == 4 and all(len(p) == 5 for p in prompts) and all(len(r) == 10 for r in refs)
-    assert prompts[0] == [0, 1, 2, 3, 4] and refs[-1][-1] == 99  # first and last offsets
-    assert evaluate.held_out_prompts(val, 4, 5, 10) == (prompts, refs)
-    with pytest.raises(ValueError):
-        evaluate.held_out_prompts(val[:10], 2, 5, 10)
+def copy_files(tmp_path):
+    """Two models, rates 0 and 0.1. ce: perfect at 0; at 0.1 one dropped/doubled output and one
+    deletion. ctc-random/confidence: one dropped/doubled output at both rates."""
+    refs = write_jsonl(tmp_path / "test.jsonl", COPY_REFS)
+    ce = [gen(i, r["response"], 0.0, 10, 0) for i, r in enumerate(COPY_REFS)]
+    ce += [gen(0, "abbd", 0.1, 10, 1), gen(1, "egh", 0.1, 10, 2), gen(2, "ijkl", 0.1, 10, 0),
+           gen(3, "mnop", 0.1, 10, 1)]
+    ctc = [gen(i, "aacd" if i == 0 else r["response"], rate, 8, 0 if rate == 0 else 1)
+           for rate in (0.0, 0.1) for i, r in enumerate(COPY_REFS)]
+    return refs, write_jsonl(tmp_path / "ce.jsonl", ce[::-1]), write_jsonl(tmp_path / "ctc.jsonl", ctc)
 
 
-def test_file_prompts(tmp_path):
-    f = tmp_path / "p.jsonl"
-    f.write_text('{"prompt": "ab"}\n\n{"prompt": "é"}\n', encoding="utf-8")
-    assert evaluate.file_prompts(str(f)) == [[97, 98], [0xC3, 0xA9]]
-    f.write_text('{"text": "ab"}\n', encoding="utf-8")
-    with pytest.raises(ValueError):
-        evaluate.file_prompts(str(f))
+def test_score_copy_exact_numbers(tmp_path, capsys):
+    refs, ce, ctc = copy_files(tmp_path)
+    out = tmp_path / "eval"
+    status, stdout, err = run(["score", "--task", "copy", "--refs", refs, "--gens", f"ce={ce}",
+                               f"ctc-random/confidence={ctc}", "--out-dir", str(out)], capsys)
+    assert status == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert res["names"] == ["ce", "ctc-random/confidence"] and res["baseline"] == "ce"
+    assert res["rates"] == ["0", "0.1"] and res["primary"] == "exact" and res["n_prompts"] == 4
+    ce0, ce1 = res["runs"]["ce"]["0"], res["runs"]["ce"]["0.1"]
+    ctc0, ctc1 = (res["runs"]["ctc-random/confidence"][r] for r in ("0", "0.1"))
+    # the records of ce were written in reverse order: they are matched by i, not by position
+    assert ce0["per_example"] == {"exact": [1.0] * 4, "cer": [0.0] * 4, "dropped_doubled": [0.0] * 4}
+    assert ce1["per_example"] == {"exact": [0.0, 0.0, 1.0, 1.0], "cer": [0.25, 0.25, 0.0, 0.0],
+                                  "dropped_doubled": [1.0, 0.0, 0.0, 0.0]}
+    assert ce1["summary"] == {"exact": 0.5, "cer": 0.125, "dropped_doubled": 0.25}
+    assert ctc0["summary"] == ctc1["summary"] == {"exact": 0.75, "cer": 0.0625, "dropped_doubled": 0.25}
+    # the realised shift: sum shifted / sum committed over the 4 prompts
+    assert ce0["realised_shift"] == 0.0 and ce1["realised_shift"] == pytest.approx(4 / 40)
+    assert ctc1["realised_shift"] == pytest.approx(4 / 32) and ctc1["n_committed"] == 32
+    pick = lambda fam, **kw: [d for d in res[fam] if all(d[k] == v for k, v in kw.items())]
+    # (a) rate 0.1 minus rate 0, same name: ce loses 0.5 exact match, ctc nothing
+    (d,) = pick("robustness", name="ce", rate="0.1", metric="exact")
+    assert d["mean_diff"] == -0.5 and d["lo"] <= -0.5 <= d["hi"]
+    (d,) = pick("robustness", name="ctc-random/confidence", rate="0.1", metric="exact")
+    assert d["mean_diff"] == d["lo"] == d["hi"] == 0.0
+    assert not pick("robustness", metric="dropped_doubled")  # the first two metrics only
+    # (b) each name minus the baseline, every metric, every rate
+    assert len(res["differences"]) == 3 * 2
+    (d,) = pick("differences", name="ctc-random/confidence", rate="0", metric="exact")
+    assert d["mean_diff"] == -0.25 and d["baseline"] == "ce"
+    (d,) = pick("differences", name="ctc-random/confidence", rate="0.1", metric="cer")
+    assert d["mean_diff"] == pytest.approx(0.0625 - 0.125)
+    # (c) difference in degradation: ctc (0) minus ce (-0.5) = +0.5 exact match
+    (d,) = pick("diff_in_diff", name="ctc-random/confidence", rate="0.1", metric="exact")
+    assert d["mean_diff"] == 0.5
+    md = (out / "results.md").read_text()
+    assert md in stdout and "| ce | 1.000 | 0.500 |" in md
+    assert "| realised shift: ce | 0.0000 | 0.1000 |" in md
+    assert md.index("## exact") < md.index("## cer") < md.index("## Change from rate 0")
+    root = ET.parse(out / "exact.svg").getroot()  # the plot of the primary metric; names stay labels
+    assert len(root.findall("{http://www.w3.org/2000/svg}polyline")) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["exact.svg", "results.json", "results.md"]
+
+
+def test_score_grammar_exact_numbers(tmp_path, capsys):
+    refs = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "the ", "response": "cat runs."},
+                                                 {"prompt": "an ", "response": "ox sleeps."}])
+    gens = write_jsonl(tmp_path / "g.jsonl", [gen(0, "cat sees the ox.", 0.0), gen(1, "ox sleeps.", 0.0),
+                                              gen(0, "badder runs.", 0.5, 10, 5), gen(1, "", 0.5, 10, 5)])
+    out = tmp_path / "eval"
+    status, _, err = run(["score", "--task", "grammar", "--refs", refs, "--gens", f"m={gens}",
+                          "--out-dir", str(out), "--n-boot", "100"], capsys)
+    assert status == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert res["runs"]["m"]["0"]["summary"] == {"parses": 1.0, "valid": 1.0, "lexicon": 1.0,
+                                                "dropped_doubled": 0.0, "length": 13.0}
+    # "the badder runs.": 0 of 1 sentences, 2 of 3 words, 1 of 2 output words dropped/doubled;
+    # "an ": 0 of 1 sentence, 1 of 1 word, no output words
+    s = res["runs"]["m"]["0.5"]["summary"]
+    assert s == {"parses": 0.0, "valid": 0.0, "lexicon": pytest.approx((2 / 3 + 1) / 2),
+                 "dropped_doubled": 0.25, "length": 6.0}
+    assert res["runs"]["m"]["0.5"]["realised_shift"] == 0.5 and res["differences"] == []
+    (d,) = [d for d in res["robustness"] if d["metric"] == "parses"]
+    assert d["mean_diff"] == -1.0
+    ET.parse(out / "parses.svg")
+
+
+def test_score_text_with_a_judge(tmp_path, capsys):
+    judge = save_tiny(tmp_path / "judge.pt", causal=True)
+    refs = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "The list ", "response": "type is mutable."},
+                                                 {"prompt": "A dict ", "response": "maps keys."}])
+    gens = write_jsonl(tmp_path / "g.jsonl", [gen(0, "type is fine.", 0.0), gen(1, "", 0.0),
+                                              gen(0, "tpye is fine.", 0.02), gen(1, "maps.", 0.02)])
+    out = tmp_path / "eval"
+    argv = ["score", "--task", "text", "--refs", refs, "--gens", f"a={gens}", f"b={gens}", "--judge", judge,
+            "--device", "cpu", "--out-dir", str(out), "--n-boot", "100"]
+    status, _, err = run(argv, capsys)
+    assert status == 0, err
+    res = json.loads((out / "results.json").read_text())
+    m = tiny_model(causal=True)
+    nll, n = evaluate.judge_nll(m, mdlm.encode("The list "), mdlm.encode("type is fine."))
+    per = res["runs"]["a"]["0"]["per_example"]
+    assert per["judge_nll"][0] == pytest.approx(nll / n, rel=1e-5) and per["judge_nll"][1] is None  # empty
+    assert per["length"] == [13.0, 0.0] and res["judge"]["ckpt"] == judge
+    # the held-out continuations, scored by the same judge: the reference row and the dashed line
+    nll, n = evaluate.judge_nll(m, mdlm.encode("A dict "), mdlm.encode("maps keys."))
+    assert res["reference"]["per_example"]["judge_nll"][1] == pytest.approx(nll / n, rel=1e-5)
+    assert "| held-out text |" in (out / "results.md").read_text()
+    assert all(d["mean_diff"] == 0 for d in res["differences"] if d["mean_diff"] is not None)  # b is a
+    assert "stroke-dasharray" in (out / "judge_nll.svg").read_text()
+    # the judge must be causal, and text needs one
+    mdlm_ckpt = save_tiny(tmp_path / "mdlm.pt", causal=False)
+    assert run([mdlm_ckpt if x == judge else x for x in argv], capsys)[0] == 1
+    assert run(argv[:argv.index("--judge")] + argv[argv.index("--judge") + 2:], capsys)[0] == 1
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing file", "does not exist"),
+    ("i out of range", "0..3"),
+    ("i is a bool", "0..3"),
+    ("repeated name", "new name"),
+    ("no rate 0", "shift rate 0"),
+    ("prompt twice", "twice"),
+    ("unknown baseline", "--baseline"),
+    ("other prompts", "different prompts"),
+])
+def test_score_refuses_bad_input(tmp_path, capsys, case, message):
+    refs, ce, ctc = copy_files(tmp_path)
+    good = [gen(i, r["response"], rate) for rate in (0.0, 0.1) for i, r in enumerate(COPY_REFS)]
+    bad = {"i out of range": good + [gen(4, "x", 0.2)], "i is a bool": good[1:] + [{**good[0], "i": True}],
+           "no rate 0": good[4:], "prompt twice": good + [good[0]], "other prompts": good[:-1]}
+    path = write_jsonl(tmp_path / "bad.jsonl", bad.get(case, good))
+    names = {"missing file": [f"x={tmp_path / 'none.jsonl'}"], "repeated name": [f"ce={ce}", f"ce={path}"],
+             "unknown baseline": [f"ce={ce}", "--baseline", "zz"]}.get(case, [f"ce={ce}", f"bad={path}"])
+    status, _, err = run(["score", "--task", "copy", "--refs", refs, "--out-dir", str(tmp_path / "e"),
+                          "--gens", *names], capsys)
+    assert status == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "e").exists()  # nothing written on bad input
+
+
+def test_score_compares_only_shared_rates_and_says_so(tmp_path, capsys):
+    refs, ce, _ = copy_files(tmp_path)
+    extra = write_jsonl(tmp_path / "x.jsonl", [gen(i, r["response"], rate) for rate in (0.0, 0.05, 0.1)
+                                               for i, r in enumerate(COPY_REFS)])
+    status, out, err = run(["score", "--task", "copy", "--refs", refs, "--gens", f"ce={ce}", f"x={extra}",
+                            "--out-dir", str(tmp_path / "e"), "--n-boot", "50"], capsys)
+    assert status == 0, err
+    res = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert res["rates"] == ["0", "0.1"] and "0.05" in res["notes"][0] and "Note:" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# `task`
+
+
+def test_task_is_deterministic_and_grammar_test_prompts_are_fresh(tmp_path, capsys):
+    argv = lambda d: ["task", "grammar", "--out-dir", str(tmp_path / d), "--n-train", "300",
+                      "--n-test", "200", "--seed", "3"]
+    assert run(argv("a"), capsys)[0] == 0 and run(argv("b"), capsys)[0] == 0
+    for name in ("train.jsonl", "test.jsonl", "task.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    train, test = (data.read_jsonl(str(tmp_path / "a" / n)) for n in ("train.jsonl", "test.jsonl"))
+    task = json.loads((tmp_path / "a" / "task.json").read_text())
+    full = lambda recs: {r["prompt"] + r["response"] for r in recs}
+    assert len(train) == 300 and not full(train) & full(test)
+    # the test set is drawn with seed + 1 and the overlaps dropped, and task.json says how many
+    drawn = data.grammar_examples(200, 4)
+    assert test == [r for r in drawn if r["prompt"] + r["response"] not in full(train)]
+    assert task["n_test"] == len(test) and task["dropped_test"] == 200 - len(test) and task["seed"] == 3
+    # a copy task small enough to collide: 26 one-letter strings, 20 of them in train
+    assert run(["task", "copy", "--out-dir", str(tmp_path / "c"), "--n-train", "20", "--n-test", "10",
+                "--min-len", "1", "--max-len", "1"], capsys)[0] == 0
+    task = json.loads((tmp_path / "c" / "task.json").read_text())
+    assert task["dropped_test"] > 0 and task["n_test"] + task["dropped_test"] == 10
+
+
+def test_task_text_takes_held_out_prompts(tmp_path, capsys):
+    text = "".join(f"line {k}: caf\u00e9 na\u00efve \u00fcber.\n" for k in range(400))
+    (tmp_path / "d.txt").write_text(text, encoding="utf-8")
+    argv = ["task", "text", "--data", str(tmp_path / "d.txt"), "--out-dir", str(tmp_path / "t"),
+            "--n-test", "7", "--prompt-len", "10", "--length", "20"]
+    assert run(argv, capsys)[0] == 0
+    test = data.read_jsonl(str(tmp_path / "t" / "test.jsonl"))
+    assert len(test) == 7 and not (tmp_path / "t" / "train.jsonl").exists()
+    val = bytes(data.load_corpus(str(tmp_path / "d.txt"))[1])
+    for r in test:  # whole characters from the held-out split: prompt + response is a piece of it
+        p, c = r["prompt"].encode(), r["response"].encode()
+        assert "\ufffd" not in r["prompt"] + r["response"] and p + c in val
+        assert 10 <= len(p) <= 13 and 20 <= len(c) <= 23
+    assert val.startswith(test[0]["prompt"].encode())  # the first prompt opens the split
+    assert run(argv[:-4] + ["--prompt-len", "1000", "--length", "20"], capsys)[0] == 1  # > the split
+
+
+# ----------------------------------------------------------------------------------------------
+# `curves`
+
+
+def test_curves_tabulates_every_key_and_tolerates_missing_ones(tmp_path, capsys):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"step": 0, "loss": 5.0},  # a training line: no val_ key
+                                          {"step": 250, "val_bits": 3.5, "val_ctc_random": 3.0},
+                                          {"step": 500, "val_bits": 3.2, "val_ctc_random": 2.9},
+                                          {"step": 500, "val_bits": 3.1, "val_ctc_random": 2.8}])  # resumed
+    b = write_jsonl(tmp_path / "b.jsonl", [{"note": "start"}, {"step": 250, "val_bits": 3.6},
+                                          {"step": 750, "val_bits": 3.0}])
+    out = tmp_path / "curves"
+    status, stdout, err = run(["curves", "--logs", f"ce/x={a}", f"ctc={b}", "--out-dir", str(out)], capsys)
+    assert status == 0, err
+    res = json.loads((out / "curves.json").read_text())
+    assert res["keys"] == ["val_bits", "val_ctc_random"]
+    assert res["curves"]["val_bits"] == {"ce/x": [[250, 3.5], [500, 3.1]], "ctc": [[250, 3.6], [750, 3.0]]}
+    assert list(res["curves"]["val_ctc_random"]) == ["ce/x"]  # ctc never logged it
+    md = (out / "curves.md").read_text()
+    assert md in stdout and "| name | 250 | 500 | 750 |" in md and "| ce/x | 3.5000 | 3.1000 | n/a |" in md
+    assert "| ctc | n/a | n/a |" in md  # listed, with no values, under val_ctc_random
+    for key in res["keys"]:
+        assert ET.parse(out / f"{key}.svg").getroot().tag.endswith("svg")
+    assert run(["curves", "--logs", f"a={a}", "--keys", "val_nope", "--out-dir", str(out)], capsys)[0] == 1
+    assert run(["curves", "--logs", f"a={tmp_path / 'none.jsonl'}", "--out-dir", str(out)], capsys)[0] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Plot and command line
 
 
 def test_svg_plot_is_valid_xml():
@@ -199,93 +435,21 @@ def test_svg_plot_is_valid_xml():
     assert root.tag.endswith("svg")
     assert len(root.findall("{http://www.w3.org/2000/svg}polyline")) == 2
     assert "ce &lt;ft&gt;" in svg
+    ET.fromstring(evaluate.svg_plot({}, "empty", "x", "y"))  # no data at all still draws
 
 
-def test_compare_end_to_end_on_hand_made_checkpoints(tmp_path, monkeypatch):
-    """compare on an untrained MDLM (twice) and an AR model, with an untrained judge: every output
-    is written, numbers are finite, a model compared with itself differs by exactly 0 at shift rate
-    0, and the AR model (never probed) appears at rate 0 only."""
-    decode = pytest.importorskip("decode")
-    text = ("The quick brown fox jumps over the lazy dog. " * 40).encode()
-    data = tmp_path / "d.txt"
-    data.write_bytes(text)
-    a = save_tiny(tmp_path / "a.pt", causal=False, seed=0)
-    j = save_tiny(tmp_path / "j.pt", causal=True, seed=2)
-    out = tmp_path / "eval"
-    argv = ["compare", "--ckpts", a, a, j, "--names", "one", "same", "ar", "--judge", j, "--data", str(data),
-            "--out-dir", str(out), "--num-prompts", "3", "--prompt-len", "6", "--length", "12",
-            "--steps", "6", "--shift-rates", "0.5", "--n-boot", "200", "--max-batches", "1",
-            "--t-samples", "2", "--gen-batch-size", "2"]
-    assert evaluate.main(argv) == 0
-    res = json.loads((out / "results.json").read_text())
-    assert list(res["models"]) == ["one", "same", "ar"]
-    assert list(res["models"]["one"]["rates"]) == ["0", "0.5"]
-    assert list(res["models"]["ar"]["rates"]) == ["0"]
-    assert res["settings"]["torch"] == torch.__version__ and res["settings"]["wall_seconds"] > 0
-    s = res["models"]["one"]["rates"]["0"]["summary"]
-    assert all(math.isfinite(s[k]) for k in ("judge_ppl", "entropy", "distinct_1", "length"))
-    assert res["models"]["one"]["rates"]["0.5"]["realised_shift"] > 0  # the probe did move tokens
-    same = [d for d in res["differences"] if d["b"] == "same"]
-    assert len(same) == 2 * len(evaluate.METRICS)  # rates 0 and 0.5
-    assert all(d["mean_diff"] == d["lo"] == d["hi"] == 0 for d in same if d["rate"] == "0")
-    assert "| one | 0.5 |" in (out / "results.md").read_text()
-    ET.parse(out / "quality.svg")
-    # the judge must be causal: a bidirectional checkpoint is refused with a message
-    assert evaluate.main([a if x == j else x for x in argv]) == 1
-
-
-def test_stage_state_skips_resumes_or_refuses(tmp_path):
-    """reproduce skips a finished stage, resumes an interrupted one, refuses one with other flags."""
-    path = str(tmp_path / "ckpt.pt")
-    flags = ["--out-dir", str(tmp_path), "--steps", "10", "--lr", "0.002"]
-    assert evaluate.stage_state(path, flags, 10) == "missing"
-    model = tiny_model(causal=False)
-    stored = {"out_dir": str(tmp_path), "steps": 10, "lr": 0.002, "data": None, "device": "cuda"}
-    for step, state in ((10, "done"), (4, "partial")):
-        mdlm.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(), "step": step,
-                              "args": stored}, path)
-        assert evaluate.stage_state(path, flags + ["--device", "cpu"], 10) == state
-    for other in (["--lr", "0.001"], ["--data", "other.txt"], ["--steps", "20"]):
-        with pytest.raises(evaluate.StageError):
-            evaluate.stage_state(path, flags + other, 10)
-    open(path, "wb").write(b"not a checkpoint")
-    with pytest.raises(evaluate.StageError):
-        evaluate.stage_state(path, flags, 10)
-
-
-def test_reproduce_tiny_end_to_end(tmp_path):
-    """The one-command experiment at toy sizes: four train.py stages, then the comparison."""
-    for f in ("train.py", "decode.py", "ctc_slack.py"):
-        if not os.path.exists(os.path.join(ROOT, f)):
-            pytest.skip(f"{f} is not there yet")
-    out = tmp_path / "exp"
-    cmd = [sys.executable, "evaluate.py", "reproduce", "--tiny", "--out-dir", str(out), "--device", "cpu"]
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    res = json.loads((out / "results.json").read_text())
-    assert list(res["models"]) == ["pretrained", "ce-ft", "ctc-ft"]
-    for entry in res["models"].values():
-        assert math.isfinite(entry["bpb"]) and list(entry["rates"]) == ["0", "0.01", "0.02", "0.05"]
-        for v in entry["rates"].values():
-            assert math.isfinite(v["summary"]["judge_ppl"]) and 0 <= v["realised_shift"] <= 1
-    assert math.isfinite(res["judge"]["bpb"]) and res["reference"]["summary"]["judge_ppl"] > 1
-    assert (out / "results.md").read_text().count("| ctc-ft |") >= 4
-    ET.parse(out / "quality.svg")
-    # a second run finds every stage complete and only evaluates again
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and run.stdout.count("skipped") == 4, run.stdout[-2000:] + run.stderr[-2000:]
-
-
-def test_stage_state_accepts_a_moved_experiment_folder(tmp_path):
-    """A finished stage copied to another folder is still complete; a changed setting is not."""
-    cfg = mdlm.ModelConfig(seq_len=8, n_layer=1, n_head=2, n_embd=8)
-    path = str(tmp_path / "ckpt.pt")
-    stored = {"out_dir": "old/ce-ft", "init_from": "old/pretrain/ckpt.pt", "sft": "old/train.jsonl",
-              "lr": 0.0005, "data": None, "device": "cuda"}
-    mdlm.save_checkpoint({"config": cfg.to_dict(), "model": mdlm.Transformer(cfg).state_dict(),
-                          "step": 10, "args": stored}, path)
-    flags = ["--out-dir", "new/ce-ft", "--init-from", "new/pretrain/ckpt.pt", "--sft", "new/train.jsonl",
-             "--lr", "0.0005", "--device", "cpu"]
-    assert evaluate.stage_state(path, flags, 10) == "done"
-    with pytest.raises(evaluate.StageError, match="--lr"):
-        evaluate.stage_state(path, flags[:-4] + ["--lr", "0.001", "--device", "cpu"], 10)
+def test_every_flag_has_help(capsys):
+    parser = evaluate.build_parser()
+    subs = [parser]
+    while subs:
+        p = subs.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                subs += list(action.choices.values())
+            elif not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{p.prog} {action.option_strings} has no help"
+    for argv in (["--help"], ["task", "text", "--help"], ["score", "--help"], ["curves", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(argv)
+        assert e.value.code == 0
+    assert "--gens" in capsys.readouterr().out

@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+import data
 import mdlm
 import train
 from mdlm import EOS, MASK, SLACK
@@ -36,7 +38,7 @@ def loss_on_same_batch(model, ids, seed, **kw):
     return train.compute_loss(model, b, args), b
 
 
-IDS = torch.tensor(list(("abcabd " * 400).encode()), dtype=torch.uint8)
+IDS = np.frombuffer(("abcabd " * 400).encode(), dtype=np.uint8)  # as data.load_corpus gives
 
 
 @pytest.mark.parametrize("prompt_len", [0, 8])
@@ -105,16 +107,16 @@ def write_sft(path, records):
 def test_sft_reader(tmp_path):
     path = str(tmp_path / "sft.jsonl")
     write_sft(path, [{"prompt": "Grüß", "response": "日本"}, "", {"prompt": "q", "response": ""}])
-    recs = train.read_sft(path)
+    recs = data.read_sft(path)
     assert recs == [(list("Grüß".encode()), list("日本".encode()) + [EOS]), (list(b"q"), [EOS])]
     for bad, message in [("{not json", ":1: not valid JSON"), ('{"prompt": "x"}', ":1: need an object"),
                          ('["prompt", "response"]', ":1: need an object")]:
         write_sft(path, [bad])
-        with pytest.raises(train.UserError, match=message):
-            train.read_sft(path)
+        with pytest.raises(data.UserError, match=message):
+            data.read_sft(path)
     write_sft(path, [{"prompt": "a", "response": "b"}, '{"prompt": 1, "response": "b"}'])
-    with pytest.raises(train.UserError, match=":2:"):
-        train.read_sft(path)
+    with pytest.raises(data.UserError, match=":2:"):
+        data.read_sft(path)
 
 
 def test_sft_batches_truncate_pad_with_eos_and_count():
@@ -124,8 +126,9 @@ def test_sft_batches_truncate_pad_with_eos_and_count():
     b = train.get_batch(records, args, torch.Generator().manual_seed(0), stats, None)
     long_rows = (b["P"] == 5).sum().item()
     assert stats["truncated"] == long_rows > 0
-    for z0, P, y, U, R in zip(b["z0"], b["P"], b["y"], b["U"], b["R"]):
-        P, R, U = int(P), int(R), int(U)
+    for z0, P, y, U in zip(b["z0"], b["P"], b["y"], b["U"]):
+        P, U = int(P), int(U)
+        R = 32 - P
         assert R == 32 - P and U == R - round(0.1 * R)  # exactly K = round(rate * R) slacks
         expect = list(b"r" * U) if P == 5 else list(b"ok") + [EOS] * (U - 2)  # truncated / EOS-padded
         assert y[:U].tolist() == expect
@@ -155,6 +158,8 @@ def test_ctc_fine_tune_lowers_its_loss_and_learns_slack(pretrained):
     common = ["--data", corpus, "--loss", "ctc", "--slack-rate", "0.2", "--prompt-len", "8", *TINY]
     train.main(["--init-from", ckpt, "--out-dir", out, "--steps", "80", "--lr", "3e-3", *common])
     log = [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))]
+    assert log[0]["step"] == 0 and "val_ctc_random" in log[0]  # the fine-tune's starting point
+    log = [rec for rec in log if "loss" in rec]  # training steps
     first, last = sum(l["loss"] for l in log[:10]) / 10, sum(l["loss"] for l in log[-10:]) / 10
     assert last < 0.8 * first, (first, last)
     fine = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
@@ -167,13 +172,12 @@ def test_ctc_fine_tune_lowers_its_loss_and_learns_slack(pretrained):
         p_before = mdlm.model_from_checkpoint(mdlm.load_checkpoint(ckpt))(z).float().softmax(-1)[0, 8:, SLACK]
     assert p_slack > 0.05 and p_slack > 10 * p_before.mean().item(), (p_slack, p_before.mean())
     # decoding it uses slack in the canvas, yet the output never contains a SLACK (or MASK) id
-    import decode
     prompt = torch.tensor([mdlm.encode("the cat ")] * 8)
     gen = torch.Generator().manual_seed(0)
-    out = decode.generate(model, prompt, 24, steps=24, allow_slack=True, generator=gen)
+    out = mdlm.generate(model, prompt, 24, steps=24, allow_slack=True, generator=gen)
     assert (out["canvas"][:, 8:] == SLACK).any()
     for row in out["canvas"].tolist():
-        ids = decode.finish(row, 8, "surface", True)
+        ids = mdlm.output_ids(row, 8, "surface", True)
         assert SLACK not in ids and MASK not in ids and len(ids) > 0
 
 
@@ -187,12 +191,50 @@ def test_fine_tune_bad_input_keeps_files(pretrained, tmp_path):
     write_sft(sft, [{"prompt": "a", "response": "b"}, {"prompt": "a"}])
     out = str(tmp_path / "o")
     cases = [
-        (["--init-from", no_slack, "--loss", "ctc"], "no SLACK"),
-        (["--init-from", ckpt, "--loss", "ctc", "--slack-rate", "-0.1"], "--slack-rate"),
-        (["--init-from", ckpt, "--loss", "ctc", "--prompt-len", "32"], "--prompt-len"),
+        (["--data", corpus, "--init-from", no_slack, "--loss", "ctc"], "no SLACK"),
+        (["--data", corpus, "--init-from", ckpt, "--loss", "ctc", "--slack-rate", "-0.1"], "--slack-rate"),
+        (["--data", corpus, "--init-from", ckpt, "--loss", "ctc", "--prompt-len", "32"], "--prompt-len"),
         (["--init-from", ckpt, "--loss", "ctc", "--sft", sft], "bad.jsonl:2:"),
+        (["--data", corpus, "--init-from", ckpt, "--sft", sft], "not both"),
+        (["--data", corpus, "--init-from", ckpt, "--loss", "ctc", "--slack-placement", "mix",
+          "--mix-random", "2"], "--mix-random"),
+        (["--data", corpus, "--init-from", ckpt, "--slack-placement", "model", "--collapse", "standard"],
+         "needs --collapse surface"),
     ]
     for extra, message in cases:
-        code, _, err = run_train("--data", corpus, "--out-dir", out, "--steps", "2", *TINY, *extra)
+        code, _, err = run_train("--out-dir", out, "--steps", "2", *TINY, *extra)
         assert code == 1 and message in err and "Traceback" not in err, (extra, err)
         assert not os.path.exists(os.path.join(out, "ckpt.pt"))
+
+
+def test_mix_placement_rows_are_random_or_aligned():
+    """mix: each row is either the random placement or the model's alignment of the same example,
+    with about --mix-random of them random; the other rows equal a pure "model" batch."""
+    model = tiny_model()
+    kw = dict(loss="ctc", slack_rate=0.25, prompt_len=4)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    st = {"truncated": 0}
+    mix = train.get_batch(IDS, args_for(slack_placement="mix", mix_random=0.5, **kw), g(), st, model, n=64)
+    rnd = train.get_batch(IDS, args_for(slack_placement="random", **kw), g(), st, model, n=64)
+    mod = train.get_batch(IDS, args_for(slack_placement="model", **kw), g(), st, model, n=64)
+    is_rnd = (mix["z0"] == rnd["z0"]).all(1)
+    is_mod = (mix["z0"] == mod["z0"]).all(1)
+    assert (is_rnd | is_mod).all() and 10 < is_rnd.sum() < 54 and is_mod.sum() > 10
+    assert torch.equal(mix["t"], rnd["t"])  # the same examples and noise draws in all three
+
+
+def test_grad_accum_equals_one_big_batch(tmp_path):
+    """--grad-accum 2 --batch-size 4 takes exactly the step of --batch-size 8: same examples, and the
+    mean of two micro-batch means (each divided by 2) is the mean over the 8."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat. " * 300, encoding="utf-8")
+    base = ["--data", str(corpus), "--steps", "2", "--ckpt-interval", "2", "--ema", "0", *TINY]
+    train.main([*base, "--out-dir", str(tmp_path / "big"), "--batch-size", "8"])
+    train.main([*base, "--out-dir", str(tmp_path / "acc"), "--batch-size", "4", "--grad-accum", "2"])
+    a = mdlm.load_checkpoint(str(tmp_path / "big" / "ckpt.pt"))["model"]
+    b = mdlm.load_checkpoint(str(tmp_path / "acc" / "ckpt.pt"))["model"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
+    train.main([*base, "--out-dir", str(tmp_path / "one"), "--batch-size", "4"])
+    one = mdlm.load_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
+    assert any(not torch.allclose(a[k], one[k], atol=1e-6) for k in a)  # a different batch differs

@@ -19,10 +19,10 @@ def test_tokenizer_round_trip_and_specials():
     text = "héllo, wörld ✓ 𝄞\n\x00"
     ids = mdlm.encode(text)
     assert all(0 <= i < 256 for i in ids)
-    assert mdlm.decode(ids) == text
-    assert mdlm.decode(ids + [EOS] + mdlm.encode("tail")) == text  # cut at EOS
-    assert mdlm.decode([SLACK, 104, MASK, 105]) == "hi"
-    assert mdlm.decode([0xFF, 104]) == "\ufffdh"  # invalid UTF-8 is replaced, not an error
+    assert mdlm.to_text(ids) == text
+    assert mdlm.to_text(ids + [EOS] + mdlm.encode("tail")) == text  # cut at EOS
+    assert mdlm.to_text([SLACK, 104, MASK, 105]) == "hi"
+    assert mdlm.to_text([0xFF, 104]) == "\ufffdh"  # invalid UTF-8 is replaced, not an error
     assert len({EOS, SLACK, MASK}) == 3 and max(EOS, SLACK, MASK) == mdlm.VOCAB_SIZE - 1
 
 

@@ -34,20 +34,6 @@ def weights(path, key="model"):
     return mdlm.load_checkpoint(path)[key]
 
 
-def test_default_corpus_is_deterministic_text():
-    a, b = train.build_default_corpus(), train.build_default_corpus()
-    assert a == b
-    assert 1_000_000 < len(a.encode()) < 2_000_000
-    assert "assert" in a and "\x00" not in a
-
-
-def test_load_corpus_split(corpus):
-    tr, va = train.load_corpus(corpus)
-    raw = open(corpus, "rb").read()
-    assert tr.dtype == torch.uint8 and bytes(torch.cat([tr, va]).tolist()) == raw
-    assert len(va) == int(len(raw) * train.VAL_FRACTION)
-
-
 def test_resume_is_bit_identical(tmp_path, corpus):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert train.main(["--data", corpus, "--out-dir", a, "--steps", "6", *TINY]) is None
@@ -90,11 +76,13 @@ def test_log_and_checkpoint_contents(tmp_path, corpus):
 
 @pytest.mark.parametrize("content,message", [
     (None, "does not exist"), (b"", "is empty"), (b"\x00\x01binary\x00", "binary"),
-    (b"\xff\xfe\xfa not utf8", "not UTF-8"), (b"too short", "too short"),
+    (b"\xff\xfe\xfa not utf8", "not UTF-8"), (b"too short", "too short"), ("dir", "directory"),
 ])
 def test_bad_data(tmp_path, content, message):
     path = tmp_path / "data.txt"
-    if content is not None:
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
         path.write_bytes(content)
     code, err = run_train("--data", str(path), "--out-dir", str(tmp_path / "o"), "--steps", "2", *TINY)
     assert code == 1 and message in err and "Traceback" not in err, err
@@ -143,8 +131,8 @@ def interrupting(exc, at_step):
 @pytest.mark.parametrize("exc,message", [(KeyboardInterrupt(), "interrupted at step"), ("nan", "loss is nan")])
 def test_ctrl_c_and_nan_keep_last_checkpoint(tmp_path, corpus, monkeypatch, capsys, exc, message):
     out = str(tmp_path / "o")
-    # validation also calls compute_loss (one batch every 2 steps), so count those calls in
-    monkeypatch.setattr(train, "compute_loss", interrupting(exc, at_step=8))
+    # one compute_loss call per training step (validation of an MDLM scores through loss_terms)
+    monkeypatch.setattr(train, "compute_loss", interrupting(exc, at_step=5))
     with pytest.raises(SystemExit) as e:
         train.main(["--data", corpus, "--out-dir", out, "--steps", "10", "--ckpt-interval", "2", *TINY])
     assert e.value.code == 1
@@ -166,3 +154,37 @@ def test_ema_update_is_an_exponential_average_once_per_parameter():
     for k, v in ema.state_dict().items():  # the tied embedding/head included
         expect = d * before[k] + (1 - d) * model.state_dict()[k] if v.dtype.is_floating_point else before[k]
         assert torch.allclose(v, expect, atol=1e-7), k
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--steps", "-5"], "--steps must be at least 1"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--grad-accum", "0"], "--grad-accum must be at least 1"),
+    (["--seq-len", "1"], "--seq-len must be at least 2"),
+    (["--lr", "0"], "--lr > 0"),
+    (["--lr=-1e-3"], "--lr > 0"),
+    (["--warmup", "-1"], "--warmup >= 0"),
+    (["--ema", "1.5"], "--ema < 1"),
+    (["--eval-interval", "0"], "--eval-interval must be at least 1"),
+    (["--n-head", "3"], "divisible by --n-head"),
+    (["--n-layer", "0"], "--n-layer must be at least 1"),
+    (["--ctc-weight", "-1"], "--ctc-weight"),
+    (["--device", "cuda" if not torch.cuda.is_available() else "tpu"], "device"),
+    (["--resume"], "no "),
+    (["--out-dir", os.path.abspath(__file__)], "is a file"),
+])
+def test_every_impossible_flag_is_one_message(tmp_path, corpus, flags, message):
+    code, err = run_train("--data", corpus, "--out-dir", str(tmp_path / "o"), *TINY, "--steps", "2", *flags)
+    assert code == 1 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o" / "ckpt.pt").exists()
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path, corpus, capsys):
+    out = str(tmp_path / "o")
+    train.main(["--data", corpus, "--out-dir", out, "--steps", "2", *TINY])
+    before = open(os.path.join(out, "ckpt.pt"), "rb").read()
+    train.main(["--data", corpus, "--out-dir", out, "--steps", "2", "--resume", *TINY])
+    assert "nothing to do" in capsys.readouterr().out
+    assert open(os.path.join(out, "ckpt.pt"), "rb").read() == before
