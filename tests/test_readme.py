@@ -15,12 +15,12 @@ TINY = {
     "train.py scratch": ["--n-layer", "1", "--n-head", "2", "--n-embd", "32"],
     "decode.py": ["--length", "16", "--steps", "4"],
     "evaluate.py bpb": ["--max-batches", "1", "--t-samples", "1", "--eval-batch-size", "2"],
-    "evaluate.py compare": ["--num-prompts", "2", "--prompt-len", "8", "--length", "8", "--steps", "4",
-                            "--gen-batch-size", "2", "--n-boot", "50", "--max-batches", "1",
-                            "--eval-batch-size", "2", "--t-samples", "1"],
-    "evaluate.py reproduce": ["--tiny"],
-    "synthetic.py": ["--tiny"],
+    "evaluate.py task": ["--n-test", "2", "--prompt-len", "8", "--length", "16"],
+    "evaluate.py score": ["--n-boot", "50"],
+    "evaluate.py curves": [],
+    "bench.py": ["--tiny"],
 }
+NO_DEVICE_FLAG = {"evaluate.py task", "evaluate.py curves", "bench.py"}
 
 
 def readme_blocks():
@@ -39,19 +39,21 @@ def readme_blocks():
 
 
 def tiny(argv):
+    """The command at toy sizes: the script's TINY flags after the README's (argparse: last wins)."""
     script = argv[0]
-    extra = list(TINY.get(script, []))
+    key = f"{script} {argv[1]}" if script == "evaluate.py" else script
+    extra = list(TINY.get(key, []))
     if script == "train.py" and "--init-from" not in argv:
         extra += TINY["train.py scratch"]
-    if script == "evaluate.py":
-        extra += TINY[f"evaluate.py {argv[1]}"]
-    return [sys.executable, os.path.join(ROOT, script), *argv[1:], *extra, *SMALL]
+    if key not in NO_DEVICE_FLAG:
+        extra += SMALL
+    return [sys.executable, os.path.join(ROOT, script), *argv[1:], *extra]
 
 
 def test_readme_has_the_commands():
     blocks = readme_blocks()
     scripts = {c[0] for b in blocks for c in b}
-    assert {"train.py", "decode.py", "evaluate.py", "synthetic.py"} <= scripts
+    assert {"train.py", "decode.py", "evaluate.py", "bench.py"} <= scripts
     assert blocks[0][0] == ["train.py"]  # the quickstart's main job: the default run
 
 
