@@ -37,6 +37,8 @@ from mdlm import EOS, MASK, SLACK
 
 
 def parse_args(argv=None):
+    """The command line. --length and --steps default to None, not a number: both depend on the
+    prompt's length and the model's canvas, known only once the checkpoint is loaded (see plan)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--ckpt", required=True, help="checkpoint written by train.py")
@@ -78,9 +80,10 @@ def check_args(args):
     """Refuse flag values that cannot work, before a model is loaded."""
     if args.num_samples < 1 or args.batch_size < 1 or args.per_step < 1:
         raise data.UserError("--num-samples, --batch-size and --per-step must be at least 1")
-    rates = args.shift_rates if args.shift_rates is not None else [args.shift_rate]
+    rates = args.shift_rates if args.shift_rates is not None else [args.shift_rate]  # always a list
     if not all(0.0 <= r <= 1.0 for r in rates):
         raise data.UserError(f"shift rates must be in [0, 1], got {rates}")
+    # checked before decoding: a missing --out would be noticed only after every prompt was decoded
     if (args.prompts is None) != (args.out is None):
         raise data.UserError("--prompts and --out go together: decode a file of prompts into a file")
     if args.shift_rates is not None and args.prompts is None:
@@ -95,13 +98,17 @@ def check_args(args):
 def plan(model, P, args):
     """(length, steps) of a canvas with a prompt of P tokens. The length fills the model's canvas
     unless --length is given; the steps commit --per-step positions each, in whole blocks."""
-    L = args.length if args.length is not None else model.cfg.seq_len - P
+    L = args.length if args.length is not None else model.cfg.seq_len - P  # P + L <= seq_len
     if args.steps is not None:
         steps = args.steps
     else:
+        # -(-a // b) = ceil(a / b) in integers; the last block may be shorter, so steps are planned
+        # for the longest one and every block gets the same number of steps
         n_blocks = -(-L // args.block_length) if args.block_length else 1
-        block = -(-L // n_blocks)
+        block = -(-L // n_blocks)  # the longest block
         steps = n_blocks * max(1, -(-block // args.per_step))  # ceil(block / per_step) per block
+    # an MDLM request is checked as the sampler will check it (blocks must divide the steps); an AR
+    # model has no steps or blocks, only its canvas to fit
     if not model.cfg.causal:
         mdlm.check_request(P, L, steps, args.sampler, args.block_length, model.cfg.seq_len,
                            args.temperature)
@@ -116,12 +123,15 @@ def plan(model, P, args):
 
 def run_batch(model, meta, prompt, args, rate, gen):
     """Decode prompt (B, P) with the checkpoint's settings; -> the sampler's dict (canvas, counts)."""
-    B, P = prompt.shape
+    B, P = prompt.shape  # all B rows share one prompt length P
     L, steps = plan(model, P, args)
     if model.cfg.causal:  # the AR twin: no canvas, no probe
         out = mdlm.generate_ar(model, prompt, L, temperature=args.temperature, generator=gen)
+        # every position committed once, none moved: the counts the MDLM sampler reports, so the
+        # printer and the file writer need no AR special case
         out["n_committed"], out["n_shifted"] = torch.full((B,), L), torch.zeros(B, dtype=torch.long)
         return out
+    # gen is advanced by the call: the next batch of a group continues the stream, never repeats it
     return mdlm.generate(model, prompt, L, steps=steps, sampler=args.sampler,
                          block_length=args.block_length, temperature=args.temperature,
                          schedule=meta["schedule"], allow_slack=bool(meta["slack"]), shift_rate=rate,
@@ -133,31 +143,34 @@ def decode_file(model, meta, args, rates, device):
     a batch (a canvas is rectangular); each group is seeded with seed + P, so every model and every
     rate sees the same random stream for a prompt (with temperature 0 the committed positions and
     the probe's moves then match across models, and comparisons are paired)."""
-    recs = data.read_jsonl(args.prompts)
+    recs = data.read_jsonl(args.prompts)  # [{'prompt': ...}, ...] in file order
     if not all(isinstance(r.get("prompt"), str) for r in recs):
         raise data.UserError(f"{args.prompts}: every line needs a string 'prompt'")
     prompts = [mdlm.encode(r["prompt"]) for r in recs]
+    # an AR twin's text is read as sampled: the standard collapse would merge its doubled letters
     slack = bool(meta["slack"]) and not model.cfg.causal
     out_recs = []
-    groups = sorted({len(p) for p in prompts})
+    groups = sorted({len(p) for p in prompts})  # one batch shape per prompt length
     bar = tqdm(total=len(prompts) * len(rates), desc="decode", leave=False)
     for rate in rates:
         for P in groups:
-            idx = [i for i, p in enumerate(prompts) if len(p) == P]
+            idx = [i for i, p in enumerate(prompts) if len(p) == P]  # file order within the group
             gen = torch.Generator().manual_seed(args.seed + P)  # CPU: same stream on any device
             for s in range(0, len(idx), args.batch_size):
-                part = idx[s:s + args.batch_size]
+                part = idx[s:s + args.batch_size]  # <= --batch-size prompts
                 prompt = torch.tensor([prompts[i] for i in part], dtype=torch.long).view(len(part), P)
                 out = run_batch(model, meta, prompt.to(device), args, rate, gen)
                 for b, i in enumerate(part):
                     ids = mdlm.output_ids(out["canvas"][b].tolist(), P, meta["collapse"], slack)
                     out_recs.append({"i": i, "prompt": recs[i]["prompt"], "output": mdlm.to_text(ids),
                                      "output_ids": ids, "rate": rate,
-                                     "n_committed": int(out["n_committed"][b]),
+                                     "n_committed": int(out["n_committed"][b]),  # plain ints: JSON
                                      "n_shifted": int(out["n_shifted"][b])})
                 bar.update(len(part))
     bar.close()
     data.write_jsonl(args.out, out_recs)
+    # pooled over prompts as total moves / total commits (not a mean of per-prompt fractions), the
+    # realised rate evaluate.py reports; max(1, .) keeps an empty file from dividing by zero
     shifted = sum(r["n_shifted"] for r in out_recs) / max(1, sum(r["n_committed"] for r in out_recs))
     print(f"{len(out_recs)} outputs ({len(prompts)} prompts x {len(rates)} rates) -> {args.out}; "
           f"realised shift fraction over all rates {shifted:.4f}")
@@ -166,6 +179,7 @@ def decode_file(model, meta, args, rates, device):
 # ----------------------------------------------------------------------------------------------
 # Printing one prompt's samples. The raw canvas view keeps SLACK and MASK visible.
 
+# one visible character each: SLACK and MASK have no text, and a raw newline would break the line
 GLYPHS = {SLACK: "·", MASK: "□", EOS: "⏎", ord("\n"): "↵"}
 
 
@@ -173,48 +187,53 @@ def render_canvas(row, prompt_len):
     """The raw canvas as one printable line: printable ASCII as is, "·" SLACK, "□" MASK, "⏎" EOS,
     "↵" newline, other bytes as \\xNN (so multi-byte UTF-8 shows as escapes); "▸" ends the prompt."""
     glyph = lambda i: GLYPHS.get(i) or (chr(i) if 32 <= i < 127 else f"\\x{i:02x}")  # noqa: E731
-    ids = [int(i) for i in row]
+    ids = [int(i) for i in row]  # a tensor row or a list, as ints
     return "".join(map(glyph, ids[:prompt_len])) + "▸" + "".join(map(glyph, ids[prompt_len:]))
 
 
 def print_samples(out, args, P, meta, causal):
     """Text (or JSON lines) of each sample; with --show-steps / --show-canvas the raw canvases."""
+    # as in decode_file: only a slack-trained MDLM's canvas goes through the collapse map
     slack = bool(meta["slack"]) and not causal
     for b in range(args.num_samples):
-        row = out["canvas"][b].cpu()
+        row = out["canvas"][b].cpu()  # (P + L,) the raw canvas
         text = mdlm.to_text(mdlm.output_ids(row.tolist(), P, meta["collapse"], slack))
-        n_c, n_s = int(out["n_committed"][b]), int(out["n_shifted"][b])
+        n_c, n_s = int(out["n_committed"][b]), int(out["n_shifted"][b])  # commits, moves
         if args.json:
             print(json.dumps({
                 "sample": b, "prompt": args.prompt, "text": text, "n_committed": n_c, "n_shifted": n_s,
-                "shift_fraction": n_s / max(n_c, 1), "model_calls": out["model_calls"],
+                "shift_fraction": n_s / max(n_c, 1), "model_calls": out["model_calls"],  # the realised rate
                 "sampler": "ar" if causal else args.sampler, "temperature": args.temperature,
                 "shift_rate": args.shift_rate, "seed": args.seed,
-                "canvas": render_canvas(row, P) if args.show_canvas else None,
+                "canvas": render_canvas(row, P) if args.show_canvas else None,  # null unless asked
             }, ensure_ascii=False))
             continue
         print(f"--- sample {b}: {n_c} committed, {n_s} shifted, {out['model_calls']} model calls")
-        for k, step_canvas in enumerate(out.get("history", [])):
+        for k, step_canvas in enumerate(out.get("history", [])):  # empty unless --show-steps
             print(f"step {k + 1:4d} {render_canvas(step_canvas[b], P)}")
         if args.show_canvas:
             print("canvas:", render_canvas(row, P))
-        print(args.prompt + text)
+        print(args.prompt + text)  # the prompt as typed, then the output
 
 
 def main(argv=None):
+    """Decode --prompt (or every line of --prompts) and print or write the result; returns the exit
+    status: 0, or 1 with a one-line message for anything the user can fix (no traceback)."""
     args = parse_args(argv)
     try:
         rates = check_args(args)
         device = mdlm.pick_device(args.device)
         ckpt = mdlm.load_checkpoint(args.ckpt, map_location="cpu")
-        model = mdlm.model_from_checkpoint(ckpt, device=device)
+        model = mdlm.model_from_checkpoint(ckpt, device=device)  # its EMA weights, eval mode
         meta = mdlm.checkpoint_meta(ckpt)  # what the checkpoint was trained as
+        # an AR model commits one token at the end of its sequence: there is no masked neighbour to move
+        # it into, so a nonzero probe rate would silently measure nothing
         if model.cfg.causal and max(rates) > 0:
             raise data.UserError("the shift probe needs a masked diffusion (non-causal) checkpoint")
         if args.prompts:
             decode_file(model, meta, args, rates, device)
             return 0
-        ids = mdlm.encode(args.prompt)
+        ids = mdlm.encode(args.prompt)  # UTF-8 bytes, one token each
         prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long).view(args.num_samples, len(ids))
         gen = torch.Generator().manual_seed(args.seed)  # CPU stream: the same samples on any device
         out = run_batch(model, meta, prompt.to(device), args, args.shift_rate, gen)

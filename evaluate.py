@@ -64,8 +64,8 @@ def held_out_examples(val_ids, n, prompt_len, length):
     # cuts move forward to the next character start (UTF-8 continuation bytes are 10xxxxxx), so
     # that prompt and response are whole characters and encode back to exactly these bytes
     starts = np.append(np.flatnonzero(ids & 0xC0 != 0x80), len(ids))
-    cut = lambda k: int(starts[np.searchsorted(starts, k)])
-    text = lambda a, b: ids[a:b].tobytes().decode("utf-8", errors="replace")
+    cut = lambda k: int(starts[np.searchsorted(starts, k)])  # first char start >= k
+    text = lambda a, b: ids[a:b].tobytes().decode("utf-8", errors="replace")  # bad bytes: U+FFFD
     # evenly spaced, not random: the prompts cover the whole split instead of clustering
     cuts = [(a, cut(a + prompt_len)) for a in (cut(o) for o in np.linspace(0, len(ids) - span - 3, n))]
     return [{"prompt": text(a, b), "response": text(b, cut(b + length))} for a, b in cuts]
@@ -82,7 +82,7 @@ def run_task(args):
         train, drawn = make(args.n_train, args.seed), make(args.n_test, args.seed + 1)
         seen = {r["prompt"] + r["response"] for r in train}  # the full text of each example
         test = [r for r in drawn if r["prompt"] + r["response"] not in seen]
-        dropped = len(drawn) - len(test)
+        dropped = len(drawn) - len(test)  # drawn but seen in train
     # the flags (train from seed, test from seed + 1) and the counts: enough to redo the files
     task = {**{k: v for k, v in vars(args).items() if k not in ("mode", "out_dir")},
             "n_test_drawn": args.n_test, "n_test": len(test), "dropped_test": dropped, "n_train": len(train)}
@@ -157,7 +157,7 @@ def unigram_entropy(ids):
     repeated byte, 8 for uniform random bytes, 4 to 4.5 for English; it flags a narrow vocabulary."""
     if len(ids) == 0:
         return NAN
-    counts = np.bincount(np.asarray(ids, dtype=np.int64))
+    counts = np.bincount(np.asarray(ids, dtype=np.int64))  # (max id + 1,) per byte value
     p = counts[counts > 0] / len(ids)  # empirical p(v) of the bytes that occur (0 log 0 = 0)
     return float(abs(-(p * np.log2(p)).sum()))  # abs: a constant sequence gives 0, not -0
 
@@ -165,7 +165,7 @@ def unigram_entropy(ids):
 def distinct_n(ids, n):
     """Unique n-grams / all n-grams of `ids` (1 = no repetition); nan if shorter than n. Catches a
     phrase repeated verbatim, which keeps its byte histogram; it falls with length even for real text."""
-    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]  # overlapping, in order
     return len(set(grams)) / len(grams) if grams else NAN
 
 
@@ -179,8 +179,8 @@ def judge_nll(judge, prompt_ids, cont_ids):
     # grade itself; a causal model gives the exact probability of any text, one fixed reader for all
     if len(prompt_ids) == 0:
         raise ValueError("the judge needs at least one prompt byte to predict the first output byte")
-    prompt = list(prompt_ids)[-judge.cfg.seq_len:]
-    cont = list(cont_ids)[:judge.cfg.seq_len + 1 - len(prompt)]
+    prompt = list(prompt_ids)[-judge.cfg.seq_len:]  # the nearest context wins
+    cont = list(cont_ids)[:judge.cfg.seq_len + 1 - len(prompt)]  # P + C <= seq_len + 1
     if not cont:
         return 0.0, 0
     x = torch.tensor([prompt + cont], dtype=torch.long, device=next(judge.parameters()).device)
@@ -261,11 +261,11 @@ def align(gens):
     """(shared rates, shared prompt indices, notes). A rate missing from some name is left out,
     with a note; every name and rate must hold the same prompts, or the pairing would be wrong."""
     sets = {name: set(g) for name, g in gens.items()}
-    rates = sorted(set.intersection(*sets.values()), key=float)
+    rates = sorted(set.intersection(*sets.values()), key=float)  # as numbers: '1e-05' < '0.5'
     notes = [f"{name!r} also has shift rates {', '.join(sorted(s - set(rates), key=float))}; only the "
              f"shared rates are compared: {', '.join(rates)}" for name, s in sets.items() if s != set(rates)]
     first = next(iter(gens))
-    idx = sorted(gens[first]["0"])
+    idx = sorted(gens[first]["0"])  # rate 0 exists: load_gens checks
     odd = [(name, r) for name in gens for r in rates if sorted(gens[name][r]) != idx][:1]
     for name, r in odd:  # the first mismatch, with a few of the prompts one side lacks
         raise data.UserError(f"{name!r} at shift rate {r} and {first!r} at rate 0 hold different "
@@ -276,7 +276,7 @@ def align(gens):
 def score_run(metric_fn, metrics, refs, recs, idx):
     """Per-example metrics, their means (nan values left out) and the realised shift of one run."""
     rows = [metric_fn(refs[i], recs[i]) for i in idx]
-    per = {m: [row[m] for row in rows] for m in metrics}
+    per = {m: [row[m] for row in rows] for m in metrics}  # {metric: values in idx order}
     mean = lambda xs: float(np.mean([x for x in xs if not math.isnan(x)] or [NAN]))
     committed, shifted = (sum(recs[i][k] for i in idx) for k in ("n_committed", "n_shifted"))
     # the realised probe rate: moved tokens / all commits (re-fills of vacated slots included)
@@ -308,7 +308,7 @@ def paired_bootstrap(a, b, n_boot=2000, seed=0):
         return NAN, NAN, NAN
     rng = np.random.default_rng(seed)  # seeded: the same interval on every run
     means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)  # (n_boot,)
-    lo, hi = np.percentile(means, [2.5, 97.5])
+    lo, hi = np.percentile(means, [2.5, 97.5])  # the central 95% of the means
     return float(d.mean()), float(lo), float(hi)
 
 
@@ -318,7 +318,7 @@ def comparisons(runs, baseline, rates, metrics, n_boot, seed):
     diff_in_diff = (name_r - name_0) - (base_r - base_0) (claim b: for a lower-is-better metric,
     negative = the name degrades less). Robustness and diff_in_diff for the first two metrics."""
     ci = lambda a, b: dict(zip(("mean_diff", "lo", "hi"), paired_bootstrap(a, b, n_boot, seed)))
-    v = lambda name, r, m: np.asarray(runs[name][r]["per_example"][m], dtype=float)
+    v = lambda name, r, m: np.asarray(runs[name][r]["per_example"][m], dtype=float)  # (n_prompts,)
     others, shifted = [n for n in runs if n != baseline], [r for r in rates if r != "0"]
     # robustness pairs a name with itself: the same prompts, only the probe differs
     robust = [{"name": n, "rate": r, "metric": m, **ci(v(n, "0", m), v(n, r, m))}

@@ -567,7 +567,8 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, ...
-        raise CheckpointError(f"checkpoint {path!r} is corrupted or not a checkpoint ({type(e).__name__}: {e})")
+        raise CheckpointError(f"checkpoint {path!r} is corrupted or not a checkpoint "
+                              f"({type(e).__name__}: {e})")
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"checkpoint {path!r} lacks a model config or weights")
     return ckpt
