@@ -1,18 +1,21 @@
 """
-Training-speed benchmarks, each against a baseline measured in the same process, interleaved so
-that a noisy shared machine slows both alike. Prints medians and ratios; asserts nothing.
+Benchmarks, one entry point. Every figure is a median of repeated runs, and every ratio is taken
+against a baseline run in the same process, interleaved with it (round robin), so that a burst of
+load on a shared machine slows both sides alike. Nothing is asserted: the numbers are printed.
 
-    python bench.py                 # all comparisons at the default training sizes, on CPU
-    python bench.py --device cuda   # the same on a GPU (bf16 autocast)
-    python bench.py --only encoder  # one comparison: mdlm-vs-ar, encoder, ctc-vs-ce
+    python bench.py ctc                       # ctc_slack_loss vs torch.nn.functional.ctc_loss
+    python bench.py ctc --quick --threads 1   # T = 256, 512, 1024 at 10% slack only
+    python bench.py ctc --device cuda         # on a GPU, plus cuDNN's CTC where it applies
+    python bench.py train                     # training steps: MDLM / AR, ours / nn.TransformerEncoder,
+                                              # slack-CTC / CE fine-tuning
+    python bench.py train --device cuda --dtype bf16 --compile
+    python bench.py cache                     # the MDLM sampler with and without its cache
+    python bench.py cache --ckpt out/ckpt.pt --steps 1000 --length 128
 
-Comparisons:
-- mdlm-vs-ar: one MDLM training step (mask, bidirectional forward, NELBO) over one AR step (causal
-  forward, next-byte loss) with the same backbone and batch.
-- encoder: training tokens/s of mdlm.Transformer against torch.nn.TransformerEncoder of the same
-  size (pre-norm, same width, depth, heads, GELU MLP of 4x width, tied embedding head).
-- ctc-vs-ce: a fine-tuning step with the slack CTC over one with position-wise CE, same canvases
-  (prompt 64 bytes, slack rate 0.1), through train.py's own batch and loss code.
+Every subcommand takes --device (cpu, cuda, auto), --threads N (CPU threads; on a machine whose
+cores are busy, 1 gives steadier timings and often speeds up the band's many small ops), --json
+PATH (also write the results) and --tiny (tiny sizes that run in seconds: for the tests).
+This file imports only the two leaves, mdlm.py and ctc_slack.py: it times them, not the scripts.
 """
 
 import argparse
@@ -23,15 +26,196 @@ import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+import ctc_slack
 import mdlm
-import train
+from mdlm import MASK, SLACK
+
+# ----------------------------------------------------------------------------------------------
+# Timing: round robin, synchronized on CUDA.
+
+
+def round_robin(fns, rounds, device, warmup=1):
+    """Call each fn once per round, in turn, for warmup + rounds rounds; -> each fn's seconds after
+    the warm-up. In turn rather than one fn after the other: a burst of load from another process
+    then hits both sides of a ratio alike. The warm-up rounds fill allocators and caches (and
+    compile, with --compile). On CUDA, synchronize around each call: kernels run asynchronously,
+    and the clock would otherwise stop before they finish."""
+    cuda = device.startswith("cuda")
+    times = [[] for _ in fns]  # seconds of each fn, one entry per timed round
+    for i in range(warmup + rounds):
+        for j, fn in enumerate(fns):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[j].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+# ----------------------------------------------------------------------------------------------
+# python bench.py ctc: the loss alone, against torch.nn.functional.ctc_loss on the same shapes.
+
+
+def ctc_case(B, T, V, rate, visible, device, gen):
+    """Random log-probs (a leaf, B x T x V), targets y of U = T - K tokens (K = round(rate * T))
+    and, when visible > 0, a canvas that shows that fraction of a reference alignment with the
+    slack at random places. Slack is V - 1, MASK is V - 2. y has no two equal neighbours, so the
+    reference also collapses to y under the standard collapse (a repeat needs a slack between)."""
+    K = round(rate * T)
+    # drawn on the CPU from one generator, then moved: the same case on every device
+    lp = torch.randn(B, T, V, generator=gen).log_softmax(-1).to(device).requires_grad_()
+    # steps of 1..V-3 modulo V-2: tokens 0..V-3, never equal to the previous one
+    y = torch.randint(1, V - 2, (B, T - K), generator=gen).cumsum(1) % (V - 2)  # (B, U)
+    T_b, U_b = torch.full((B,), T), torch.full((B,), T - K)
+    z0 = ctc_slack.place_slack(y, U_b, T_b, "random", slack_id=V - 1, generator=gen)  # (B, T)
+    # each position visible with probability `visible`, as the forward process would leave it
+    canvas = torch.where(torch.rand(B, T, generator=gen) < visible, z0, V - 2)
+    return lp, y.to(device), T_b.to(device), U_b.to(device), canvas.to(device) if visible else None
+
+
+def ctc_memory(fn, leaf):
+    """MB that one forward + backward of fn holds. CUDA: the peak allocated above what was allocated
+    before. CPU has no allocator statistics: the bytes of the distinct storages autograd keeps for
+    backward, plus the output (the leaf log-probs excluded: both sides share it)."""
+    leaf.grad = None  # a gradient left from before would count in the peak
+    if leaf.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn().backward()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    saved = {}  # storage address -> bytes
+
+    def pack(x):  # called for every tensor saved for backward; keyed by storage, so a view counts once
+        st = x.untyped_storage()
+        if st.data_ptr() != leaf.untyped_storage().data_ptr():
+            saved[st.data_ptr()] = st.nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out = fn()
+    out.backward()
+    return (sum(saved.values()) + out.nbytes) / 2**20
+
+
+def cudnn_call(lp, y, B, T, U):
+    """F.ctc_loss in the form that lets it pick cuDNN: float32, blank 0, int32 targets concatenated
+    in 1-D on the CPU, lengths as lists, every input length T, target lengths <= 256. Only the
+    timing matters here (blank 0 is a token column of lp), so the targets are y + 1, never 0."""
+    targets = (y[:, :U] + 1).int().flatten().cpu()  # (B * U,) int32 on the CPU
+    # its own contiguous (T, B, V) leaf: cuDNN wants time-major memory, and the copy is made once
+    x = lp.detach().transpose(0, 1).contiguous().requires_grad_()
+
+    def call():
+        x.grad = None  # from a fresh gradient, as the other contenders
+        return F.ctc_loss(x, targets, [T] * B, [U] * B, blank=0, reduction="sum")
+    return call
+
+
+def uses_cudnn(out):
+    """Whether cuDNN computed out: its autograd graph then holds a CudnnCtcLoss node."""
+    todo, seen = [out.grad_fn], 0  # walk back from the output, a few nodes deep (a sum, the loss)
+    while todo and seen < 20:
+        fn, seen = todo.pop(), seen + 1
+        if fn is not None and "Cudnn" in fn.name():
+            return True
+        todo += [f for f, _ in (fn.next_functions if fn is not None else ())]
+    return False
+
+
+def ctc_cases(a):
+    """The (B, T, V, slack rate) shapes to run: the presets, or --shapes x --rates."""
+    if a.tiny:
+        return [(2, 24, 7, 0.1)]
+    if a.shapes:  # e.g. --shapes 8x1024x259 --rates 0.05,0.1
+        shapes = [tuple(int(n) for n in s.split("x")) for s in a.shapes.split(",")]
+        return [(*s, float(r)) for s in shapes for r in a.rates.split(",")]
+    if a.quick:  # the shapes of the standard collapse's goal: <= 1.2x F.ctc_loss at T = 512, 1024
+        return [(8, T, 259, 0.1) for T in (256, 512, 1024)]
+    # 259 = the byte vocabulary; 32000 = a subword one (there the gather matters, not the DP).
+    # The band's cost grows with K, so slack rates up to 25% show where it stops paying off.
+    cases = [(8, T, 259, r) for T in (256, 512, 1024, 4096) for r in (0.05, 0.1, 0.25)]
+    return cases + [(32, 256, 32000, 0.1)]
+
+
+def ctc_contenders(lp, y, T_b, U_b, canvas, V, cuda):
+    """The losses to time on one case, each a function of nothing: F.ctc_loss first (the baseline),
+    then ours for each (collapse, canvas) run, then cuDNN's CTC when its rules allow it. Also the
+    runs and a word on cuDNN: used, or why not."""
+    runs = [(c, v) for v in (0.0, 0.5) for c in ("surface", "standard")]  # (collapse, visible)
+    fns = [lambda: F.ctc_loss(lp.transpose(0, 1), y, T_b, U_b, blank=V - 1, reduction="sum")]
+    for collapse, visible in runs:  # default arguments bind this iteration's values
+        fns.append(lambda c=collapse, v=visible: ctc_slack.ctc_slack_loss(
+            lp, y, T_b, U_b, slack_id=V - 1, canvas=canvas if v else None, mask_id=V - 2,
+            collapse=c, reduction="sum"))
+    # cuDNN's own rules that a case can break here: a GPU, target length <= 256 (float32 holds).
+    B, T, U = lp.shape[0], lp.shape[1], int(U_b[0])
+    cudnn = "n/a (CPU)" if not cuda else "n/a (U > 256)" if U > 256 else None
+    if cudnn is None:
+        fns.append(cudnn_call(lp, y, B, T, U))
+        # torch may still decline (cuDNN disabled, or a rule of its version): ask the graph
+        cudnn = "used" if uses_cudnn(fns[-1]()) else "not picked by torch"
+    return fns, runs, cudnn
+
+
+def print_ctc_row(row, cuda):
+    """One line of the table: the case, then time and memory of ours and F.ctc_loss, and ratios."""
+    r = row
+    canvas = f"{r['visible']:.0%}" if r["visible"] else "-"
+    line = (f"{r['B']:>3} {r['T']:>5} {r['V']:>6} {r['slack']:>5.0%} {canvas:>6} {r['collapse']:>8} | "
+            f"{r['ours_ms']:>8.2f} {r['ref_ms']:>8.2f} {r['time_ratio']:>6.2f} | "
+            f"{r['ours_mb']:>8.2f} {r['ref_mb']:>8.2f} {r['mem_ratio']:>6.2f}")
+    if cuda:  # the cuDNN column: what happened, and the ratio when it ran
+        line += f" | {r['cudnn']}"
+        if "cudnn_ms" in r:
+            line += f" {r['cudnn_ms']:.2f} ms, ours / cuDNN ratio {r['ours_over_cudnn']:.2f}"
+    print(line, flush=True)
+
+
+def bench_ctc(a, device):
+    """Median forward + backward time and memory of ctc_slack_loss (surface and standard, without
+    a canvas and with a 50% visible one) against F.ctc_loss without a canvas (it cannot take one),
+    same log-probs, reduction 'sum', blank = slack; cuDNN too on CUDA where its rules allow."""
+    gen = torch.Generator().manual_seed(0)  # the same cases on every run and device
+    cuda = device.startswith("cuda")
+    print(f"device {device}, threads {torch.get_num_threads()}, median of {a.repeats}; ratio = ours / F")
+    print(f"{'B':>3} {'T':>5} {'V':>6} {'slack':>5} {'canvas':>6} {'collapse':>8} | {'ours ms':>8} "
+          f"{'F ms':>8} {'ratio':>6} | {'ours MB':>8} {'F MB':>8} {'ratio':>6}" + (" | cuDNN" * cuda))
+    rows = []
+    for B, T, V, rate in ctc_cases(a):
+        lp, y, T_b, U_b, canvas = ctc_case(B, T, V, rate, 0.5, device, gen)
+        fns, runs, cudnn = ctc_contenders(lp, y, T_b, U_b, canvas, V, cuda)
+
+        def step(fn):  # forward + backward from a fresh gradient
+            lp.grad = None  # else each backward would also pay for accumulating into the last one
+            fn().backward()
+        times = round_robin([lambda f=f: step(f) for f in fns], a.repeats, device)
+        mems = [ctc_memory(f, lp) for f in fns[:5]]  # memory once each, untimed
+        for k, (collapse, visible) in enumerate(runs, 1):
+            row = dict(B=B, T=T, V=V, slack=rate, visible=visible, collapse=collapse,
+                       ours_ms=times[k] * 1e3, ref_ms=times[0] * 1e3, ours_mb=mems[k], ref_mb=mems[0],
+                       time_ratio=times[k] / times[0], mem_ratio=mems[k] / mems[0], cudnn=cudnn)
+            if len(fns) == 6:  # cuDNN ran
+                row.update(cudnn_ms=times[5] * 1e3, ours_over_cudnn=times[k] / times[5])
+            rows.append(row)
+            print_ctc_row(row, cuda)
+    return {"rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# python bench.py train: whole training steps, built from the leaves as train.py builds them.
 
 
 class EncoderLM(nn.Module):
-    """The same network built from torch.nn.TransformerEncoder (learned positions instead of RoPE).
-    This is what a reader would otherwise reach for; our model must be at least as fast to train.
-    Same width, depth, heads, 4x GELU MLP, pre-norm (norm_first) and tied output head."""
+    """The same network built from torch.nn.TransformerEncoder (learned positions instead of RoPE):
+    what a reader would otherwise reach for; ours must be at least as fast to train. Same width,
+    depth, heads, 4x GELU MLP, pre-norm (norm_first) and tied output head."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -39,120 +223,218 @@ class EncoderLM(nn.Module):
         self.pos_emb = nn.Parameter(torch.zeros(cfg.seq_len, cfg.n_embd))
         layer = nn.TransformerEncoderLayer(cfg.n_embd, cfg.n_head, 4 * cfg.n_embd, dropout=0.0,
                                            activation="gelu", batch_first=True, norm_first=True)
+        # no nested tensors: every sequence has the full length, there is no padding to skip
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layer, enable_nested_tensor=False)
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.head.weight = self.tok_emb.weight
+        self.head.weight = self.tok_emb.weight  # tied, as in mdlm.Transformer
 
     def forward(self, idx):
-        x = self.tok_emb(idx) + self.pos_emb[: idx.shape[1]]
-        return self.head(self.ln_f(self.encoder(x)))
+        x = self.tok_emb(idx) + self.pos_emb[: idx.shape[1]]  # (B, T, C)
+        return self.head(self.ln_f(self.encoder(x)))  # (B, T, V), the mask-free (bidirectional) path
 
 
-def time_steps(step_fns, n, device):
-    """Run the step functions round-robin n times each; return each one's list of seconds.
-    Round-robin, not one after the other: a burst of load from another process then hits both
-    sides of a ratio alike, and the medians stay comparable. On CUDA, synchronize around each step,
-    since kernels run asynchronously and the clock would otherwise stop before they finish."""
-    times = [[] for _ in step_fns]
-    for i in range(n + 2):
-        for j, fn in enumerate(step_fns):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if i >= 2:  # the first two rounds warm up allocators and kernels
-                times[j].append(time.perf_counter() - t0)
-    return times
+def windows(ids, B, n, gen):
+    """B random windows of n bytes of the stream ids -> (B, n) long."""
+    offs = torch.randint(0, len(ids) - n + 1, (B,), generator=gen)  # (B,) window starts
+    return torch.stack([ids[o:o + n] for o in offs.tolist()]).long()
 
 
-def make_step(model, loss_fn, ctx):
-    """One optimizer step of `model` on the loss that loss_fn() computes."""
+def finetune_batch(ids, B, T, P, rate, placement, gen, device):
+    """A fine-tuning batch, on the device: P prompt bytes, then a response canvas of R = T - P
+    positions holding y (U = R - K bytes) and K = round(rate * R) slacks, placed by place_slack
+    ("tail" for the matched CE baseline, "random" for CTC), then the forward process."""
+    R = T - P  # response canvas length
+    U = R - round(rate * R)  # target bytes; the other K = round(rate * R) positions hold slack
+    win = windows(ids, B, P + U, gen)  # (B, P + U): prompt, then target
+    P_b, R_b, U_b = (torch.full((B,), n) for n in (P, R, U))
+    resp = ctc_slack.place_slack(win[:, P:], U_b, R_b, placement, slack_id=SLACK, generator=gen)
+    z0, is_prompt = ctc_slack.build_canvas(win[:, :P], P_b, resp, T)  # (B, T) each
+    t = mdlm.sample_t(B, generator=gen)  # (B,) stratified times
+    z_t = mdlm.forward_mask(z0, t, generator=gen, keep=is_prompt)  # prompt never masked
+    b = dict(z0=z0, z_t=z_t, t=t, is_prompt=is_prompt, P=P_b, y=win[:, P:], U=U_b)
+    return {k: v.to(device) for k, v in b.items()}
+
+
+def make_step(model, loss_fn, ctx, compile=False):
+    """One optimizer step of model on the loss that loss_fn(model) computes, under ctx (autocast).
+    With compile, the forward runs through torch.compile (the optimizer still holds model's own
+    parameters, which the compiled module shares)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fwd = torch.compile(model) if compile else model
 
-    def step():
+    def step():  # the loop body of train.py, without clipping, EMA and logging
         with ctx:
-            loss = loss_fn()
+            loss = loss_fn(fwd)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return step
 
 
-def train_args(**kw):
-    """train.py's default settings with some overridden, without parsing a command line."""
-    args = train.get_args(["--device", "cpu"])
-    for k, v in kw.items():
-        setattr(args, k.replace("-", "_"), v)
-    return args
+def train_losses(ids, B, T, P, gen, device):
+    """The four losses the comparisons time, each a function of the model, drawing a fresh batch
+    on every call (on the CPU, as train.py draws them, then moved): MDLM pretraining (NELBO), AR
+    next-byte, and the two fine-tuning losses on canvases of the same shape (slack rate 0.1)."""
+    def mdlm_loss(m):  # mask a window at a stratified t, score the masked positions
+        z0 = windows(ids, B, T, gen)
+        t = mdlm.sample_t(B, generator=gen)  # (B,)
+        z_t = mdlm.forward_mask(z0, t, generator=gen)  # (B, T)
+        z0, z_t, t = z0.to(device), z_t.to(device), t.to(device)
+        return mdlm.mdlm_loss(m(z_t), z0, z_t, t).mean()
+
+    def ar_loss(m):  # read T bytes, predict the next T
+        x = windows(ids, B, T + 1, gen).to(device)  # (B, T + 1)
+        return mdlm.ar_loss(m(x[:, :-1]), x).mean()
+
+    def ce_loss(m):  # the matched CE baseline: slack at the tail, each position scored against z0
+        b = finetune_batch(ids, B, T, P, 0.1, "tail", gen, device)
+        return mdlm.mdlm_loss(m(b["z_t"]), b["z0"], b["z_t"], b["t"], scored=~b["is_prompt"]).mean()
+
+    def ctc_loss(m):  # slack at random places, scored against y under every alignment
+        b = finetune_batch(ids, B, T, P, 0.1, "random", gen, device)
+        w = mdlm.w_t(b["t"])  # the same NELBO weight as the CE term: 1/t
+        return ctc_slack.slack_ctc_term(m(b["z_t"]), b["z_t"], b["P"], b["y"], b["U"], w,
+                                        slack_id=SLACK, mask_id=MASK).mean()
+    return mdlm_loss, ar_loss, ce_loss, ctc_loss
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["mdlm-vs-ar", "encoder", "ctc-vs-ce"], default=None, help="one comparison")
-    p.add_argument("--steps", type=int, default=15, help="timed steps per model (default: 15)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32, train.py's)")
-    p.add_argument("--seq-len", type=int, default=256, help="sequence length (default: 256, train.py's)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    a = p.parse_args()
-    device = mdlm.pick_device(a.device)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+def bench_train(a, device):
+    """Three step-time ratios: MDLM step / AR step (same backbone and batch size), mdlm.Transformer
+    / nn.TransformerEncoder (same size, same loss), slack-CTC / CE fine-tuning step (same model,
+    canvases of the same shape; prompt 64 bytes, slack rate 0.1)."""
+    B, T, P = (2, 32, 8) if a.tiny else (a.batch_size, a.seq_len, min(64, a.seq_len // 2))
+    if a.tiny:  # a model of a few thousand parameters: the test checks the plumbing, not speed
+        sizes = dict(n_layer=1, n_head=2, n_embd=16)
+    else:  # the sizes given on the command line; mdlm.ModelConfig's defaults for the rest
+        sizes = {k: getattr(a, k) for k in ("n_layer", "n_head", "n_embd") if getattr(a, k)}
+    cfg = mdlm.ModelConfig(seq_len=T, **sizes)
+    # bf16: matmuls in bf16 under autocast, losses in float32 (they call .float()), as train.py
+    bf16 = torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+    ctx = bf16 if a.dtype == "bf16" else contextlib.nullcontext()
     torch.manual_seed(0)
-    B, T = a.batch_size, a.seq_len
-    cfg = mdlm.ModelConfig(seq_len=T)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 256, (200_000,), generator=gen, dtype=torch.uint8)
+    ids = torch.randint(0, 256, (200_000,), generator=gen, dtype=torch.uint8)  # a byte stream
+    mdlm_loss, ar_loss, ce_loss, ctc_loss = train_losses(ids, B, T, P, gen, device)
+    steps, warmup = (2, 1) if a.tiny else (a.steps, 3 if a.compile else 2)  # compiling takes calls
+
+    def timed(models, losses):  # median seconds per step of each (model, loss), interleaved
+        return round_robin([make_step(m, f, ctx, a.compile) for m, f in zip(models, losses)],
+                           steps, device, warmup)
+    print(f"device {device}, {a.dtype}{', compiled' if a.compile else ''}, B {B}, T {T}, "
+          f"{cfg.n_layer} layers x {cfg.n_embd}, median of {steps} steps")
     results = {}
+    # The same backbone and batch: the ratio is what masking, the 1/t-weighted loss and
+    # bidirectional (instead of causal) attention add to a step.
+    m_ar = mdlm.Transformer(mdlm.ModelConfig(seq_len=T, causal=True, **sizes)).to(device)
+    tm, ta = timed([mdlm.Transformer(cfg).to(device), m_ar], [mdlm_loss, ar_loss])
+    results["mdlm-vs-ar"] = {"mdlm_step_s": tm, "ar_step_s": ta, "ratio": tm / ta}
+    print(f"MDLM step {tm * 1e3:.1f} ms, AR step {ta * 1e3:.1f} ms: MDLM / AR ratio {tm / ta:.3f}")
+    # The same batch and loss for both networks, so that only the network differs.
+    to, tr = timed([mdlm.Transformer(cfg).to(device), EncoderLM(cfg).to(device)], [ar_loss, ar_loss])
+    results["encoder"] = {"ours_tok_s": B * T / to, "encoder_tok_s": B * T / tr, "ratio": tr / to}
+    print(f"mdlm.Transformer {B * T / to:.0f} tok/s, nn.TransformerEncoder {B * T / tr:.0f} tok/s: "
+          f"ours / encoder throughput ratio {tr / to:.3f}")
+    # One model, two objectives on canvases of the same shape: the ratio isolates the cost of the
+    # slack CTC (gather, band recursion in float64 and its backward) over the CE gather.
+    model = mdlm.Transformer(cfg).to(device)
+    tce, tctc = timed([model, model], [ce_loss, ctc_loss])
+    results["ctc-vs-ce"] = {"ce_step_s": tce, "ctc_step_s": tctc, "ratio": tctc / tce}
+    print(f"fine-tune step: CE {tce * 1e3:.1f} ms, CTC {tctc * 1e3:.1f} ms: CTC / CE ratio {tctc / tce:.3f}")
+    return results
 
-    if a.only in (None, "mdlm-vs-ar"):
-        # the same backbone and batch; the ratio shows what masking, the 1/t-weighted loss and
-        # bidirectional (instead of causal) attention add to a training step
-        m_mdlm = mdlm.Transformer(cfg).to(device)
-        m_ar = mdlm.Transformer(mdlm.ModelConfig(seq_len=T, causal=True)).to(device)
-        args_m, args_a = train_args(seq_len=T, batch_size=B), train_args(seq_len=T, batch_size=B, objective="ar")
-        batch = lambda args, m: {k: v.to(device) for k, v in train.get_batch(ids, args, gen, {}, m).items()}
-        fm = make_step(m_mdlm, lambda: train.compute_loss(m_mdlm, batch(args_m, m_mdlm), args_m).mean(), ctx)
-        fa = make_step(m_ar, lambda: train.compute_loss(m_ar, batch(args_a, m_ar), args_a).mean(), ctx)
-        tm, ta = map(statistics.median, time_steps([fm, fa], a.steps, device))
-        results["mdlm-vs-ar"] = {"mdlm_step_s": tm, "ar_step_s": ta, "ratio": tm / ta}
-        print(f"MDLM step {tm * 1e3:.1f} ms, AR step {ta * 1e3:.1f} ms: MDLM / AR = {tm / ta:.3f}")
 
-    if a.only in (None, "encoder"):
-        ours, ref = mdlm.Transformer(cfg).to(device), EncoderLM(cfg).to(device)
-        n_ours, n_ref = sum(p.numel() for p in ours.parameters()), sum(p.numel() for p in ref.parameters())
-        x = torch.randint(0, 256, (B, T + 1), device=device)
-        # the same batch and loss for both, so that only the network differs
-        loss = lambda m: mdlm.ar_loss(m(x[:, :-1]), x).mean()
-        fo, fr = make_step(ours, lambda: loss(ours), ctx), make_step(ref, lambda: loss(ref), ctx)
-        to, tr = map(statistics.median, time_steps([fo, fr], a.steps, device))
-        results["encoder"] = {"ours_tok_s": B * T / to, "encoder_tok_s": B * T / tr, "ratio": tr / to,
-                              "ours_params": n_ours, "encoder_params": n_ref}
-        print(f"mdlm.Transformer {B * T / to:.0f} tok/s ({n_ours} params), nn.TransformerEncoder "
-              f"{B * T / tr:.0f} tok/s ({n_ref} params): ours / encoder = {tr / to:.3f}")
+# ----------------------------------------------------------------------------------------------
+# python bench.py cache: MDLM's sampler skips the network while the canvas has not changed.
 
-    if a.only in (None, "ctc-vs-ce"):
-        # one model, two objectives on canvases of the same shape: the ratio isolates the cost of
-        # the slack CTC (gather, band recursion in float64, its backward) over the CE gather
-        model = mdlm.Transformer(cfg).to(device)
-        common = dict(seq_len=T, batch_size=B, prompt_len=64, slack_rate=0.1)
-        args_ce, args_ctc = train_args(loss="ce", **common), train_args(loss="ctc", **common)
-        batch = lambda args: {k: v.to(device) for k, v in train.get_batch(ids, args, gen, {}, model).items()}
-        fce = make_step(model, lambda: train.compute_loss(model, batch(args_ce), args_ce).mean(), ctx)
-        fctc = make_step(model, lambda: train.compute_loss(model, batch(args_ctc), args_ctc).mean(), ctx)
-        tce, tctc = map(statistics.median, time_steps([fce, fctc], a.steps, device))
-        results["ctc-vs-ce"] = {"ce_step_s": tce, "ctc_step_s": tctc, "ratio": tctc / tce,
-                                "ce_tok_s": B * T / tce, "ctc_tok_s": B * T / tctc}
-        print(f"fine-tune step: CE {tce * 1e3:.1f} ms ({B * T / tce:.0f} tok/s), CTC {tctc * 1e3:.1f} ms "
-              f"({B * T / tctc:.0f} tok/s): CTC / CE = {tctc / tce:.3f}")
 
-    results["device"] = torch.cuda.get_device_name() if device.startswith("cuda") else device
-    results["torch"] = torch.__version__
+def bench_cache(a, device):
+    """Ancestral sampling with and without the cache, same seed: identical canvases, fewer model
+    calls. The network has no time input, so while no token was committed its output is the same
+    and the call can be skipped. Without --ckpt, a random model of the default size (the call
+    counts and times do not depend on the weights much)."""
+    steps, length = (8, 8) if a.tiny else (a.steps, a.length)
+    prompt = torch.tensor([mdlm.encode(a.prompt)])  # (1, P)
+    if a.ckpt:  # a trained model: its EMA weights, its schedule and whether it may sample slack
+        ckpt = mdlm.load_checkpoint(a.ckpt)
+        model, meta = mdlm.model_from_checkpoint(ckpt, device=device), mdlm.checkpoint_meta(ckpt)
+    else:  # a random model, long enough for the prompt and the length asked for
+        torch.manual_seed(0)
+        sizes = dict(n_layer=1, n_head=2, n_embd=16) if a.tiny else {}
+        cfg = mdlm.ModelConfig(seq_len=prompt.shape[1] + length, **sizes)
+        model, meta = mdlm.Transformer(cfg).to(device).eval(), {"schedule": "linear", "slack": False}
+    outs = {}
+
+    def run(use_cache):  # each run from the same seed, so both draw the same random numbers
+        gen = torch.Generator().manual_seed(a.seed)
+        with torch.no_grad():
+            outs[use_cache] = mdlm.generate(model, prompt, length, steps=steps, sampler="ancestral",
+                                            schedule=meta["schedule"], allow_slack=bool(meta["slack"]),
+                                            use_cache=use_cache, generator=gen)
+    t_cached, t_plain = round_robin([lambda: run(True), lambda: run(False)], 1 if a.tiny else 3, device)
+    # The cache only skips calls whose answer is known: the canvases must be the same, token for token.
+    same = torch.equal(outs[True]["canvas"], outs[False]["canvas"])
+    calls = {k: v["model_calls"] for k, v in outs.items()}  # at most one per step that committed
+    print(f"steps {steps}, length {length}, device {device}, identical canvases: {same}")
+    print(f"uncached: {calls[False]:5d} model calls, median {t_plain:.3f} s")
+    print(f"cached:   {calls[True]:5d} model calls, median {t_cached:.3f} s")
+    print(f"speed-up ratio: {t_plain / t_cached:.2f}x")
+    return {"steps": steps, "length": length, "identical": same, "calls_cached": calls[True],
+            "calls_uncached": calls[False], "cached_s": t_cached, "uncached_s": t_plain,
+            "ratio": t_plain / t_cached}
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+
+
+def parse_args(argv=None):
+    """One subcommand per benchmark; the options every subcommand takes live in a parent parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    common.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    common.add_argument("--json", default="", help="also write the results to this JSON file")
+    common.add_argument("--tiny", action="store_true", help="tiny sizes that run in seconds (tests)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    # ctc: the loss alone
+    c = sub.add_parser("ctc", parents=[common], help="ctc_slack_loss against F.ctc_loss")
+    c.add_argument("--quick", action="store_true", help="only T = 256, 512, 1024 at 10%% slack (B 8, V 259)")
+    c.add_argument("--repeats", type=int, default=3, help="timed runs per shape after a warm-up (default 3)")
+    c.add_argument("--shapes", default="", help="comma-separated BxTxV shapes instead of the presets")
+    c.add_argument("--rates", default="0.1", help="comma-separated slack rates K/T for --shapes")
+    # train: whole optimizer steps; sizes default to train.py's (batch, length) and mdlm's (model)
+    t = sub.add_parser("train", parents=[common], help="training-step ratios")
+    t.add_argument("--steps", type=int, default=15, help="timed steps per side (default: 15)")
+    t.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32, train.py's)")
+    t.add_argument("--seq-len", type=int, default=256, help="sequence length (default: 256, train.py's)")
+    for k in ("n-layer", "n-head", "n-embd"):
+        t.add_argument(f"--{k}", type=int, default=0, help="model size (default: mdlm.ModelConfig's)")
+    t.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (default fp32)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the models")
+    # cache: the sampler
+    k = sub.add_parser("cache", parents=[common], help="the MDLM sampler's cache")
+    k.add_argument("--ckpt", default="", help="an MDLM checkpoint (default: a random model)")
+    k.add_argument("--steps", type=int, default=1000, help="sampling steps (default: 1000)")
+    k.add_argument("--length", type=int, default=128, help="positions to fill (default: 128)")
+    k.add_argument("--prompt", default="The ", help="prompt text (default: 'The ')")
+    k.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    """Run one subcommand; its printed table is the result, --json keeps it with the setting."""
+    a = parse_args(argv)
+    if a.threads:  # before any work: torch reads it per op, but a pool started early keeps its size
+        torch.set_num_threads(a.threads)
+    device = mdlm.pick_device(a.device)
+    results = {"ctc": bench_ctc, "train": bench_train, "cache": bench_cache}[a.command](a, device)
+    # what a reader of the JSON needs to compare runs: the device by name, torch, the threads
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else device
+    results.update(command=a.command, device=name, torch=torch.__version__, threads=torch.get_num_threads())
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

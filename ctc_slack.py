@@ -211,9 +211,9 @@ class _BandLogZ(torch.autograd.Function):
 # visible position is a one-hot emission row (log 1 = 0 for its token, log 0 for every other), and
 # given such rows F.ctc_loss sums exactly the alignments that agree with the canvas.
 # Here log 0 is -inf itself, not a finite stand-in as in the band: the kernel's recursions treat
-# -inf exactly (a forbidden path adds exactly 0, an infeasible row gives nll = +inf), and a finite
-# stand-in makes them ~15% slower (each forbidden transition underflows exp). -inf does give NaN
-# gradients, but only at the -inf entries themselves, whose gradient is zeroed by selection below.
+# -inf exactly (a forbidden path adds exactly 0, an infeasible row gives nll = +inf), while a
+# finite one makes them 10-25% slower (every forbidden transition underflows exp). -inf does give
+# NaN gradients, but only at the -inf entries themselves, whose gradient is zeroed by selection.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -379,8 +379,9 @@ def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_i
             "time" (the slow references, float64).
     Infeasible examples (T < U, a visible token no alignment can use, too few positions for
     standard repeats) give +inf, never NaN, and zero gradient. Surface runs in float64, standard
-    in the dtype of log_probs (float32 at least); the result has the dtype of log_probs. The
-    gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0 where visible."""
+    in the dtype of log_probs (float32 at least: F.ctc_loss's precision); the result has the dtype
+    of log_probs. The gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0
+    where visible."""
     assert algorithm in ("band", "time"), f"unknown algorithm {algorithm!r}"
     assert reduction in ("none", "sum", "mean"), f"unknown reduction {reduction!r}"
     T_b, U_b = _check(log_probs, targets, input_lengths, target_lengths, canvas, mask_id, collapse)

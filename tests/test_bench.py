@@ -1,0 +1,70 @@
+"""bench.py: each subcommand runs end to end at --tiny sizes (a few seconds each, in a subprocess,
+as a user runs it), prints its ratios and writes its JSON; and it times the leaves, not the scripts.
+
+    OMP_NUM_THREADS=1 python -m pytest -q tests/test_bench.py      # ~15 s on one core
+"""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_bench(tmp_path, *args):
+    """Run `python bench.py ARGS --tiny --threads 1 --json FILE` on the CPU; -> (stdout, results).
+    The subprocess sees no GPU, so the same test runs alike on every machine."""
+    out_json = tmp_path / "out.json"  # --json: the same figures, for the checks below
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")  # CPU, one thread
+    cmd = [sys.executable, "bench.py", *args, "--tiny", "--threads", "1", "--device", "cpu",
+           "--json", str(out_json)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)  # seconds
+    assert proc.returncode == 0, proc.stderr[-3000:]  # the traceback's end says what broke
+    return proc.stdout, json.loads(out_json.read_text())
+
+
+def test_ctc(tmp_path):
+    """Four rows per shape (surface and standard, without and with a canvas), each with its time
+    and memory ratio against F.ctc_loss measured in the same run."""
+    out, res = run_bench(tmp_path, "ctc")  # one shape: B 2, T 24, V 7, 10% slack
+    rows = [line for line in out.splitlines() if line.strip().startswith("2 ")]  # B = 2 rows
+    assert len(rows) == 4 and out.count("standard") == 2 and out.count("surface") == 2, out
+    assert "ratio" in out and len(res["rows"]) == 4
+    for row in res["rows"]:  # both ratios, positive and finite: both sides really ran
+        assert 0 < row["time_ratio"] < float("inf") and 0 < row["mem_ratio"] < float("inf")
+        assert row["cudnn"] == "n/a (CPU)"  # cuDNN is reported, and here says why it did not run
+    assert res["command"] == "ctc" and res["device"] == "cpu" and res["threads"] == 1
+
+
+def test_train(tmp_path):
+    """The three step-time ratios: MDLM / AR, ours / nn.TransformerEncoder, CTC / CE."""
+    out, res = run_bench(tmp_path, "train")  # a one-layer model, two timed steps per side
+    for text in ("MDLM / AR ratio", "ours / encoder throughput ratio", "CTC / CE ratio"):
+        assert text in out, out
+    assert {"mdlm-vs-ar", "encoder", "ctc-vs-ce"} <= set(res)  # each comparison in the JSON
+    assert all(res[k]["ratio"] > 0 for k in ("mdlm-vs-ar", "encoder", "ctc-vs-ce"))
+
+
+def test_train_bf16(tmp_path):
+    """--dtype bf16 (autocast) runs too: the CTC term then reads bf16 logits as float32."""
+    out, res = run_bench(tmp_path, "train", "--dtype", "bf16")
+    assert "bf16" in out and res["ctc-vs-ce"]["ratio"] > 0
+
+
+def test_cache(tmp_path):
+    """The cached sampler calls the model at most as often, and draws the very same canvas."""
+    out, res = run_bench(tmp_path, "cache")  # 8 steps for 8 positions, random model
+    assert "speed-up ratio" in out and "identical canvases: True" in out, out
+    assert res["identical"] and res["calls_cached"] <= res["calls_uncached"] == res["steps"]
+
+
+def test_bench_imports_only_the_leaves():
+    """bench.py times mdlm.py and ctc_slack.py: it must not import the scripts built on them
+    (train.py, decode.py, evaluate.py), which change for their own reasons."""
+    tree = ast.parse(open(os.path.join(ROOT, "bench.py"), encoding="utf-8").read())  # not run
+    mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    project = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}  # the repository's modules
+    assert mods & project <= {"mdlm", "ctc_slack"}, mods & project
