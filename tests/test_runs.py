@@ -27,6 +27,11 @@ def test_script_runs_and_skips_finished_stages(task, tmp_path):
         assert len(res["rates"]) == 5 and set(res["runs"]) == set(res["names"])
         assert os.path.exists(out / f"score-{sampler}" / f"{res['primary']}.svg")
     assert os.path.exists(out / "curves" / "curves.md")
+    if task == "copy":  # the ablation builds on the copy run's pretrained checkpoint and arms
+        p = run("copy_long.sh", out)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+        res = json.load(open(out / "score-long" / "results.json"))
+        assert res["names"] == ["ce-ft", "ctc-random", "ctc-random-long", "ctc-mix", "ctc-mix-long"]
     again = run(f"{task}.sh", out)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "python train.py" not in again.stdout and "python decode.py" not in again.stdout
@@ -37,3 +42,9 @@ def test_unknown_option_is_refused(tmp_path):
     p = subprocess.run(["bash", os.path.join(ROOT, "runs", "copy.sh"), "--fast"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "unknown option --fast" in p.stderr
+
+
+def test_ablation_needs_the_copy_run(tmp_path):
+    p = subprocess.run(["bash", os.path.join(ROOT, "runs", "copy_long.sh"), str(tmp_path / "none")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "run runs/copy.sh" in p.stderr
