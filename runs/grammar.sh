@@ -19,7 +19,7 @@ if [ "$TINY" = 1 ]; then
     MODEL="--n-layer 1 --n-head 2 --n-embd 32"
     PRE="--steps 20 --eval-interval 10"; FT="--steps 6 --eval-interval 3 --lr 1e-3"; N_BOOT=50
 else
-    TASK="--n-train 20000 --n-test 128"
+    TASK="--n-train 20000 --n-test 320"
     MODEL="--n-layer 4 --n-head 4 --n-embd 128"
     PRE="--steps 1500 --eval-interval 250"; FT="--steps 300 --eval-interval 50 --lr 5e-4"; N_BOOT=2000
 fi
@@ -27,7 +27,9 @@ COMMON="--seq-len 48 --batch-size 64 --seed 1337 --device cpu --no-progress --sa
 RATES="0 0.01 0.02 0.05 0.1"
 
 # 1. the task: prompt = the first word of a text of 1-3 sentences, response = the rest; at most
-#    40 bytes in all, so that prompt + response + EOS + 10% slack fit the 48-position canvas
+#    40 bytes in all, so that prompt + response + EOS + 10% slack fit the 48-position canvas. Short
+#    texts repeat, so about half of the 320 drawn test texts also occur in train.jsonl: those are
+#    dropped (task.json counts them) and every test text is new to the models
 stage $OUT/task python evaluate.py task grammar --out-dir $OUT/task $TASK --max-bytes 40 --seed 0
 
 # 2. pretrain with CE: slack rate 0, the response and its EOS padded with EOS (as LLaDA pads)
