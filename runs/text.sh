@@ -5,7 +5,7 @@
 # CTC+CE with model-aligned slack), continue held-out prompts with the confidence sampler in blocks
 # and with the ancestral one at shift-probe rates 0..10%, and score the continuations with the judge.
 #
-#   bash runs/text.sh [OUT]          # OUT defaults to exp/text; ~20 min on 2 CPU cores
+#   bash runs/text.sh [OUT]          # OUT defaults to exp/text; ~25 min on 2 CPU cores
 #   bash runs/text.sh --tiny OUT     # toy sizes, seconds per stage (the tests run this)
 #
 # Rerunning skips finished stages (runs/lib.sh). Results: OUT/score-*/results.md and .json, plots
@@ -18,7 +18,7 @@ if [ "$TINY" = 1 ]; then
     MODEL="--n-layer 1 --n-head 2 --n-embd 32"
     PRE="--steps 10 --eval-interval 5"; FT="--steps 4 --eval-interval 2 --lr 1e-3"; N_BOOT=50
 else
-    SEQ=128; TASK="--n-test 128 --prompt-len 32 --length 96"
+    SEQ=128; TASK="--n-test 64 --prompt-len 32 --length 96"
     MODEL="--n-layer 4 --n-head 4 --n-embd 128"
     PRE="--steps 1000 --eval-interval 250"; FT="--steps 200 --eval-interval 50 --lr 5e-4"; N_BOOT=2000
 fi
