@@ -66,7 +66,7 @@ def get_args(argv=None):
     a("--slack-placement", choices=PLACEMENTS, default=None,
       help="where the reference canvas puts slack: random positions, the tail, the model's Viterbi "
            "alignment, or mix (each example random with prob. --mix-random, else model) "
-           "(default: tail for --loss ce, random otherwise)")
+           "(default: tail for --loss ce, random otherwise; README, Results, says why)")
     a("--mix-random", type=float, default=0.5, help="with --slack-placement mix: share of random rows")
     a("--collapse", choices=["surface", "standard"], default="surface",
       help="CTC collapse map: delete slack (surface) or merge repeats then delete slack (standard)")
