@@ -9,23 +9,13 @@ import torch
 import torch.nn as nn
 
 import decode
+import conftest
 import mdlm
 from mdlm import EOS, MASK, SLACK
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def tiny_model(causal=False, seed=0, seq_len=32, sharp=False):
-    """A random 1-layer model. sharp: unit-variance weights, so its predictions depend strongly on
-    the canvas (at the usual 0.02 init they are almost uniform whatever the input)."""
-    torch.manual_seed(seed)
-    cfg = mdlm.ModelConfig(seq_len=seq_len, n_layer=1, n_head=2, n_embd=16, causal=causal)
-    model = mdlm.Transformer(cfg).eval()
-    if sharp:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_()
-    return model
+tiny_model = conftest.tiny_model  # 1 layer, width 16
 
 
 class Wrapped(nn.Module):

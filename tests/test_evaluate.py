@@ -3,6 +3,7 @@ mdlm's losses, the bootstrap, `score` on hand-made generation files (exact numbe
 bad input, `task` (determinism, fresh test prompts), `curves`, and the SVG and CLI plumbing."""
 
 import argparse
+import functools
 import json
 import math
 import xml.etree.ElementTree as ET
@@ -13,13 +14,10 @@ import torch
 
 import data
 import evaluate
+import conftest
 import mdlm
 
-
-def tiny_model(causal, seed=0, seq_len=32):
-    torch.manual_seed(seed)
-    cfg = mdlm.ModelConfig(n_layer=1, n_head=2, n_embd=32, seq_len=seq_len, causal=causal)
-    return mdlm.Transformer(cfg).eval()
+tiny_model = functools.partial(conftest.tiny_model, n_embd=32)
 
 
 def save_tiny(path, causal, seed=0, seq_len=32):

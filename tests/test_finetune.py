@@ -1,4 +1,5 @@
 """Fine-tuning with CE, slack CTC and both, through train.py's own batch and loss code."""
+import functools
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import data
+import conftest
 import mdlm
 import train
 from mdlm import EOS, MASK, SLACK
@@ -26,10 +28,7 @@ def args_for(**kw):
         setattr(args, k, v)
     return args
 
-
-def tiny_model(seed=0, vocab_size=mdlm.VOCAB_SIZE):
-    torch.manual_seed(seed)
-    return mdlm.Transformer(mdlm.ModelConfig(vocab_size=vocab_size, seq_len=32, n_layer=1, n_head=2, n_embd=32))
+tiny_model = functools.partial(conftest.tiny_model, n_embd=32)
 
 
 def loss_on_same_batch(model, ids, seed, **kw):

@@ -1,18 +1,16 @@
 """mdlm.py: tokenizer, schedules, forward process, SUBS, attention masks, the NELBO."""
+import functools
 import itertools
 import math
 
 import pytest
 import torch
 
+import conftest
 import mdlm
 from mdlm import EOS, MASK, SLACK
 
-
-def tiny_model(causal=False, seq_len=16, vocab_size=mdlm.VOCAB_SIZE, seed=0):
-    torch.manual_seed(seed)
-    cfg = mdlm.ModelConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=2, n_head=2, n_embd=16, causal=causal)
-    return mdlm.Transformer(cfg).eval()
+tiny_model = functools.partial(conftest.tiny_model, seq_len=16, n_layer=2)
 
 
 def test_tokenizer_round_trip_and_specials():
