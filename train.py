@@ -34,7 +34,7 @@ import ctc_slack
 import data
 import mdlm
 from data import UserError
-from mdlm import EOS, MASK, SLACK
+from mdlm import MASK, SLACK
 
 PLACEMENTS = ("random", "tail", "model", "mix")
 

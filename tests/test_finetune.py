@@ -1,7 +1,6 @@
 """Fine-tuning with CE, slack CTC and both, through train.py's own batch and loss code."""
 import functools
 import json
-import math
 import os
 import subprocess
 import sys

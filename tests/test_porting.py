@@ -1,7 +1,6 @@
 """The README's "Use the slack CTC in your own MDLM" snippet, run as a porter would: ctc_slack.py
 copied alone into an empty folder, the snippet run there with a stand-in model, and its loss
 checked against train.py's loss on the same batch."""
-import json
 import os
 import re
 import shutil
