@@ -495,6 +495,12 @@ def _is_sentence(words):
     return False
 
 
+def grammar_words(text):
+    """The words of a text as grammar_check counts them: split at whitespace, a final "." cut off,
+    a lone "." dropped."""
+    return [w for w in (w[:-1] if w.endswith(".") else w for w in text.split()) if w]
+
+
 def grammar_check(text):
     """Exact counts for a generated text (prompt + continuation):
     - parses: the text is >= 1 grammatical sentences joined by single spaces, nothing else;
@@ -509,8 +515,7 @@ def grammar_check(text):
     ended = [p for p in pieces[:-1] if p.strip()]  # each of these was followed by a "."
     tail = [pieces[-1]] if pieces[-1].strip() else []  # text after the last ".", if any
     valid = [p.strip() for p in ended if _is_sentence(p.strip().split(" "))]
-    cores = [w[:-1] if w.endswith(".") else w for w in text.split()]
-    cores = [w for w in cores if w]
+    cores = grammar_words(text)
     # strict form: the canonical joining of the valid sentences must give back the text exactly
     canonical = " ".join(s + "." for s in valid)
     return {"parses": bool(valid) and len(valid) == len(ended) + len(tail) and canonical == text,

@@ -204,8 +204,7 @@ def grammar_metrics(ref, gen):
     prompt + output (the prompt opens the sentence); the word counts are of the output alone."""
     out = gen["output"]
     g = data.grammar_check(ref["prompt"] + out)
-    # the output's words as grammar_check counts them: split at whitespace, one final "." cut off
-    words = [w for w in (w[:-1] if w.endswith(".") else w for w in out.split()) if w]
+    words = data.grammar_words(out)  # the output's words, counted as grammar_check counts them
     g["bad"] = sum(data.dropped_doubled_word(w, data.GRAMMAR_LEXICON) for w in words)
     share = lambda k, n: g[k] / g[n] if g[n] else 0.0  # 0 if none: an empty output earns nothing
     return {"parses": float(g["parses"]), "valid": share("valid_sentences", "sentences"),
