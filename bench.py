@@ -6,8 +6,8 @@ load on a shared machine slows both sides alike. Nothing is asserted: the number
     python bench.py ctc                       # ctc_slack_loss vs torch.nn.functional.ctc_loss
     python bench.py ctc --quick --threads 1   # T = 256, 512, 1024 at 10% slack only
     python bench.py ctc --device cuda         # on a GPU, plus cuDNN's CTC where it applies
-    python bench.py train                     # training steps: MDLM / AR, ours / nn.TransformerEncoder,
-                                              # slack-CTC / CE fine-tuning
+    python bench.py train                     # training steps: MDLM / AR, ours /
+                                              # nn.TransformerEncoder, slack-CTC / CE fine-tuning
     python bench.py train --device cuda --dtype bf16 --compile
     python bench.py cache                     # the MDLM sampler with and without its cache
     python bench.py cache --ckpt out/ckpt.pt --steps 1000 --length 128
@@ -15,7 +15,9 @@ load on a shared machine slows both sides alike. Nothing is asserted: the number
 Every subcommand takes --device (cpu, cuda, auto), --threads N (CPU threads; on a machine whose
 cores are busy, 1 gives steadier timings and often speeds up the band's many small ops), --json
 PATH (also write the results) and --tiny (tiny sizes that run in seconds: for the tests).
-This file imports only the two leaves, mdlm.py and ctc_slack.py: it times them, not the scripts.
+The training steps are the ones train.py takes: both call objective.get_batch and
+objective.train_step, so a change to the training path shows here. Like every entry point, this
+file imports only the leaves and the shared modules, never another script.
 """
 
 import argparse
@@ -24,13 +26,14 @@ import json
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import ctc_slack
 import mdlm
-from mdlm import MASK, SLACK
+import objective
 
 # ----------------------------------------------------------------------------------------------
 # Timing: round robin, synchronized on CUDA.
@@ -72,7 +75,8 @@ def ctc_case(B, T, V, rate, visible, device, gen):
     # steps of 1..V-3 modulo V-2: tokens 0..V-3, never equal to the previous one
     y = torch.randint(1, V - 2, (B, T - K), generator=gen).cumsum(1) % (V - 2)  # (B, U)
     T_b, U_b = torch.full((B,), T), torch.full((B,), T - K)
-    z0 = ctc_slack.place_slack(y, U_b, T_b, "random", slack_id=V - 1, generator=gen)  # (B, T)
+    z0 = ctc_slack.place_slack(y, "random", target_lengths=U_b, canvas_lengths=T_b, slack_id=V - 1,
+                               generator=gen)  # (B, T)
     # each position visible with probability `visible`, as the forward process would leave it
     canvas = torch.where(torch.rand(B, T, generator=gen) < visible, z0, V - 2)
     return lp, y.to(device), T_b.to(device), U_b.to(device), canvas.to(device) if visible else None
@@ -92,7 +96,8 @@ def ctc_memory(fn, leaf):
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     saved = {}  # storage address -> bytes
 
-    def pack(x):  # called for every tensor saved for backward; keyed by storage, so a view counts once
+    # called for every tensor saved for backward; keyed by storage, so a view counts once
+    def pack(x):
         st = x.untyped_storage()
         if st.data_ptr() != leaf.untyped_storage().data_ptr():
             saved[st.data_ptr()] = st.nbytes()
@@ -168,7 +173,8 @@ def print_ctc_row(row, cuda):
     """One line of the table: the case, then time and memory of ours and F.ctc_loss, and ratios."""
     r = row
     canvas = f"{r['visible']:.0%}" if r["visible"] else "-"
-    line = (f"{r['B']:>3} {r['T']:>5} {r['V']:>6} {r['slack']:>5.0%} {canvas:>6} {r['collapse']:>8} | "
+    line = (f"{r['B']:>3} {r['T']:>5} {r['V']:>6} {r['slack']:>5.0%} {canvas:>6} "
+            f"{r['collapse']:>8} | "
             f"{r['ours_ms']:>8.2f} {r['ref_ms']:>8.2f} {r['time_ratio']:>6.2f} | "
             f"{r['ours_mb']:>8.2f} {r['ref_mb']:>8.2f} {r['mem_ratio']:>6.2f}")
     if cuda:  # the cuDNN column: what happened, and the ratio when it ran
@@ -184,9 +190,11 @@ def bench_ctc(a, device):
     same log-probs, reduction 'sum', blank = slack; cuDNN too on CUDA where its rules allow."""
     gen = torch.Generator().manual_seed(0)  # the same cases on every run and device
     cuda = device.startswith("cuda")
-    print(f"device {device}, threads {torch.get_num_threads()}, median of {a.repeats}; ratio = ours / F")
-    print(f"{'B':>3} {'T':>5} {'V':>6} {'slack':>5} {'canvas':>6} {'collapse':>8} | {'ours ms':>8} "
-          f"{'F ms':>8} {'ratio':>6} | {'ours MB':>8} {'F MB':>8} {'ratio':>6}" + (" | cuDNN" * cuda))
+    print(f"device {device}, threads {torch.get_num_threads()}, median of {a.repeats}; "
+          "ratio = ours / F")
+    print(f"{'B':>3} {'T':>5} {'V':>6} {'slack':>5} {'canvas':>6} {'collapse':>8} | "
+          f"{'ours ms':>8} {'F ms':>8} {'ratio':>6} | {'ours MB':>8} {'F MB':>8} {'ratio':>6}"
+          + (" | cuDNN" * cuda))
     rows = []
     for B, T, V, rate in ctc_cases(a):
         lp, y, T_b, U_b, canvas = ctc_case(B, T, V, rate, 0.5, device, gen)
@@ -199,8 +207,9 @@ def bench_ctc(a, device):
         mems = [ctc_memory(f, lp) for f in fns[:5]]  # memory once each, untimed
         for k, (collapse, visible) in enumerate(runs, 1):
             row = dict(B=B, T=T, V=V, slack=rate, visible=visible, collapse=collapse,
-                       ours_ms=times[k] * 1e3, ref_ms=times[0] * 1e3, ours_mb=mems[k], ref_mb=mems[0],
-                       time_ratio=times[k] / times[0], mem_ratio=mems[k] / mems[0], cudnn=cudnn)
+                       ours_ms=times[k] * 1e3, ref_ms=times[0] * 1e3, ours_mb=mems[k],
+                       ref_mb=mems[0], time_ratio=times[k] / times[0],
+                       mem_ratio=mems[k] / mems[0], cudnn=cudnn)
             if len(fns) == 6:  # cuDNN ran
                 row.update(cudnn_ms=times[5] * 1e3, ours_over_cudnn=times[k] / times[5])
             rows.append(row)
@@ -231,72 +240,23 @@ class EncoderLM(nn.Module):
 
     def forward(self, idx):
         x = self.tok_emb(idx) + self.pos_emb[: idx.shape[1]]  # (B, T, C)
-        return self.head(self.ln_f(self.encoder(x)))  # (B, T, V), the mask-free (bidirectional) path
+        # (B, T, V), the mask-free (bidirectional) path
+        return self.head(self.ln_f(self.encoder(x)))
 
 
-def windows(ids, B, n, gen):
-    """B random windows of n bytes of the stream ids -> (B, n) long."""
-    offs = torch.randint(0, len(ids) - n + 1, (B,), generator=gen)  # (B,) window starts
-    return torch.stack([ids[o:o + n] for o in offs.tolist()]).long()
-
-
-def finetune_batch(ids, B, T, P, rate, placement, gen, device):
-    """A fine-tuning batch, on the device: P prompt bytes, then a response canvas of R = T - P
-    positions holding y (U = R - K bytes) and K = round(rate * R) slacks, placed by place_slack
-    ("tail" for the matched CE baseline, "random" for CTC), then the forward process."""
-    R = T - P  # response canvas length
-    U = R - round(rate * R)  # target bytes; the other K = round(rate * R) positions hold slack
-    win = windows(ids, B, P + U, gen)  # (B, P + U): prompt, then target
-    P_b, R_b, U_b = (torch.full((B,), n) for n in (P, R, U))
-    resp = ctc_slack.place_slack(win[:, P:], U_b, R_b, placement, slack_id=SLACK, generator=gen)
-    z0, is_prompt = ctc_slack.build_canvas(win[:, :P], P_b, resp, T)  # (B, T) each
-    t = mdlm.sample_t(B, generator=gen)  # (B,) stratified times
-    z_t = mdlm.forward_mask(z0, t, generator=gen, keep=is_prompt)  # prompt never masked
-    b = dict(z0=z0, z_t=z_t, t=t, is_prompt=is_prompt, P=P_b, y=win[:, P:], U=U_b)
-    return {k: v.to(device) for k, v in b.items()}
-
-
-def make_step(model, loss_fn, ctx, compile=False):
-    """One optimizer step of model on the loss that loss_fn(model) computes, under ctx (autocast).
-    With compile, the forward runs through torch.compile (the optimizer still holds model's own
-    parameters, which the compiled module shares)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def train_stepper(model, obj, ids, B, device, ctx, compile=False):
+    """One call = one training step exactly as train.py takes it: objective.get_batch draws a
+    fresh batch on the CPU, objective.train_step runs forward, loss, backward, clipping and AdamW
+    (the EMA update is left out: it is the same for every contender). With compile, the forward
+    runs through torch.compile (the optimizer holds model's own parameters, shared with it)."""
+    opt = objective.make_optimizer(model, 1e-4, 0.1)
     fwd = torch.compile(model) if compile else model
+    gen, stats = torch.Generator().manual_seed(0), {"truncated": 0}
 
-    def step():  # the loop body of train.py, without clipping, EMA and logging
-        with ctx:
-            loss = loss_fn(fwd)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step():
+        batch = objective.get_batch(ids, obj, B, gen, stats, model, align_batch=B)
+        objective.train_step(fwd, model, opt, batch, obj, micro_batch=B, device=device, ctx=ctx)
     return step
-
-
-def train_losses(ids, B, T, P, gen, device):
-    """The four losses the comparisons time, each a function of the model, drawing a fresh batch
-    on every call (on the CPU, as train.py draws them, then moved): MDLM pretraining (NELBO), AR
-    next-byte, and the two fine-tuning losses on canvases of the same shape (slack rate 0.1)."""
-    def mdlm_loss(m):  # mask a window at a stratified t, score the masked positions
-        z0 = windows(ids, B, T, gen)
-        t = mdlm.sample_t(B, generator=gen)  # (B,)
-        z_t = mdlm.forward_mask(z0, t, generator=gen)  # (B, T)
-        z0, z_t, t = z0.to(device), z_t.to(device), t.to(device)
-        return mdlm.mdlm_loss(m(z_t), z0, z_t, t).mean()
-
-    def ar_loss(m):  # read T bytes, predict the next T
-        x = windows(ids, B, T + 1, gen).to(device)  # (B, T + 1)
-        return mdlm.ar_loss(m(x[:, :-1]), x).mean()
-
-    def ce_loss(m):  # the matched CE baseline: slack at the tail, each position scored against z0
-        b = finetune_batch(ids, B, T, P, 0.1, "tail", gen, device)
-        return mdlm.mdlm_loss(m(b["z_t"]), b["z0"], b["z_t"], b["t"], scored=~b["is_prompt"]).mean()
-
-    def ctc_loss(m):  # slack at random places, scored against y under every alignment
-        b = finetune_batch(ids, B, T, P, 0.1, "random", gen, device)
-        w = mdlm.w_t(b["t"])  # the same NELBO weight as the CE term: 1/t
-        return ctc_slack.slack_ctc_term(m(b["z_t"]), b["z_t"], b["P"], b["y"], b["U"], w,
-                                        slack_id=SLACK, mask_id=MASK).mean()
-    return mdlm_loss, ar_loss, ce_loss, ctc_loss
 
 
 def bench_train(a, device):
@@ -313,34 +273,39 @@ def bench_train(a, device):
     bf16 = torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
     ctx = bf16 if a.dtype == "bf16" else contextlib.nullcontext()
     torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 256, (200_000,), generator=gen, dtype=torch.uint8)  # a byte stream
-    mdlm_loss, ar_loss, ce_loss, ctc_loss = train_losses(ids, B, T, P, gen, device)
+    ids = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8)  # a byte stream
+    # the objectives of pretraining (MDLM, AR) and of the two fine-tunes (slack rate 0.1)
+    mdlm_obj, ar_obj = objective.Objective(T), objective.Objective(T, ar=True)
+    ft = dict(slack_rate=0.1, prompt_len=P)
+    ce_obj = objective.Objective(T, loss="ce", placement="tail", **ft)
+    ctc_obj = objective.Objective(T, loss="ctc", placement="random", **ft)
     steps, warmup = (2, 1) if a.tiny else (a.steps, 3 if a.compile else 2)  # compiling takes calls
 
-    def timed(models, losses):  # median seconds per step of each (model, loss), interleaved
-        return round_robin([make_step(m, f, ctx, a.compile) for m, f in zip(models, losses)],
-                           steps, device, warmup)
+    def timed(models, objs):  # median seconds per step of each (model, objective), interleaved
+        return round_robin([train_stepper(m, o, ids, B, device, ctx, a.compile)
+                            for m, o in zip(models, objs)], steps, device, warmup)
     print(f"device {device}, {a.dtype}{', compiled' if a.compile else ''}, B {B}, T {T}, "
           f"{cfg.n_layer} layers x {cfg.n_embd}, median of {steps} steps")
     results = {}
     # The same backbone and batch: the ratio is what masking, the 1/t-weighted loss and
     # bidirectional (instead of causal) attention add to a step.
     m_ar = mdlm.Transformer(mdlm.ModelConfig(seq_len=T, causal=True, **sizes)).to(device)
-    tm, ta = timed([mdlm.Transformer(cfg).to(device), m_ar], [mdlm_loss, ar_loss])
+    tm, ta = timed([mdlm.Transformer(cfg).to(device), m_ar], [mdlm_obj, ar_obj])
     results["mdlm-vs-ar"] = {"mdlm_step_s": tm, "ar_step_s": ta, "ratio": tm / ta}
     print(f"MDLM step {tm * 1e3:.1f} ms, AR step {ta * 1e3:.1f} ms: MDLM / AR ratio {tm / ta:.3f}")
     # The same batch and loss for both networks, so that only the network differs.
-    to, tr = timed([mdlm.Transformer(cfg).to(device), EncoderLM(cfg).to(device)], [ar_loss, ar_loss])
+    to, tr = timed([mdlm.Transformer(cfg).to(device), EncoderLM(cfg).to(device)],
+                   [ar_obj, ar_obj])
     results["encoder"] = {"ours_tok_s": B * T / to, "encoder_tok_s": B * T / tr, "ratio": tr / to}
     print(f"mdlm.Transformer {B * T / to:.0f} tok/s, nn.TransformerEncoder {B * T / tr:.0f} tok/s: "
           f"ours / encoder throughput ratio {tr / to:.3f}")
     # One model, two objectives on canvases of the same shape: the ratio isolates the cost of the
     # slack CTC (gather, band recursion in float64 and its backward) over the CE gather.
     model = mdlm.Transformer(cfg).to(device)
-    tce, tctc = timed([model, model], [ce_loss, ctc_loss])
+    tce, tctc = timed([model, model], [ce_obj, ctc_obj])
     results["ctc-vs-ce"] = {"ce_step_s": tce, "ctc_step_s": tctc, "ratio": tctc / tce}
-    print(f"fine-tune step: CE {tce * 1e3:.1f} ms, CTC {tctc * 1e3:.1f} ms: CTC / CE ratio {tctc / tce:.3f}")
+    print(f"fine-tune step: CE {tce * 1e3:.1f} ms, CTC {tctc * 1e3:.1f} ms: "
+          f"CTC / CE ratio {tctc / tce:.3f}")
     return results
 
 
@@ -362,17 +327,21 @@ def bench_cache(a, device):
         torch.manual_seed(0)
         sizes = dict(n_layer=1, n_head=2, n_embd=16) if a.tiny else {}
         cfg = mdlm.ModelConfig(seq_len=prompt.shape[1] + length, **sizes)
-        model, meta = mdlm.Transformer(cfg).to(device).eval(), {"schedule": "linear", "slack": False}
+        model, meta = (mdlm.Transformer(cfg).to(device).eval(),
+                       {"schedule": "linear", "slack": False})
     outs = {}
 
     def run(use_cache):  # each run from the same seed, so both draw the same random numbers
         gen = torch.Generator().manual_seed(a.seed)
         with torch.no_grad():
-            outs[use_cache] = mdlm.generate(model, prompt, length, steps=steps, sampler="ancestral",
-                                            schedule=meta["schedule"], allow_slack=bool(meta["slack"]),
+            outs[use_cache] = mdlm.generate(model, prompt, length, steps=steps,
+                                            sampler="ancestral", schedule=meta["schedule"],
+                                            allow_slack=bool(meta["slack"]),
                                             use_cache=use_cache, generator=gen)
-    t_cached, t_plain = round_robin([lambda: run(True), lambda: run(False)], 1 if a.tiny else 3, device)
-    # The cache only skips calls whose answer is known: the canvases must be the same, token for token.
+    t_cached, t_plain = round_robin([lambda: run(True), lambda: run(False)],
+                                    1 if a.tiny else 3, device)
+    # The cache only skips calls whose answer is known: the canvases must be the same,
+    # token for token.
     same = torch.equal(outs[True]["canvas"], outs[False]["canvas"])
     calls = {k: v["model_calls"] for k, v in outs.items()}  # at most one per step that committed
     print(f"steps {steps}, length {length}, device {device}, identical canvases: {same}")
@@ -394,23 +363,32 @@ def parse_args(argv=None):
     common.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     common.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
     common.add_argument("--json", default="", help="also write the results to this JSON file")
-    common.add_argument("--tiny", action="store_true", help="tiny sizes that run in seconds (tests)")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_argument("--tiny", action="store_true",
+                        help="tiny sizes that run in seconds (tests)")
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     # ctc: the loss alone
     c = sub.add_parser("ctc", parents=[common], help="ctc_slack_loss against F.ctc_loss")
-    c.add_argument("--quick", action="store_true", help="only T = 256, 512, 1024 at 10%% slack (B 8, V 259)")
-    c.add_argument("--repeats", type=int, default=3, help="timed runs per shape after a warm-up (default 3)")
-    c.add_argument("--shapes", default="", help="comma-separated BxTxV shapes instead of the presets")
+    c.add_argument("--quick", action="store_true",
+                   help="only T = 256, 512, 1024 at 10%% slack (B 8, V 259)")
+    c.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per shape after a warm-up (default 3)")
+    c.add_argument("--shapes", default="",
+                   help="comma-separated BxTxV shapes instead of the presets")
     c.add_argument("--rates", default="0.1", help="comma-separated slack rates K/T for --shapes")
     # train: whole optimizer steps; sizes default to train.py's (batch, length) and mdlm's (model)
     t = sub.add_parser("train", parents=[common], help="training-step ratios")
     t.add_argument("--steps", type=int, default=15, help="timed steps per side (default: 15)")
-    t.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32, train.py's)")
-    t.add_argument("--seq-len", type=int, default=256, help="sequence length (default: 256, train.py's)")
+    t.add_argument("--batch-size", type=int, default=32,
+                   help="batch size (default: 32, train.py's)")
+    t.add_argument("--seq-len", type=int, default=256,
+                   help="sequence length (default: 256, train.py's)")
     for k in ("n-layer", "n-head", "n-embd"):
-        t.add_argument(f"--{k}", type=int, default=0, help="model size (default: mdlm.ModelConfig's)")
-    t.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (default fp32)")
+        t.add_argument(f"--{k}", type=int, default=0,
+                       help="model size (default: mdlm.ModelConfig's)")
+    t.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast (default fp32)")
     t.add_argument("--compile", action="store_true", help="torch.compile the models")
     # cache: the sampler
     k = sub.add_parser("cache", parents=[common], help="the MDLM sampler's cache")
@@ -431,7 +409,8 @@ def main(argv=None):
     results = {"ctc": bench_ctc, "train": bench_train, "cache": bench_cache}[a.command](a, device)
     # what a reader of the JSON needs to compare runs: the device by name, torch, the threads
     name = torch.cuda.get_device_name() if device.startswith("cuda") else device
-    results.update(command=a.command, device=name, torch=torch.__version__, threads=torch.get_num_threads())
+    results.update(command=a.command, device=name, torch=torch.__version__,
+                   threads=torch.get_num_threads())
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -14,21 +14,26 @@ Some canvas positions may be visible (not masked): their token is fixed, so the 
 completions of the masked positions (the Imputer, Chan et al. 2020, arXiv 2002.08926). CTC itself:
 Graves et al. 2006, "Connectionist Temporal Classification" (ICML).
 
-Usage:
-    python -m pytest tests/test_ctc_slack.py  # exactness tests (brute force, F.ctc_loss, gradcheck)
-    python bench.py ctc --quick               # speed and memory against torch.nn.functional.ctc_loss
+The file, in reading order:
+    1. the definition: the collapse map and the loss as a plain recursion over time (slow, exact)
+    2. the loss to call, ctc_slack_loss, and the porter API for fine-tuning and decoding an MDLM:
+           K = slack_count(R, rate)                  slacks per response canvas of R positions
+           place_slack / align_slack                 the reference canvas: slack at random places,
+                                                     at the tail, or where the model aligns it
+           build_canvas                              prompt + response canvas, and the prompt mask
+           slack_ctc_term                            the fine-tuning loss from the model's logits
+           slack_last                                the decoding side: commit slack last
+           collapse_tokens                           read a canvas out: delete slack
+    3. the fast paths: the surface collapse as a band of K+1 rows with a hand-written backward,
+       and the standard collapse through PyTorch's own CTC kernel
+    4. the most probable alignment (Viterbi), for the "model" placement
 
-Use in your own MDLM (the porter API at the end of this file; P prompt positions, R = T - P
-response positions per example, y the U target tokens, K = R - U slacks):
-    resp = place_slack(y, U, R, "random", slack_id=SLACK, generator=g)  # (B, R_max) reference
-    z0, is_prompt = build_canvas(prompt, P, resp, T)                     # (B, T) clean canvas
-    z_t = your_forward_mask(z0, t, keep=is_prompt)                       # mask w.p. 1 - alpha(t)
-    loss = slack_ctc_term(model(z_t), z_t, P, y, U, w(t), slack_id=SLACK, mask_id=MASK).mean()
-align_slack in place of place_slack puts the slack where the model's alignment wants it.
+Cost (algorithm="band", the default): surface, K+1 sequential steps of O(B * U) vectorized work
+in float64, memory O(B * (K+1) * (U+1)); standard, PyTorch's CTC kernel on edited log-probs, at
+about F.ctc_loss's time and memory. algorithm="time": the slow references of section 1.
 
-Cost (algorithm="band", the default): surface, K+1 sequential steps (K = T - U slacks) of O(B * U)
-vectorized work in float64, memory O(B * (K+1) * (U+1)); standard, PyTorch's own CTC kernel on
-edited log-probs, at about F.ctc_loss's time and memory. algorithm="time": the slow references.
+    python -m pytest tests/test_ctc_slack.py  # exactness (brute force, F.ctc_loss, gradcheck)
+    python bench.py ctc --quick               # speed and memory against F.ctc_loss
 
 This file imports only torch; copy it alone into another codebase.
 """
@@ -36,22 +41,310 @@ This file imports only torch; copy it alone into another codebase.
 import torch
 from torch.nn.functional import pad
 
-# log 0 in the slow reference loops: finite, as -inf gives NaN gradients (inf - inf); a path through
-# it adds exactly nothing in float64 (finite log-probs are assumed to be above -1e20).
+# log 0 in the slow reference loops: finite, as -inf gives NaN gradients (inf - inf); a path
+# through it adds exactly nothing in float64 (finite log-probs are assumed to be above -1e20).
 NEG_TIME = -1e30
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The definition: the collapse map, and the loss as a recursion over canvas positions.
+# ----------------------------------------------------------------------------------------------
 
 
 def collapse_tokens(seq, slack_id, collapse="surface"):
     """The collapse map B on a python list. surface: drop slack. standard: merge runs of equal
     tokens, then drop slack (so `a a <slack> a` -> `a a`, `a a a` -> `a`)."""
-    assert collapse in ("surface", "standard"), f"unknown collapse {collapse!r}"
+    if collapse not in ("surface", "standard"):
+        raise ValueError(f"unknown collapse {collapse!r}; use 'surface' or 'standard'")
     if collapse == "standard":
         seq = [x for i, x in enumerate(seq) if i == 0 or x != seq[i - 1]]
     return [x for x in seq if x != slack_id]
 
 
+def _time_emissions(log_probs, labels, canvas, mask_id):
+    """e[b, t, s] = log p_t(labels[b, s]) (B, T, S) in float64, with the canvas applied: a visible
+    position has log-prob 0 for its own token and log 0 (NEG_TIME) for every other."""
+    T = log_probs.shape[1]
+    e = log_probs.gather(2, labels[:, None, :].expand(-1, T, -1)).double()  # (B, T, S)
+    ok = torch.isfinite(e)
+    if canvas is not None:
+        visible = (canvas != mask_id)[:, :, None]  # (B, T, 1)
+        ok = ok & (~visible | (canvas.long()[:, :, None] == labels[:, None, :]))
+        e = torch.where(visible, 0.0, e)
+    return torch.where(ok, e, NEG_TIME)
+
+
+def _surface_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
+    """Surface collapse, one position at a time. With log_fwd_t(u) = log P(positions 0..t emit
+    y[1..u] and slack):
+        log_fwd_t(u) = logaddexp(log_fwd_{t-1}(u) + log p_t(slack),      the position is slack
+                                 log_fwd_{t-1}(u-1) + log p_t(y[u]))     or it emits y[u]
+    and log Z = log_fwd_{T-1}(U). O(B * T * U) time and memory (autograd keeps every step)."""
+    B, T, V = log_probs.shape
+    U1 = int(U_b.max()) + 1
+    y = targets[:, : U1 - 1].long().clamp(0, V - 1)
+    labels = torch.cat([y.new_full((B, 1), slack_id), y], 1)  # (B, U+1): slack, y[1..U]
+    e = _time_emissions(log_probs, labels, canvas, mask_id)  # (B, T, U+1)
+    u = torch.arange(U1, device=log_probs.device)
+    log_fwd = torch.where(u == 0, 0.0, NEG_TIME).double().expand(B, U1)  # before any position
+    final = log_fwd.gather(1, U_b[:, None]).squeeze(1)  # the answer when T_b = 0
+    ends = set(T_b.tolist())  # read the end only at steps where some example ends
+    for t, e_t in enumerate(e.unbind(1)):  # unbind once: per-step indexing makes backward O(T^2)
+        moved = pad(log_fwd[:, :-1] + e_t[:, 1:], (1, 0), value=NEG_TIME)  # (B, U+1): emit y[u]
+        log_fwd = torch.logaddexp(log_fwd + e_t[:, :1], moved)  # or emit slack at t
+        if t + 1 in ends:
+            final = torch.where(T_b == t + 1, log_fwd.gather(1, U_b[:, None]).squeeze(1), final)
+    return final, (T_b >= U_b) & (final > NEG_TIME / 2)
+
+
+def _graves_lattice(log_probs, targets, U_b, slack_id, canvas, mask_id):
+    """Standard collapse states: labels l' = (slack, y1, slack, ..., yU, slack) (B, 2U+1), skip
+    (0 where s-2 -> s is allowed), emissions (B, T, 2U+1), start, the two end states (B, 2),
+    end_ok."""
+    B, T, V = log_probs.shape
+    U, dev = int(U_b.max()), log_probs.device
+    ext = torch.full((B, 2 * U + 1), slack_id, dtype=torch.long, device=dev)
+    ext[:, 1::2] = targets[:, :U].long().clamp(0, V - 1)  # (B, 2U+1)
+    # Skipping s-2 -> s jumps over a slack: allowed only between different tokens (else they merge).
+    skip = torch.full(ext.shape, NEG_TIME, dtype=torch.float64, device=dev)
+    skip[:, 3::2] = torch.where(ext[:, 3::2] != ext[:, 1:-2:2], 0.0, NEG_TIME)
+    start = torch.where(torch.arange(2 * U + 1, device=dev) == 0, 0.0, NEG_TIME)
+    start = start.double().expand(B, -1)
+    last = torch.stack([2 * U_b, (2 * U_b - 1).clamp(min=0)], 1)  # (B, 2): after slack, after y_U
+    end_ok = U_b[:, None] >= torch.arange(2, device=dev)  # (B, 2): 2U-1 exists only when U >= 1
+    return ext, skip, _time_emissions(log_probs, ext, canvas, mask_id), start, last, end_ok
+
+
+def _standard_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
+    """Standard (Graves) collapse over the extended labels l'. From s a step may stay, go to s+1,
+    or skip to s+2 when l'(s+2) is a token different from l'(s):
+        log_fwd_t(s) = log p_t(l'(s)) + logsumexp(log_fwd_{t-1}(s), log_fwd_{t-1}(s-1),
+                                                   log_fwd_{t-1}(s-2) if skip allowed)
+    The end is s = 2U or 2U-1 after T_b positions. Cost O(B * T * U) time and memory."""
+    ext, skip, e, log_fwd, last, end_ok = _graves_lattice(log_probs, targets, U_b, slack_id,
+                                                          canvas, mask_id)
+    read = lambda lf: torch.where(end_ok, lf.gather(1, last), NEG_TIME).logsumexp(1)  # noqa: E731
+    final = read(log_fwd)
+    ends = set(T_b.tolist())  # read the end only at steps where some example ends
+    for t, e_t in enumerate(e.unbind(1)):  # unbind once: per-step indexing makes backward O(T^2)
+        shifted = pad(log_fwd, (2, 0), value=NEG_TIME)  # (B, 2U+3): shifted[:, s+2] = log_fwd(s)
+        one, two = shifted[:, 1:-1], shifted[:, :-2] + skip  # from s-1; from s-2 if allowed
+        log_fwd = torch.logaddexp(torch.logaddexp(log_fwd, one), two) + e_t  # (B, 2U+1)
+        if t + 1 in ends:
+            final = torch.where(T_b == t + 1, read(log_fwd), final)
+    return final, (T_b >= U_b) & (final > NEG_TIME / 2)
+
+
 # ----------------------------------------------------------------------------------------------
-# The surface lattice is a band.
+# 2. The loss, and the porter API: the method as functions of tensors, in the order a training
+#    step calls them. A canvas is P_b prompt positions, then R_b = T - P_b positions holding the
+#    U_b targets y and K_b = R_b - U_b slacks:
+#        z0:   T h e _ l i s t | t y p e · i s _ a · m u t a b l e   (place_slack, build_canvas)
+#        z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?     (? = MASK: your forward
+#                                                                       process)
+#    CE scores each masked position against z0; the slack CTC scores z_t against y under every
+#    alignment. Every length argument that is easy to swap is keyword-only (ctc_slack_loss keeps
+#    F.ctc_loss's order), and every malformed argument is a ValueError that says what it expected.
+# ----------------------------------------------------------------------------------------------
+
+
+def _lengths(lengths, name, B, top, device):
+    """A (B,) long tensor of lengths in [0, top], or a ValueError naming the argument."""
+    x = torch.as_tensor(lengths, device=device)
+    if x.dim() != 1 or len(x) != B or x.dtype.is_floating_point or x.dtype == torch.bool:
+        raise ValueError(f"{name} must be {B} integers (one per row), got {tuple(x.shape)} "
+                         f"{x.dtype}")
+    x = x.long()
+    if len(x) and (int(x.min()) < 0 or int(x.max()) > top):
+        raise ValueError(f"{name} must lie in [0, {top}], got {int(x.min())}..{int(x.max())}")
+    return x
+
+
+def _check(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
+           collapse):
+    """Refuse malformed arguments with a ValueError; the lengths as (B,) long tensors on the
+    device of log_probs."""
+    if log_probs.dim() != 3 or not log_probs.dtype.is_floating_point:
+        raise ValueError(f"log_probs must be float (B, T, V), got {tuple(log_probs.shape)} "
+                         f"{log_probs.dtype}")
+    B, T, V = log_probs.shape
+    if targets.dim() != 2 or targets.shape[0] != B or targets.dtype.is_floating_point:
+        raise ValueError(f"targets must be integer ids (B, U_max) = ({B}, U_max), got "
+                         f"{tuple(targets.shape)} {targets.dtype}")
+    if collapse not in ("surface", "standard"):
+        raise ValueError(f"unknown collapse {collapse!r}; use 'surface' or 'standard'")
+    if not 0 <= slack_id < V:
+        raise ValueError(f"slack_id {slack_id} is not an id of the {V}-id vocabulary")
+    if canvas is not None and (canvas.shape != (B, T) or mask_id is None):
+        raise ValueError(f"a canvas must be (B, T) = ({B}, {T}) ids and needs mask_id, got "
+                         f"{tuple(canvas.shape)} and mask_id={mask_id}")
+    T_b = _lengths(input_lengths, "input_lengths", B, T, log_probs.device)
+    U_b = _lengths(target_lengths, "target_lengths", B, targets.shape[1], log_probs.device)
+    inside = torch.arange(targets.shape[1], device=targets.device) < U_b.to(targets.device)[:, None]
+    y = targets[inside]  # the real targets, padding left out
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= V or bool((y == slack_id).any())):
+        raise ValueError(f"targets must be ids in [0, {V}) other than slack_id {slack_id}")
+    return T_b, U_b
+
+
+def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
+                   mask_id=None, collapse="surface", reduction="mean", zero_infinity=False,
+                   algorithm="band"):
+    """-log P(y | canvas) = -log sum over alignments a with B(a) = y that agree with the visible
+    positions of prod_t p_t(a_t). Arguments mirror torch.nn.functional.ctc_loss, batch-first:
+        log_probs (B, T, V) log-softmax outputs; targets (B, U_max) ids, padded (never slack_id);
+        input_lengths T_b, target_lengths U_b (B,); slack_id plays the blank.
+        canvas (B, T) or None: where canvas != mask_id the position is visible, fixed to its token.
+        collapse: "surface" (delete slack) or "standard" (merge repeats, then delete slack).
+        reduction: "none" (B,), "sum", or "mean" (each loss / max(target length, 1), averaged).
+        zero_infinity: infeasible examples give 0 (and zero gradient) instead of +inf.
+        algorithm: "band" (fast: the band for surface, the native CTC kernel for standard) or
+            "time" (the slow references of section 1, float64).
+    Infeasible examples (T_b < U_b, a visible token no alignment can use, too few positions for
+    standard repeats) give +inf, never NaN, and zero gradient. Surface runs in float64, standard
+    in the dtype of log_probs (float32 at least: F.ctc_loss's precision); the result has the dtype
+    of log_probs. The gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0
+    where visible."""
+    if algorithm not in ("band", "time") or reduction not in ("none", "sum", "mean"):
+        raise ValueError(f"algorithm must be 'band' or 'time' and reduction 'none', 'sum' or "
+                         f"'mean', got {algorithm!r} and {reduction!r}")
+    T_b, U_b = _check(log_probs, targets, input_lengths, target_lengths, slack_id, canvas,
+                      mask_id, collapse)
+    args = (log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
+    if algorithm == "time":
+        logz, ok = (_surface_time if collapse == "surface" else _standard_time)(*args)
+    elif collapse == "surface":
+        logz, ok = _BandLogZ.apply(*args)
+    else:
+        logz, ok = _StandardLogZ.apply(*args)
+    bad = 0.0 if zero_infinity else float("inf")
+    nll = torch.where(ok, -logz, bad).to(log_probs.dtype)  # (B,); where() keeps NaN out of grads
+    if reduction == "none":
+        return nll
+    if reduction == "sum":
+        return nll.sum()
+    return (nll / U_b.clamp(min=1).to(nll.dtype)).mean()
+
+
+def slack_count(canvas_lengths, rate):
+    """K = round(rate * R): the slacks of a response canvas of R positions (an int or a tensor of
+    them), rounded half to even as Python's round. The target then has U = R - K tokens."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"the slack rate must lie in [0, 1), got {rate}")
+    return torch.round(torch.as_tensor(canvas_lengths).double() * rate).long()
+
+
+def place_slack(targets, placement="random", *, target_lengths, canvas_lengths, slack_id,
+                generator=None):
+    """Reference response canvas (B, R_max) long: the U_b targets (B, U_max) in order and
+    K_b = R_b - U_b slacks, at random positions ("random") or after the targets ("tail"); slack
+    past R_b. Always draws torch.rand(B, R_max, generator=generator) on CPU, whatever the
+    placement, so that runs differing only in placement see identical noise afterwards."""
+    if placement not in ("random", "tail"):
+        raise ValueError(f"unknown placement {placement!r}: 'random' or 'tail' (the model's own "
+                         f"alignment: align_slack)")
+    dev = targets.device
+    R = _lengths(canvas_lengths, "canvas_lengths", len(targets), float("inf"), dev)
+    U = _lengths(target_lengths, "target_lengths", len(targets), targets.shape[1], dev)
+    if bool((U > R).any()):
+        b = int((U > R).nonzero()[0, 0])
+        raise ValueError(f"row {b} has {int(U[b])} targets for {int(R[b])} canvas positions: "
+                         f"need target_lengths <= canvas_lengths (swapped arguments?)")
+    B, R_max = len(R), int(R.max()) if len(R) else 0
+    pos = torch.arange(R_max, device=dev)[None, :]  # (1, R_max)
+    scores = torch.rand(B, R_max, generator=generator).to(dev).masked_fill(pos >= R[:, None], 2.0)
+    # "random": the K_b lowest of R_b uniform scores (padding, 2.0, ranks last), a uniform subset.
+    rank = scores.argsort(1).argsort(1)  # (B, R_max)
+    is_slack = pos >= U[:, None] if placement == "tail" else rank < (R - U)[:, None]  # (B, R_max)
+    return _fill_canvas(targets, R, U, is_slack | (pos >= R[:, None]), slack_id)  # padding: slack
+
+
+def align_slack(log_probs, targets, *, target_lengths, canvas_lengths, slack_id,
+                collapse="surface"):
+    """The "model" placement (Imputer-style): the most probable alignment of y under log_probs
+    (B, R_max, V), typically response_log_probs of the model on an all-MASK response, as a
+    reference response canvas (B, R_max). A thin wrapper over ctc_slack_align; no gradient. More
+    targets than canvas positions is a ValueError, not a silent fallback."""
+    R = _lengths(canvas_lengths, "canvas_lengths", len(targets), log_probs.shape[1],
+                 log_probs.device)
+    U = _lengths(target_lengths, "target_lengths", len(targets), targets.shape[1], R.device)
+    if bool((U > R).any()):
+        raise ValueError(f"{int((U > R).sum())} rows have more targets than canvas positions: "
+                         f"need target_lengths <= canvas_lengths (swapped arguments?)")
+    return ctc_slack_align(log_probs, targets, R, U, slack_id=slack_id, collapse=collapse)
+
+
+def response_positions(prompt_lengths, R_max, T):
+    """(B, R_max) canvas positions P_b + j of the response region, clamped to T - 1."""
+    j = torch.arange(R_max, device=prompt_lengths.device)
+    return (prompt_lengths[:, None] + j[None, :]).clamp(max=T - 1)
+
+
+def build_canvas(prompt, response, *, prompt_lengths, canvas_length):
+    """prompt (B, P_max) padded, response (B, R_max), prompt lengths P (B,) -> (z0 (B, T) long,
+    is_prompt (B, T) bool: the positions the forward process never masks nor the loss scores),
+    T = canvas_length: row b is its P_b prompt tokens, then its response, cut at T."""
+    B, T = len(prompt), canvas_length
+    P = _lengths(prompt_lengths, "prompt_lengths", B, min(prompt.shape[1], T), response.device)
+    if response.dim() != 2 or len(response) != B or response.shape[1] < 1:
+        raise ValueError(f"response must be (B, R_max) = ({B}, >= 1), got {tuple(response.shape)}")
+    pos = torch.arange(T, device=response.device)[None, :]  # (1, T)
+    is_prompt = pos < P[:, None]  # (B, T)
+    if prompt.shape[1]:
+        from_prompt = prompt.gather(1, pos.clamp(max=prompt.shape[1] - 1).expand(B, -1))
+    else:
+        from_prompt = torch.zeros(B, T, dtype=torch.long, device=response.device)
+    from_resp = response.gather(1, (pos - P[:, None]).clamp(0, response.shape[1] - 1))  # (B, T)
+    return torch.where(is_prompt, from_prompt, from_resp), is_prompt
+
+
+def response_log_probs(logits, R_max, *, prompt_lengths, mask_id):
+    """float32 log p (B, R_max, V) at the response positions, left-aligned so that the CTC sees
+    each response canvas as its own sequence. The MASK logit is -inf (SUBS: the model never
+    predicts MASK). Visible positions need no carry-over: the CTC reads them from the canvas."""
+    mask = torch.tensor([mask_id], device=logits.device)
+    logits = logits.float().index_fill(-1, mask, float("-inf"))
+    idx = response_positions(prompt_lengths, R_max, logits.shape[1])  # (B, R_max)
+    return logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])).log_softmax(-1)
+
+
+def slack_ctc_term(logits, z_t, targets, *, prompt_lengths, target_lengths, weight, slack_id,
+                   mask_id, collapse="surface"):
+    """Per-example (B,) slack-CTC fine-tuning loss from the model's logits (B, T, V) on z_t (B, T):
+        L_CTC = weight * (-log P(y | z_t)) / R_b,   R_b = T - P_b
+    weight (B,) = each example's NELBO weight w(t) (1/t for the linear schedule): CE's weight and
+    1/R, so that with K = 0 and the surface collapse (one alignment, y) the two are equal. z_t must
+    mask a canvas that collapses to y: then an alignment exists, and the loss is never +inf."""
+    if logits.dim() != 3 or z_t.shape != logits.shape[:2]:
+        raise ValueError(f"need logits (B, T, V) and z_t (B, T), got {tuple(logits.shape)} and "
+                         f"{tuple(z_t.shape)}")
+    B, T = z_t.shape
+    P = _lengths(prompt_lengths, "prompt_lengths", B, T - 1, z_t.device)
+    R = T - P  # (B,) response canvas lengths
+    R_max = int(R.max())
+    log_p = response_log_probs(logits, R_max, prompt_lengths=P, mask_id=mask_id)  # (B, R_max, V)
+    canvas = z_t.gather(1, response_positions(P, R_max, T))  # (B, R_max)
+    nll = ctc_slack_loss(log_p, targets, R, target_lengths, slack_id=slack_id, canvas=canvas,
+                         mask_id=mask_id, collapse=collapse, reduction="none")  # -log P(y | z_t)
+    return weight * nll / R
+
+
+def slack_last(confidence, proposals, *, slack_id, threshold=None):
+    """The decoding side. A low-confidence-remasking sampler (LLaDA's) commits, at each step, the
+    masked positions whose proposed token has the highest probability `confidence` (B, T) in
+    [0, 1]. This returns a confidence under which every slack proposal (proposals == slack_id)
+    ranks below every real one, in its own order, unless its probability is >= threshold: a
+    slack-trained model is often split at a position between "this token here" and "the same
+    token one slot later", and committing the slack first fixes that split before the neighbours
+    are known. Rank by the result; commit the proposals themselves."""
+    demote = proposals == slack_id
+    if threshold is not None:
+        demote &= confidence < threshold
+    return confidence - 2.0 * demote  # slack proposals land in [-2, -1], below all of [0, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Fast paths. The surface lattice is a band.
 #
 # With the surface collapse every position either emits the next target token or a slack, and
 # exactly K = T - U positions emit slack. Name a state (u, d): u tokens and d slacks emitted, after
@@ -85,7 +378,8 @@ def _band_index(targets, T_b, U_b, slack_id, T, V):
     y = targets[:, : U1 - 1].long().clamp(0, V - 1)
     y = torch.cat([y.new_full((B, 1), slack_id), y], 1)  # (B, U+1): y[u], y[0] a placeholder
     v = torch.stack([y, torch.full_like(y, slack_id)], 1).view(B, 2, 1, U1)  # (B, 2, 1, U+1)
-    # An edge exists inside the example (u <= U, d <= K, t < T), token edges from u >= 1, slack d >= 1.
+    # An edge exists inside the example (u <= U, d <= K, t < T): a token edge from u >= 1, a
+    # slack edge from d >= 1.
     Tb, Ub, Kb = T_b.view(B, 1, 1, 1), U_b.view(B, 1, 1, 1), K_b.view(B, 1, 1, 1)
     inside = (u + d - 1 < Tb) & (u <= Ub) & (d <= Kb)  # (B, 1, K+1, U+1)
     edge = torch.cat([(u >= 1).expand(1, 1, K1, U1), (d >= 1).expand(1, 1, K1, U1)], 1)
@@ -130,7 +424,8 @@ def _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
 # + ... + tok_d(u)], that is, with the running sum C_d(u) = tok_d(1) + ... + tok_d(u):
 #     F_d(u) = C_d(u) + logcumsumexp_j (E_d(j) - C_d(j))
 # one cumsum and one logcumsumexp per row instead of a loop over u. Backwards (suffix sums):
-#     G_d(u) = logaddexp(tok_d(u+1) + G_d(u+1), E'_d(u)) = logsumexp_{j>=u} [E'_d(j) + C_d(j) - C_d(u)]
+#     G_d(u) = logaddexp(tok_d(u+1) + G_d(u+1), E'_d(u))
+#            = logsumexp_{j>=u} [E'_d(j) + C_d(j) - C_d(u)]
 # Why float64: C grows like (number of forbidden entries) * |neg|, and in float32 C(u) - C(j) then
 # loses every digit of the small terms; in float64 the error is about 1e-16 * |C|, ~1e-9 at
 # T = 1024 with half of the positions visible. neg must be finite: E - C would be inf - inf = NaN.
@@ -144,7 +439,8 @@ class _BandLogZ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
-        em, free, neg, low = _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
+        em, free, neg, low = _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas,
+                                             mask_id)
         B, _, K1, U1 = em.shape
         cum = em[:, 0].cumsum(2)  # (B, K+1, U+1): C of every row at once
         # The closed form above, E - C = F_{d-1} + (slk_d - C_d), slk - C made once for all rows.
@@ -186,7 +482,8 @@ class _BandLogZ(torch.autograd.Function):
             # G_{d+1}(u) come by the slack edges down; row K itself starts at the end.
             e_plus_c = end + cum[d] if d == K1 - 1 else rows[-1] + slk_plus_cum[d]
             if ragged:  # rows past an example's own K hold log 0; its row K starts at the end
-                e_plus_c = torch.where(d == K_b, end + cum[d], torch.where(d > K_b, neg + cum[d], e_plus_c))
+                past = torch.where(d > K_b, neg + cum[d], e_plus_c)
+                e_plus_c = torch.where(d == K_b, end + cum[d], past)
             rows.append(torch.logcumsumexp(e_plus_c, 1) - cum[d])
         log_bwd = torch.stack(rows[::-1], 1).flip(2)  # (B, K+1, U+1), u in order again
         # Edge posterior = exp(F(source) + edge + G(target) - log Z) <= 1; the clamp guards only
@@ -207,9 +504,10 @@ class _BandLogZ(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------------------------
-# The standard collapse is Graves CTC on edited log-probs, so PyTorch's native kernel runs it. A
-# visible position is a one-hot emission row (log 1 = 0 for its token, log 0 for every other), and
-# given such rows F.ctc_loss sums exactly the alignments that agree with the canvas.
+# 3. Fast paths, continued. The standard collapse is Graves CTC on edited log-probs, so PyTorch's
+# native kernel runs it. A visible position is a one-hot emission row (log 1 = 0 for its token,
+# log 0 for every other), and given such rows F.ctc_loss sums exactly the alignments that agree
+# with the canvas.
 # Here log 0 is -inf itself, not a finite stand-in as in the band: the kernel's recursions treat
 # -inf exactly (a forbidden path adds exactly 0, an infeasible row gives nll = +inf), while a
 # finite one makes them 10-25% slower (every forbidden transition underflows exp). -inf does give
@@ -247,8 +545,9 @@ class _StandardLogZ(torch.autograd.Function):
         lp, _ = _standard_emissions(log_probs, T_b, canvas, mask_id)
         lens = (T_b.tolist(), U_b.tolist())
         # The op F.ctc_loss calls, so that log_alpha is ours to pass to its backward; time-major.
-        nll, log_alpha = torch.ops.aten._ctc_loss(lp.transpose(0, 1), targets.long(), *lens, slack_id)
-        feasible = torch.isfinite(nll)  # +inf: no alignment agrees with the canvas, or T is too short
+        nll, log_alpha = torch.ops.aten._ctc_loss(lp.transpose(0, 1), targets.long(), *lens,
+                                                  slack_id)
+        feasible = torch.isfinite(nll)  # +inf: no alignment agrees with the canvas, or T too short
         ctx.save_for_backward(log_probs, targets, T_b, canvas, nll, log_alpha, feasible)
         ctx.lens, ctx.slack_id, ctx.mask_id = lens, slack_id, mask_id
         ctx.mark_non_differentiable(feasible)
@@ -262,147 +561,21 @@ class _StandardLogZ(torch.autograd.Function):
         # Given h = d/d nll, the native backward returns h * (exp(lp) - posterior), the gradient
         # w.r.t. the logits of a log_softmax (its Jacobian folded in). We owe d log Z / d lp =
         # posterior, and log Z = -nll, so with h = -g:  g * posterior = g * exp(lp) + native.
-        # zero_infinity=True zeroes the infeasible rows (nll = +inf) instead of filling them with NaN.
-        native = torch.ops.aten._ctc_loss_backward(-g, lp.transpose(0, 1), targets.long(), *ctx.lens,
-                                                   nll, log_alpha, ctx.slack_id, True)  # (T, B, V)
+        # zero_infinity=True zeroes the infeasible rows (nll = +inf) instead of NaN-filling them.
+        native = torch.ops.aten._ctc_loss_backward(-g, lp.transpose(0, 1), targets.long(),
+                                                   *ctx.lens, nll, log_alpha, ctx.slack_id,
+                                                   True)  # (T, B, V)
         # exp is many times slower where it underflows: clamp first (e^-80 ~ 2e-35, nothing here).
         grad = lp.clamp_(min=-80.0).exp_().mul_(g.view(-1, 1, 1)).add_(native.transpose(0, 1))
         # Exact zeros where the entry is not free (visible, -inf, past T_b): masked_fill selects,
-        # so the NaN that native holds at -inf entries goes too. In place: no third (B, T, V) buffer.
-        return grad.masked_fill_(~free, 0.0).to(log_probs.dtype), None, None, None, None, None, None
+        # so the NaN that native holds at -inf entries goes too. In place: no third buffer.
+        grad = grad.masked_fill_(~free, 0.0).to(log_probs.dtype)
+        return grad, None, None, None, None, None, None
 
-
-# ----------------------------------------------------------------------------------------------
-# Slow exact references (algorithm="time"): loops over time, one position per step, autograd.
-# ----------------------------------------------------------------------------------------------
-
-
-def _time_emissions(log_probs, labels, canvas, mask_id):
-    """e[b, t, s] = log p_t(labels[b, s]) (B, T, S) in float64, with the canvas applied: a visible
-    position has log-prob 0 for its own token and log 0 (NEG_TIME) for every other."""
-    T = log_probs.shape[1]
-    e = log_probs.gather(2, labels[:, None, :].expand(-1, T, -1)).double()  # (B, T, S)
-    ok = torch.isfinite(e)
-    if canvas is not None:
-        visible = (canvas != mask_id)[:, :, None]  # (B, T, 1)
-        ok = ok & (~visible | (canvas.long()[:, :, None] == labels[:, None, :]))
-        e = torch.where(visible, 0.0, e)
-    return torch.where(ok, e, NEG_TIME)
-
-
-def _surface_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
-    """Surface collapse; log_fwd_t(u) = log P(positions 0..t emit y[1..u] and slack) = logaddexp(
-    log_fwd_{t-1}(u) + log p_t(slack), log_fwd_{t-1}(u-1) + log p_t(y[u])). O(B * T * U)."""
-    B, T, V = log_probs.shape
-    U1 = int(U_b.max()) + 1
-    y = targets[:, : U1 - 1].long().clamp(0, V - 1)
-    labels = torch.cat([y.new_full((B, 1), slack_id), y], 1)  # (B, U+1): slack, y[1..U]
-    e = _time_emissions(log_probs, labels, canvas, mask_id)  # (B, T, U+1)
-    u = torch.arange(U1, device=log_probs.device)
-    log_fwd = torch.where(u == 0, 0.0, NEG_TIME).double().expand(B, U1)  # before any position
-    final = log_fwd.gather(1, U_b[:, None]).squeeze(1)  # the answer when T_b = 0
-    ends = set(T_b.tolist())  # read the end only at steps where some example ends
-    for t, e_t in enumerate(e.unbind(1)):  # unbind once: per-step indexing makes backward O(T^2)
-        moved = pad(log_fwd[:, :-1] + e_t[:, 1:], (1, 0), value=NEG_TIME)  # (B, U+1): emit y[u]
-        log_fwd = torch.logaddexp(log_fwd + e_t[:, :1], moved)  # or emit slack at t
-        if t + 1 in ends:
-            final = torch.where(T_b == t + 1, log_fwd.gather(1, U_b[:, None]).squeeze(1), final)
-    return final, (T_b >= U_b) & (final > NEG_TIME / 2)
-
-
-def _graves_lattice(log_probs, targets, U_b, slack_id, canvas, mask_id):
-    """Standard collapse states: labels l' = (slack, y1, slack, ..., yU, slack) (B, 2U+1), skip (0
-    where s-2 -> s is allowed), emissions (B, T, 2U+1), start, the two end states (B, 2), end_ok."""
-    B, T, V = log_probs.shape
-    U, dev = int(U_b.max()), log_probs.device
-    ext = torch.full((B, 2 * U + 1), slack_id, dtype=torch.long, device=dev)
-    ext[:, 1::2] = targets[:, :U].long().clamp(0, V - 1)  # (B, 2U+1)
-    # Skipping s-2 -> s jumps over a slack: allowed only between different tokens (else they merge).
-    skip = torch.full(ext.shape, NEG_TIME, dtype=torch.float64, device=dev)
-    skip[:, 3::2] = torch.where(ext[:, 3::2] != ext[:, 1:-2:2], 0.0, NEG_TIME)
-    start = torch.where(torch.arange(2 * U + 1, device=dev) == 0, 0.0, NEG_TIME).double().expand(B, -1)
-    last = torch.stack([2 * U_b, (2 * U_b - 1).clamp(min=0)], 1)  # (B, 2): after slack, after y_U
-    end_ok = U_b[:, None] >= torch.arange(2, device=dev)  # (B, 2): 2U-1 exists only when U >= 1
-    return ext, skip, _time_emissions(log_probs, ext, canvas, mask_id), start, last, end_ok
-
-
-def _standard_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
-    """Standard (Graves) collapse over the extended labels l'. From s a step may stay, go to s+1,
-    or skip to s+2 when l'(s+2) is a token different from l'(s):
-        log_fwd_t(s) = log p_t(l'(s)) + logsumexp(log_fwd_{t-1}(s), log_fwd_{t-1}(s-1),
-                                                   log_fwd_{t-1}(s-2) if skip allowed)
-    The end is s = 2U or 2U-1 after T_b positions. Cost O(B * T * U) time and memory."""
-    ext, skip, e, log_fwd, last, end_ok = _graves_lattice(log_probs, targets, U_b, slack_id, canvas, mask_id)
-    read = lambda lf: torch.where(end_ok, lf.gather(1, last), NEG_TIME).logsumexp(1)  # noqa: E731
-    final = read(log_fwd)
-    ends = set(T_b.tolist())  # read the end only at steps where some example ends
-    for t, e_t in enumerate(e.unbind(1)):  # unbind once: per-step indexing makes backward O(T^2)
-        shifted = pad(log_fwd, (2, 0), value=NEG_TIME)  # (B, 2U+3): shifted[:, s+2] = log_fwd(s)
-        one, two = shifted[:, 1:-1], shifted[:, :-2] + skip  # from s-1; from s-2 if allowed
-        log_fwd = torch.logaddexp(torch.logaddexp(log_fwd, one), two) + e_t  # (B, 2U+1)
-        if t + 1 in ends:
-            final = torch.where(T_b == t + 1, read(log_fwd), final)
-    return final, (T_b >= U_b) & (final > NEG_TIME / 2)
 
 
 # ----------------------------------------------------------------------------------------------
-# The loss
-# ----------------------------------------------------------------------------------------------
-
-
-def _check(log_probs, targets, input_lengths, target_lengths, canvas, mask_id, collapse):
-    """Refuse malformed arguments; the lengths as (B,) long tensors on the device of log_probs."""
-    assert log_probs.dim() == 3, "log_probs must be (B, T, V)"
-    assert targets.dim() == 2 and targets.shape[0] == log_probs.shape[0], "targets must be (B, U_max)"
-    assert collapse in ("surface", "standard"), f"unknown collapse {collapse!r}"
-    assert canvas is None or mask_id is not None, "a canvas needs mask_id"
-    T_b = torch.as_tensor(input_lengths, device=log_probs.device).long()
-    U_b = torch.as_tensor(target_lengths, device=log_probs.device).long()
-    assert int(T_b.max()) <= log_probs.shape[1], "input_lengths exceed log_probs.shape[1]"
-    assert int(U_b.max()) <= targets.shape[1], "target_lengths exceed targets.shape[1]"
-    return T_b, U_b
-
-
-def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
-                   mask_id=None, collapse="surface", reduction="mean", zero_infinity=False,
-                   algorithm="band"):
-    """-log P(y | canvas) = -log sum over alignments a with B(a) = y that agree with the visible
-    positions of prod_t p_t(a_t). Arguments mirror torch.nn.functional.ctc_loss, batch-first:
-        log_probs (B, T, V) log-softmax outputs (contiguous, else copied once); targets (B, U_max)
-        padded (never slack_id);
-        input_lengths, target_lengths (B,); slack_id plays the blank.
-        canvas (B, T) or None: where canvas != mask_id the position is visible, fixed to that token.
-        collapse: "surface" (delete slack) or "standard" (merge repeats, then delete slack).
-        reduction: "none" (B,), "sum", or "mean" (each loss / max(target length, 1), then averaged).
-        zero_infinity: infeasible examples give 0 (and zero gradient) instead of +inf.
-        algorithm: "band" (fast: the band for surface, the native CTC kernel for standard) or
-            "time" (the slow references, float64).
-    Infeasible examples (T < U, a visible token no alignment can use, too few positions for
-    standard repeats) give +inf, never NaN, and zero gradient. Surface runs in float64, standard
-    in the dtype of log_probs (float32 at least: F.ctc_loss's precision); the result has the dtype
-    of log_probs. The gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0
-    where visible."""
-    assert algorithm in ("band", "time"), f"unknown algorithm {algorithm!r}"
-    assert reduction in ("none", "sum", "mean"), f"unknown reduction {reduction!r}"
-    T_b, U_b = _check(log_probs, targets, input_lengths, target_lengths, canvas, mask_id, collapse)
-    args = (log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
-    if algorithm == "time":
-        logz, ok = (_surface_time if collapse == "surface" else _standard_time)(*args)
-    elif collapse == "surface":
-        logz, ok = _BandLogZ.apply(*args)
-    else:
-        logz, ok = _StandardLogZ.apply(*args)
-    bad = 0.0 if zero_infinity else float("inf")
-    nll = torch.where(ok, -logz, bad).to(log_probs.dtype)  # (B,); where() keeps NaN out of grads
-    if reduction == "none":
-        return nll
-    if reduction == "sum":
-        return nll.sum()
-    return (nll / U_b.clamp(min=1).to(nll.dtype)).mean()
-
-
-# ----------------------------------------------------------------------------------------------
-# The most probable alignment (Viterbi): the same lattices with max in place of logsumexp.
+# 4. The most probable alignment (Viterbi): the same lattices with max in place of logsumexp.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -411,7 +584,8 @@ def _fill_canvas(targets, T_b, U_b, is_slack, slack_id):
     B, T = is_slack.shape
     t = torch.arange(T, device=is_slack.device)
     tok = ~is_slack & (t < T_b[:, None])  # (B, T): positions that hold a target token
-    rank = (tok.long().cumsum(1) - 1).clamp(0, max(targets.shape[1] - 1, 0))  # (B, T): k-th holds y[k]
+    # (B, T): the k-th token position holds y[k]
+    rank = (tok.long().cumsum(1) - 1).clamp(0, max(targets.shape[1] - 1, 0))
     y = targets.long().gather(1, rank) if targets.shape[1] else torch.zeros_like(rank)
     return torch.where(tok & (rank < U_b[:, None]), y, slack_id)
 
@@ -451,119 +625,15 @@ def _align_surface(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     return _fill_canvas(targets, T_b, U_b, is_slack, slack_id)
 
 
-@torch.no_grad()
-def _align_standard(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
-    """Viterbi over the 2U+1-state lattice, one step per position, keeping for every state which
-    predecessor (stay, s-1, s-2) was best; then a walk back from the best end state."""
-    B, T, _ = log_probs.shape
-    ext, skip, e, log_fwd, last, end_ok = _graves_lattice(log_probs, targets, U_b, slack_id, canvas, mask_id)
-    score = torch.full((B,), NEG_TIME, dtype=torch.float64, device=e.device)
-    state, back = 2 * U_b, []
-    for t, e_t in enumerate(e.unbind(1)):  # as in _standard_time, with max for logsumexp
-        shifted = pad(log_fwd, (2, 0), value=NEG_TIME)  # (B, 2U+3): shifted[:, s+2] = log_fwd(s)
-        best, arg = torch.stack([log_fwd, shifted[:, 1:-1], shifted[:, :-2] + skip]).max(0)
-        log_fwd = best + e_t
-        back.append(arg)  # (B, 2U+1): 0 stay, 1 from s-1, 2 from s-2
-        # Each example's best end state is kept at t = T_b.
-        ends = torch.where(end_ok, log_fwd.gather(1, last), 2 * NEG_TIME)  # (B, 2)
-        at_end = T_b == t + 1
-        score = torch.where(at_end, ends.max(1).values, score)
-        state = torch.where(at_end, last.gather(1, ends.argmax(1, keepdim=True)).squeeze(1), state)
-    # Walk back: at each position write the label of the current state, then move to its best
-    # predecessor. Positions at or past an example's T_b stay slack.
-    out = torch.full((B, T), slack_id, dtype=torch.long, device=e.device)
-    for t in range(T - 1, -1, -1):
-        active = t < T_b
-        out[:, t] = torch.where(active, ext.gather(1, state[:, None]).squeeze(1), slack_id)
-        prev = (state - back[t].gather(1, state[:, None]).squeeze(1)).clamp(min=0)  # 0 if infeasible
-        state = torch.where(active, prev, state)
-    feasible = (T_b >= U_b) & (score > NEG_TIME / 2)
-    tail = _fill_canvas(targets, T_b, U_b, torch.arange(T, device=e.device) >= U_b[:, None], slack_id)
-    return torch.where(feasible[:, None], out, tail)
-
-
 def ctc_slack_align(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
                     mask_id=None, collapse="surface"):
-    """The most probable alignment consistent with the canvas, a (B, T) LongTensor of tokens and
-    slack (T = log_probs.shape[1]; slack_id from input_length on) that collapses to y and agrees
-    with every visible position; ties broken arbitrarily. Infeasible rows (T < U, or no alignment
-    agrees with the canvas) get the targets first, then slack (the first T targets if T < U)."""
-    T_b, U_b = _check(log_probs, targets, input_lengths, target_lengths, canvas, mask_id, collapse)
-    args = (log_probs.detach(), targets, T_b, U_b, slack_id, canvas, mask_id)
-    return _align_surface(*args) if collapse == "surface" else _align_standard(*args)
-
-
-# ----------------------------------------------------------------------------------------------
-# The porter API: the method as functions of tensors, in the order a step calls them. A canvas is
-# P_b prompt positions, then R_b = T - P_b holding the U_b targets y and K_b = R_b - U_b slacks:
-#     z0:   T h e _ l i s t | t y p e · i s _ a · m u t a b l e     (place_slack, build_canvas)
-#     z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?       (? = MASK: your forward process)
-# CE scores each masked position against z0; the slack CTC against y under every alignment.
-# ----------------------------------------------------------------------------------------------
-
-
-def place_slack(targets, target_lengths, canvas_lengths, placement="random", *, slack_id, generator=None):
-    """Reference response canvas (B, R_max) long: the U_b targets (B, U_max) in order and
-    K_b = R_b - U_b slacks, at random positions ("random") or after the targets ("tail"); slack
-    past R_b. Always draws torch.rand(B, R_max, generator=generator) on CPU, whatever the
-    placement, so that runs differing only in placement see identical noise afterwards."""
-    assert placement in ("random", "tail"), f"unknown placement {placement!r} (see align_slack)"
-    U, R, dev = target_lengths, canvas_lengths, targets.device
-    B, R_max = len(R), int(R.max())
-    pos = torch.arange(R_max, device=dev)[None, :]  # (1, R_max)
-    scores = torch.rand(B, R_max, generator=generator).to(dev).masked_fill(pos >= R[:, None], 2.0)
-    # "random": the K_b lowest of R_b uniform scores (padding, 2.0, ranks last), a uniform subset.
-    rank = scores.argsort(1).argsort(1)  # (B, R_max)
-    is_slack = pos >= U[:, None] if placement == "tail" else rank < (R - U)[:, None]  # (B, R_max)
-    return _fill_canvas(targets, R, U, is_slack | (pos >= R[:, None]), slack_id)  # padding: slack
-
-
-def align_slack(log_probs, targets, target_lengths, canvas_lengths, *, slack_id, collapse="surface"):
-    """The "model" placement (Imputer-style): the most probable alignment of y under log_probs
-    (B, R_max, V), typically response_log_probs of the model on an all-MASK response, as a
-    reference response canvas (B, R_max). A thin wrapper over ctc_slack_align; no gradient."""
-    return ctc_slack_align(log_probs, targets, canvas_lengths, target_lengths, slack_id=slack_id,
-                           collapse=collapse)
-
-
-def response_positions(prompt_lengths, R_max, T):
-    """(B, R_max) canvas positions P_b + j of the response region, clamped to T - 1."""
-    j = torch.arange(R_max, device=prompt_lengths.device)
-    return (prompt_lengths[:, None] + j[None, :]).clamp(max=T - 1)
-
-
-def build_canvas(prompt, prompt_lengths, response, T):
-    """prompt (B, P_max) padded, prompt_lengths P (B,), response (B, R_max) -> (z0 (B, T) long,
-    is_prompt (B, T) bool: the positions the forward process never masks nor the loss scores)."""
-    P = prompt_lengths
-    pos = torch.arange(T, device=response.device)[None, :]  # (1, T)
-    is_prompt = pos < P[:, None]  # (B, T)
-    from_prompt = prompt.gather(1, pos.clamp(max=max(prompt.shape[1] - 1, 0)).expand(len(P), -1)) \
-        if prompt.shape[1] else torch.zeros(len(P), T, dtype=torch.long, device=response.device)
-    from_resp = response.gather(1, (pos - P[:, None]).clamp(0, response.shape[1] - 1))  # (B, T)
-    return torch.where(is_prompt, from_prompt, from_resp), is_prompt
-
-
-def response_log_probs(logits, prompt_lengths, R_max, *, mask_id):
-    """float32 log p (B, R_max, V) at the response positions, left-aligned so that the CTC sees each
-    response canvas as its own sequence. The MASK logit is -inf (SUBS: the model never predicts
-    MASK). Visible positions need no carry-over here: the CTC reads their token from the canvas."""
-    logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
-    idx = response_positions(prompt_lengths, R_max, logits.shape[1])  # (B, R_max)
-    return logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])).log_softmax(-1)
-
-
-def slack_ctc_term(logits, z_t, prompt_lengths, targets, target_lengths, weight, *, slack_id, mask_id,
-                   collapse="surface"):
-    """Per-example (B,) slack-CTC fine-tuning loss from the model's logits (B, T, V) on z_t (B, T):
-        L_CTC = weight * (-log P(y | z_t)) / R_b,   R_b = T - P_b
-    weight (B,) = each example's NELBO weight w(t) (1/t for the linear schedule): CE's weight and
-    1/R, so that with K = 0 and the surface collapse (one alignment, y) the two are equal. z_t must
-    mask a canvas that collapses to y: then an alignment exists, and the loss is never +inf."""
-    T, R = z_t.shape[1], z_t.shape[1] - prompt_lengths  # R (B,): response canvas lengths
-    R_max = int(R.max())
-    log_p = response_log_probs(logits, prompt_lengths, R_max, mask_id=mask_id)  # (B, R_max, V)
-    canvas = z_t.gather(1, response_positions(prompt_lengths, R_max, T))  # (B, R_max)
-    nll = ctc_slack_loss(log_p, targets, R, target_lengths, slack_id=slack_id, canvas=canvas,
-                         mask_id=mask_id, collapse=collapse, reduction="none")  # (B,) -log P(y | z_t)
-    return weight * nll / R
+    """The most probable surface alignment consistent with the canvas, a (B, T) LongTensor of
+    tokens and slack (T = log_probs.shape[1]; slack_id from input_length on) that collapses to y
+    and agrees with every visible position; ties broken arbitrarily. Infeasible rows (T < U, or
+    no alignment agrees with the canvas) get the targets first, then slack (the first T targets
+    if T < U). Only the surface map: it is the one the "model" placement trains with."""
+    if collapse != "surface":
+        raise ValueError(f"the alignment is implemented for the surface collapse, not {collapse!r}")
+    T_b, U_b = _check(log_probs, targets, input_lengths, target_lengths, slack_id, canvas,
+                      mask_id, collapse)
+    return _align_surface(log_probs.detach(), targets, T_b, U_b, slack_id, canvas, mask_id)

@@ -1,47 +1,131 @@
 """
-Everything the scripts read or make as data: byte corpora of any size (memory-mapped), SFT records
-as JSON lines, and two synthetic tasks whose outputs can be scored exactly. One shared module,
-imported by train.py, decode.py, evaluate.py and synthetic.py; it has no command line of its own.
+Everything the scripts read as data. One shared module, imported by objective.py and the entry
+points; it has no command line of its own.
 
-- Corpora. Bytes are the tokens (mdlm.encode), so a UTF-8 text file already *is* its token stream:
-  it is memory-mapped as uint8 and batches are gathered from it, as nanoGPT memory-maps its .bin
-  files. Memory use is flat in the file size; the checks for empty, binary or non-UTF-8 files
-  read bounded samples, never the whole file.
-- SFT records. {"prompt": str, "response": str} per line, read into (prompt ids, response ids +
-  EOS); the last ~5% is held out.
-- The copy task (a string, "=", the same string): a one-slot error costs exactly one edit.
-- The grammar task: open-ended sentences from a small probabilistic context-free grammar with
-  number agreement, whose words range from 1 to 12 bytes. A masked diffusion model that commits a
-  byte far to the right must guess how long the words before it will be, so positional
-  uncertainty arises by itself, and an exact recognizer scores every output.
+- Vocabularies. Bytes by default (256 ordinary ids, any UTF-8 text), or the n ids of a token file
+  written by any tokenizer (prepare.py); EOS, SLACK and MASK follow the ordinary ids.
+- Corpora of any size, memory-mapped as nanoGPT maps its .bin files: a UTF-8 text file already
+  *is* its byte stream, and a token file is a flat uint16/uint32 array. Memory use is flat in the
+  file size; the checks for bad files read bounded samples, never the whole file.
+- SFT records. {"prompt": str, "response": str} (or "prompt_ids"/"response_ids" lists) per line,
+  read into (prompt ids, response ids + EOS); the last ~5% is held out.
 
-Papers and references:
-- Ye et al. 2026 (arXiv 2601.22947): the slack CTC fine-tune these tasks are meant to probe.
-- Karpathy, nanoGPT (github.com/karpathy/nanoGPT): the memory-mapped token file and random windows.
-- Wagner & Fischer 1974, "The String-to-String Correction Problem": the edit-distance recursion.
-- Graves et al. 2006, "Connectionist Temporal Classification": per-position outputs read out
-  independently, the source of the dropped-and-doubled error pattern measured here.
+References: Karpathy, nanoGPT (github.com/karpathy/nanoGPT): the memory-mapped token file and
+random windows.
 """
 
 import ast
 import functools
-import itertools
 import json
 import os
-import random
-import string
+import re
 import sys
 import sysconfig
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import mdlm
-from mdlm import EOS, SLACK
 
 
 class UserError(Exception):
     """Bad input: printed as one line by the entry points, exit code 1, nothing written over."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Vocabularies. A model's ordinary ids are bytes (the default) or the n ids of a token file that
+# some tokenizer wrote; mdlm.special_ids puts EOS, SLACK and MASK right after them, so bytes give
+# the familiar 256, 257, 258. Text goes in and out through the tokenizer a vocabulary names, and
+# only where that tokenizer loads: tiktoken and transformers are optional, never required.
+
+TOKENIZERS = "bytes, words, tiktoken:NAME, hf:NAME_OR_PATH or none"
+WORD_PIECES = re.compile(r"\w+|\s+|[^\w\s]")  # every character is in one piece: pieces join back
+
+
+@functools.lru_cache(maxsize=None)
+def codec(tokenizer, words):
+    """(encode, decode) between text and ids for a tokenizer name, or None where it cannot be
+    loaded here (not installed, or its files are not on this machine: nothing is downloaded)."""
+    if tokenizer == "bytes":
+        return mdlm.encode, lambda ids: bytes(ids).decode("utf-8", errors="replace")
+    if tokenizer == "words":  # the toy tokenizer of prepare.py: words, runs of space, symbols
+        index = {w: i for i, w in enumerate(words)}
+        return (lambda text: [index.get(w, -1) for w in WORD_PIECES.findall(text)],
+                lambda ids: "".join(words[i] for i in ids))
+    kind, _, name = tokenizer.partition(":")
+    try:
+        if kind == "tiktoken":
+            import tiktoken
+            enc = tiktoken.get_encoding(name)
+            return lambda text: enc.encode(text, allowed_special="all"), enc.decode
+        if kind == "hf":
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(name)
+            return lambda text: tok.encode(text, add_special_tokens=False), tok.decode
+    except Exception:  # ImportError, or the tokenizer's files are not here (no network)
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """The ordinary ids of a model and the tokenizer that maps text to them."""
+    n_tokens: int = 256  # ordinary ids 0 .. n_tokens - 1
+    tokenizer: str = "bytes"  # one of TOKENIZERS; "none": ids only
+    words: tuple = ()  # the "words" tokenizer's pieces, id = position
+
+    @property
+    def size(self):
+        """V: the ordinary ids and the three special ones (mdlm.ModelConfig.vocab_size)."""
+        return self.n_tokens + 3
+
+    @property
+    def specials(self):
+        """(EOS, SLACK, MASK)."""
+        return mdlm.special_ids(self.size)
+
+    def record(self):
+        """Plain values for a checkpoint or a metadata file (with the special ids, for readers)."""
+        eos, slack, mask = self.specials
+        return {"n_tokens": self.n_tokens, "tokenizer": self.tokenizer, "words": list(self.words),
+                "eos": eos, "slack": slack, "mask": mask}
+
+    @classmethod
+    def from_record(cls, rec):
+        return cls(int(rec["n_tokens"]), rec.get("tokenizer", "none"), tuple(rec.get("words", ())))
+
+    def has_text(self):
+        """Whether text can be encoded and decoded here."""
+        return codec(self.tokenizer, self.words) is not None
+
+    def encode(self, text, what="text"):
+        """Text -> ordinary ids; UserError when the tokenizer is not available or the text holds
+        a piece outside the vocabulary."""
+        pair = codec(self.tokenizer, self.words)
+        if pair is None:
+            raise UserError(f"{what}: this vocabulary's tokenizer {self.tokenizer!r} is not "
+                            f"available here; give token ids instead (see --help)")
+        ids = pair[0](text)
+        bad = [i for i in ids if not 0 <= i < self.n_tokens]
+        if bad:
+            raise UserError(f"{what}: {text!r} has pieces outside the {self.n_tokens}-id "
+                            f"vocabulary")
+        return ids
+
+    def decode(self, ids):
+        """Ordinary ids -> text, or None when the tokenizer is not available here."""
+        pair = codec(self.tokenizer, self.words)
+        return None if pair is None else pair[1]([int(i) for i in ids])
+
+
+def vocab_of(ckpt):
+    """The vocabulary a checkpoint records; bytes for a byte model saved without the record."""
+    rec = (ckpt.get("meta") or {}).get("vocab")
+    if rec is not None:
+        return Vocab.from_record(rec)
+    n = int(ckpt["config"].get("vocab_size", mdlm.VOCAB_SIZE)) - 3
+    return Vocab(n, "bytes" if n == 256 else "none")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -50,7 +134,8 @@ class UserError(Exception):
 # imported), in sorted file order, capped at ~1.5 MB, cached to .cache/ next to the scripts.
 
 CORPUS_BYTES = 1_500_000  # enough for a 1M-parameter model to learn English-like text on a CPU
-VAL_FRACTION = 0.05  # the last 5% of the bytes is held out (after, not mixed in: no near-duplicates)
+# the last 5% of a corpus is held out (after the rest, not mixed in: no near-duplicates)
+VAL_FRACTION = 0.05
 
 
 def build_default_corpus():
@@ -71,7 +156,8 @@ def build_default_corpus():
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 continue
             for node in ast.walk(tree):
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                     ast.AsyncFunctionDef)):
                     doc = ast.get_docstring(node)
                     if doc and len(doc) > 200:  # skip one-liners: they teach little
                         parts.append(doc)
@@ -84,7 +170,8 @@ def build_default_corpus():
 def default_corpus_path():
     """.cache/pydoc-X.Y.txt next to the scripts: one cache per Python version (the docs differ)."""
     v = sys.version_info
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", f"pydoc-{v[0]}.{v[1]}.txt")
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(here, ".cache", f"pydoc-{v[0]}.{v[1]}.txt")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +206,10 @@ def _trim_utf8(b, cut_start, cut_end):
 
 def _samples(f, size):
     """[(offset, bytes)]: the whole file if small, else its first, middle and last SAMPLE_BYTES."""
-    offsets = [0] if size <= WHOLE_BYTES else [0, size // 2 - SAMPLE_BYTES // 2, size - SAMPLE_BYTES]
+    if size <= WHOLE_BYTES:
+        offsets = [0]
+    else:
+        offsets = [0, size // 2 - SAMPLE_BYTES // 2, size - SAMPLE_BYTES]
     out = []
     for off in offsets:
         f.seek(off)
@@ -164,12 +254,54 @@ def check_text_file(path, what="data file"):
 # Corpora of any size. np.memmap maps the file into the address space: the OS reads the pages a
 # batch touches and may drop them again, so a 50 GB corpus costs what its batches cost. The two
 # splits are views (slices) of the one map; nothing is copied until windows() gathers a batch.
+#
+# A token file is nanoGPT's format: a flat array of ids, uint16 (vocabularies up to 65536 ids) or
+# uint32, no header. Its vocabulary comes from the JSON file beside it (corpus.bin ->
+# corpus.json: {"n_tokens": 50257, "dtype": "uint16", "tokenizer": "tiktoken:gpt2"}, as
+# prepare.py writes it) or, without one, from --vocab-size (then uint16 up to 65536 ids).
+
+TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
 
-def load_corpus(path=None, val_fraction=VAL_FRACTION):
-    """-> (train, val): 1-D uint8 views of one np.memmap of the whole file; train = the first
-    (1 - val_fraction) of the bytes, val = the rest (at least 1 byte). path=None: the default
-    corpus, built and cached on first use."""
+def token_file_vocab(path, n_tokens=None):
+    """(Vocab, numpy dtype) of the token file at path, from its metadata or from n_tokens."""
+    meta_path = os.path.splitext(path)[0] + ".json"
+    if os.path.isfile(meta_path):
+        try:
+            meta = json.load(open(meta_path, encoding="utf-8"))
+            vocab = Vocab(int(meta["n_tokens"]), str(meta.get("tokenizer", "none")),
+                          tuple(meta.get("words", ())))
+            dtype = meta.get("dtype", "uint16")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{meta_path}: need a JSON object with an integer 'n_tokens' and a "
+                            f"'dtype' ({type(e).__name__}: {e})")
+        if n_tokens is not None and n_tokens != vocab.n_tokens:
+            raise UserError(f"--vocab-size {n_tokens} contradicts {meta_path} ({vocab.n_tokens})")
+    elif n_tokens is not None:
+        vocab, dtype = Vocab(n_tokens, "none"), "uint16" if n_tokens <= 1 << 16 else "uint32"
+    else:
+        raise UserError(f"token file {path!r} needs its vocabulary: write {meta_path} "
+                        f"(see prepare.py) or pass --vocab-size")
+    if dtype not in TOKEN_DTYPES:
+        raise UserError(f"{path}: dtype {dtype!r} is not one of {sorted(TOKEN_DTYPES)}")
+    if not 1 <= vocab.n_tokens <= np.iinfo(TOKEN_DTYPES[dtype]).max + 1:
+        raise UserError(f"{path}: {vocab.n_tokens} ids do not fit the file's dtype {dtype}")
+    return vocab, np.dtype(TOKEN_DTYPES[dtype])
+
+
+def check_ids(ids, vocab, where):
+    """Refuse ids outside the ordinary vocabulary: they would be read as EOS, SLACK or MASK, or
+    index past the embedding. ids: a numpy array or tensor."""
+    top = int(ids.max()) if len(ids) else 0
+    if top >= vocab.n_tokens:
+        raise UserError(f"{where}: id {top} is outside the vocabulary of {vocab.n_tokens} ids "
+                        f"(its special ids are {vocab.specials}); a wrong --vocab-size or dtype?")
+
+
+def load_corpus(path=None, val_fraction=VAL_FRACTION, n_tokens=None):
+    """-> (train, val, vocab): 1-D views of one np.memmap of the whole file; train = the first
+    (1 - val_fraction) of the tokens, val = the rest (at least one). path=None: the default corpus,
+    built and cached on first use. A .bin path is a token file, anything else UTF-8 text."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     if path is None:
@@ -180,18 +312,41 @@ def load_corpus(path=None, val_fraction=VAL_FRACTION):
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(build_default_corpus())
             os.replace(tmp, path)  # atomic: a reader sees no file or the whole file
-    n = check_text_file(path)
-    ids = np.memmap(path, dtype=np.uint8, mode="r")
-    # split by byte ranges, not documents: the held-out tail never overlaps the training text
-    n_val = max(1, int(n * val_fraction))
-    return ids[:n - n_val], ids[n - n_val:]
+    if path.endswith(".bin"):
+        vocab, dtype = token_file_vocab(path, n_tokens)
+        ids = _token_map(path, dtype)
+        # ids are checked whole in small files, in three samples of a large one (as text is),
+        # and every batch is checked again as it is read
+        chunk = SAMPLE_BYTES // dtype.itemsize
+        for lo in [0] if len(ids) <= 3 * chunk else [0, len(ids) // 2, len(ids) - chunk]:
+            check_ids(np.asarray(ids[lo:lo + (chunk if len(ids) > 3 * chunk else len(ids))]), vocab,
+                      f"token file {path!r} (ids {lo}..)")
+    else:
+        if n_tokens is not None:
+            raise UserError("--vocab-size is for token files (.bin); a text file is bytes")
+        size = check_text_file(path)
+        vocab, ids = Vocab(), np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+    # split by position, not documents: the held-out tail never overlaps the training text
+    n_val = max(1, int(len(ids) * val_fraction))
+    return ids[:len(ids) - n_val], ids[len(ids) - n_val:], vocab
+
+
+def _token_map(path, dtype):
+    """np.memmap of a token file, after checking its size and a bounded sample of its ids."""
+    if not os.path.isfile(path):
+        raise UserError(f"token file {path!r} does not exist or is not a file")
+    size = os.path.getsize(path)
+    if size == 0 or size % dtype.itemsize:
+        raise UserError(f"token file {path!r} has {size} bytes, not a positive multiple of "
+                        f"{dtype.itemsize} ({dtype.name}): truncated, or another dtype")
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def _file_span(split):
-    """(file name, byte offset in the file) of a 1-D uint8 memmap view, or None for an array.
-    A slice keeps its root map's .filename and .offset, so its own start is found from the data
+    """(file name, byte offset in the file) of a 1-D memmap view, or None for an array. A slice
+    keeps its root map's .filename and .offset, so its own start is found from the data
     pointers: the root's first element sits at file offset root.offset."""
-    if not isinstance(split, np.memmap) or split.filename is None or split.dtype != np.uint8:
+    if not isinstance(split, np.memmap) or split.filename is None:
         return None
     root = split
     while isinstance(root.base, np.memmap):
@@ -202,8 +357,8 @@ def _file_span(split):
 
 
 def windows(split, offsets, n):
-    """(B, n) int64 tensor: the n bytes starting at each offset of a uint8 array or memmap.
-    One fancy index, offsets[:, None] + arange(n), touches only the pages those bytes live on."""
+    """(B, n) int64 tensor: the n ids starting at each offset of a 1-D array or memmap. One fancy
+    index, offsets[:, None] + arange(n), touches only the pages those ids live on."""
     if isinstance(offsets, torch.Tensor):
         offsets = offsets.cpu().numpy()
     offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
@@ -211,8 +366,8 @@ def windows(split, offsets, n):
         return torch.zeros(len(offsets), n, dtype=torch.int64)
     # a negative index would wrap around silently, so both ends are checked, not only the right
     if offsets.min() < 0 or offsets.max() + n > len(split):
-        raise ValueError(f"windows of {n} bytes at offsets {offsets.min()}..{offsets.max()} "
-                         f"do not fit a split of {len(split)} bytes")
+        raise ValueError(f"windows of {n} ids at offsets {offsets.min()}..{offsets.max()} "
+                         f"do not fit a split of {len(split)} ids")
     # row b of idx is offsets[b], offsets[b] + 1, ..., offsets[b] + n - 1: one gather, no loop
     idx = offsets[:, None] + np.arange(n, dtype=np.int64)
     span = _file_span(split)
@@ -222,7 +377,7 @@ def windows(split, offsets, n):
     # faults in stays mapped, and counted in the process's resident memory, for as long as its
     # map lives; the kernel may map a whole large folio (up to MBs) around each touched byte. With
     # one long-lived map the resident size would creep up to the file size over training.
-    fresh = np.memmap(span[0], dtype=np.uint8, mode="r", offset=span[1], shape=(len(split),))
+    fresh = np.memmap(span[0], dtype=split.dtype, mode="r", offset=span[1], shape=(len(split),))
     out = np.asarray(fresh[idx], dtype=np.int64)  # fancy indexing copies: nothing refers to fresh
     del fresh
     return torch.from_numpy(out)
@@ -275,14 +430,25 @@ def write_jsonl(path, records):
     os.replace(tmp, path)
 
 
-def read_sft(path):
-    """JSON lines {"prompt": str, "response": str} -> list of (prompt ids, response ids + EOS)."""
-    records = []  # (prompt ids, response ids): bytes, so no tokenizer state can go out of sync
+def read_sft(path, vocab=Vocab()):
+    """JSON lines -> list of (prompt ids, response ids + EOS). A line is {"prompt": str,
+    "response": str}, encoded by the vocabulary's tokenizer, or {"prompt_ids": [...],
+    "response_ids": [...]}, ordinary ids of the vocabulary."""
+    records, eos = [], vocab.specials[0]
     for n, rec in _json_lines(path, "SFT file"):
-        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in ("prompt", "response")):
-            raise UserError(f"{path}:{n}: need an object with string keys 'prompt' and 'response'")
-        # EOS closes the response: the model learns where the answer stops
-        records.append((mdlm.encode(rec["prompt"]), mdlm.encode(rec["response"]) + [EOS]))
+        where = f"{path}:{n}"
+        if not isinstance(rec, dict):
+            rec = {}  # refused below, with the same message as a dict without the keys
+        if all(isinstance(rec.get(k), str) for k in ("prompt", "response")):
+            ids = [vocab.encode(rec[k], where) for k in ("prompt", "response")]
+        elif all(isinstance(rec.get(k), list) and all(type(i) is int for i in rec[k])
+                 for k in ("prompt_ids", "response_ids")):
+            ids = [rec["prompt_ids"], rec["response_ids"]]
+            check_ids(np.array(ids[0] + ids[1] + [0]), vocab, where)
+        else:
+            raise UserError(f"{where}: need string keys 'prompt' and 'response', or integer lists "
+                            f"'prompt_ids' and 'response_ids'")
+        records.append((ids[0], ids[1] + [eos]))  # EOS closes the response: where it stops
     if not records:
         raise UserError(f"SFT file {path!r} has no records")
     return records
@@ -297,257 +463,3 @@ def split_sft(records):
         return records[:], records[:]
     n_val = max(1, len(records) // 20)
     return records[:-n_val], records[-n_val:]
-
-
-# ----------------------------------------------------------------------------------------------
-# Training examples, drawn with a torch generator (so a run repeats exactly). Each is a prompt
-# (visible, never masked or scored) and a target y of U tokens for a response canvas of R = T - P
-# positions; the other K = R - U positions will hold slack (ctc_slack.place_slack puts them).
-
-
-def text_batch(ids, B, T, P, rate, gen):
-    """Random windows of the byte stream (a memory-mapped file): P prompt bytes, then U = R - K
-    target bytes. -> prompt (B, P), P (B,), y (B, U), U (B,); all rows have the same sizes here."""
-    R = T - P
-    U = R - round(rate * R)  # K = round(rate * R) positions of the canvas are left for slack
-    offs = torch.randint(0, len(ids) - (P + U) + 1, (B,), generator=gen)
-    win = windows(ids, offs, P + U)  # (B, P + U) int64, read from the file's pages
-    full = lambda n: torch.full((B,), n, dtype=torch.long)  # noqa: E731
-    return win[:, :P], full(P), win[:, P:], full(U)
-
-
-def sft_batch(records, B, T, rate, gen, stats):
-    """Random SFT records as prompt + target y of U_b = R_b - round(rate * R_b) tokens: the response
-    and its EOS, padded with more EOS (as LLaDA pads its SFT responses), so that every canvas holds
-    exactly K_b = round(rate * R_b) slacks. A response too long for that is truncated (and counted).
-    Rows differ in P and U, so both are padded (with SLACK, never read)."""
-    picks = torch.randint(0, len(records), (B,), generator=gen).tolist()
-    prompts, ys = [], []
-    for i in picks:
-        prompt, y = records[i]
-        prompt = prompt[-(T - 1):]  # keep at least one response position
-        R = T - len(prompt)
-        U = R - round(rate * R)
-        stats["truncated"] += len(y) > U
-        prompts.append(prompt), ys.append((y + [EOS] * U)[:U])
-    pad = lambda seqs, n: torch.tensor([s + [SLACK] * (n - len(s)) for s in seqs], dtype=torch.long)  # noqa
-    P = torch.tensor([len(s) for s in prompts])
-    U = torch.tensor([len(s) for s in ys])
-    return pad(prompts, int(P.max())), P, pad(ys, max(int(U.max()), 1)), U
-
-
-# ----------------------------------------------------------------------------------------------
-# The copy task. A string s of n letters, n uniform in [min_len, max_len]; prompt s + "=", answer
-# s. The answer is known, so a letter that lands one slot off costs exactly one edit.
-
-ALPHABET = string.ascii_lowercase  # 26 one-byte tokens
-SEP = "="  # ends every prompt: "where the copy starts"
-
-
-def copy_examples(n, min_len, max_len, seed):
-    """n examples {"prompt": s + "=", "response": s} with n distinct strings s, fixed by the seed."""
-    if not 1 <= min_len <= max_len:
-        raise ValueError(f"need 1 <= min_len <= max_len, got {min_len} and {max_len}")
-    # sum of 26^n over the lengths: drawing more distinct strings than exist would never finish
-    if n > sum(len(ALPHABET) ** k for k in range(min_len, max_len + 1)):
-        raise ValueError(f"there are fewer than {n} strings of {min_len}..{max_len} letters")
-    rng, seen, out = random.Random(seed), set(), []
-    while len(out) < n:
-        s = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(min_len, max_len)))
-        if s not in seen:  # distinct, so a test string can never also be a training string
-            seen.add(s)
-            out.append({"prompt": s + SEP, "response": s})
-    return out
-
-
-def levenshtein(a, b):
-    """Fewest insertions, deletions and substitutions that turn sequence a into b (str or list).
-
-        D[i][j] = min(D[i-1][j] + 1, D[i][j-1] + 1, D[i-1][j-1] + [a_i != b_j]),  D[i][0] = i,
-        D[0][j] = j  (Wagner & Fischer 1974), kept one row at a time: O(|a| |b|) time, O(|b|) memory.
-    """
-    prev = list(range(len(b) + 1))  # row i = 0: turning "" into b[:j] takes j insertions
-    for i, x in enumerate(a, 1):
-        cur = [i]  # column j = 0: deleting all i letters of a[:i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
-
-
-# ----------------------------------------------------------------------------------------------
-# The grammar task. A small probabilistic context-free grammar, n in {sg, pl}:
-#
-#     Text  -> S | S " " S | S " " S " " S              (1, 2 or 3 sentences, uniform)
-#     S     -> NP_n VP_n "."                            (subject and verb agree in number)
-#     NP_n  -> Det_n N_n | Det_n Adj N_n                (Adj with probability 0.4)
-#     VP_n  -> Vt_n NP_m | Vt_n | Vi_n                  (0.45 / 0.15 / 0.4; object number m free)
-#     Det   -> "a" before a consonant letter, "an" before a vowel letter (a, e, i, o, u)
-#
-# Words run from 1 byte ("a") to 12 ("hippopotamus", "caterpillars"), so where the verb starts
-# depends on which noun came first; agreement and a/an make "a valid sentence" much stricter than
-# "lexicon words in a row". Categories are disjoint (only "the" has two numbers), so a sentence
-# has one parse and the left-to-right recognizer below is exact.
-
-DETERMINERS = {"a": ("sg",), "an": ("sg",), "this": ("sg",), "one": ("sg",), "the": ("sg", "pl"),
-               "some": ("pl",), "two": ("pl",), "many": ("pl",), "these": ("pl",)}
-NOUNS = [("ox", "oxen"), ("cat", "cats"), ("eel", "eels"), ("mouse", "mice"), ("badger", "badgers"),
-         ("tortoise", "tortoises"), ("caterpillar", "caterpillars"), ("hippopotamus", "hippopotami")]
-ADJECTIVES = ["red", "old", "tiny", "happy", "striped", "enormous", "invisible", "magnificent"]
-TRANSITIVE = [("sees", "see"), ("chases", "chase"), ("likes", "like"), ("follows", "follow"),
-              ("tickles", "tickle"), ("remembers", "remember")]
-INTRANSITIVE = [("runs", "run"), ("sleeps", "sleep"), ("hides", "hide"), ("disappears", "disappear")]
-VOWELS = "aeiou"  # no lexicon word starts with a silent h or a "you" sound, so letters decide a/an
-P_ADJ, P_VT_OBJ, P_VT = 0.4, 0.45, 0.15  # P(Vi) = 1 - P_VT_OBJ - P_VT = 0.4
-NUMBERS = ("sg", "pl")
-
-# word form -> number, one table per category (sg forms first in each pair above)
-_NOUN_NUM = {w: n for pair in NOUNS for n, w in zip(NUMBERS, pair)}
-_VT_NUM = {w: n for pair in TRANSITIVE for n, w in zip(NUMBERS, pair)}
-_VI_NUM = {w: n for pair in INTRANSITIVE for n, w in zip(NUMBERS, pair)}
-GRAMMAR_LEXICON = frozenset([*DETERMINERS, *_NOUN_NUM, *ADJECTIVES, *_VT_NUM, *_VI_NUM])
-
-
-def _sample_np(rng, num):
-    """Det (Adj) N of number num, as a list of words."""
-    adj = rng.choice(ADJECTIVES) if rng.random() < P_ADJ else None
-    noun = NOUNS[rng.randrange(len(NOUNS))][NUMBERS.index(num)]
-    nxt = adj or noun  # the article agrees with the sound of the word right after it
-    dets = [d for d, nums in DETERMINERS.items() if num in nums and d not in ("a", "an")]
-    if num == "sg":
-        dets.append("an" if nxt[0] in VOWELS else "a")
-    return [rng.choice(dets)] + ([adj] if adj else []) + [noun]
-
-
-def _sample_sentence(rng):
-    """One sentence S as a string ending in "."."""
-    num = rng.choice(NUMBERS)
-    words, u, k = _sample_np(rng, num), rng.random(), NUMBERS.index(num)
-    if u < P_VT_OBJ:
-        words += [rng.choice(TRANSITIVE)[k]] + _sample_np(rng, rng.choice(NUMBERS))
-    elif u < P_VT_OBJ + P_VT:
-        words.append(rng.choice(TRANSITIVE)[k])
-    else:
-        words.append(rng.choice(INTRANSITIVE)[k])
-    return " ".join(words) + "."
-
-
-@functools.lru_cache(maxsize=None)
-def _shortest_sentence():
-    """Bytes of the shortest sentence, Det N V "." (2880 candidates, each checked)."""
-    verbs = [*_VT_NUM, *_VI_NUM]
-    return min(len(" ".join(w)) + 1 for w in itertools.product(DETERMINERS, _NOUN_NUM, verbs)
-               if _is_sentence(list(w)))
-
-
-def grammar_examples(n, seed, prompt_words=1, max_bytes=None):
-    """n examples {"prompt": the first prompt_words words + " ", "response": the rest of a text
-    of 1-3 sentences}, fixed by the seed. max_bytes: texts longer than that (in bytes, prompt and
-    response together) are drawn again, so every example fits a canvas."""
-    if prompt_words < 1 or prompt_words >= 3 * 7:  # 3 sentences of at most 7 words
-        raise ValueError(f"prompt_words must lie in 1..20, got {prompt_words}")
-    if max_bytes is not None and max_bytes < _shortest_sentence():
-        raise ValueError(f"max_bytes {max_bytes} is shorter than the shortest sentence "
-                         f"({_shortest_sentence()} bytes)")
-    # one generator drives every choice, in a fixed order: the same seed, the same examples
-    rng, out, tries = random.Random(seed), [], 0
-    while len(out) < n:
-        text = " ".join(_sample_sentence(rng) for _ in range(rng.randint(1, 3)))
-        words = text.split(" ")
-        fits = max_bytes is None or len(text.encode()) <= max_bytes
-        if fits and len(words) > prompt_words:  # the response must hold at least one word
-            # the prompt keeps its trailing space, so the response starts with a word's first
-            # byte and the model never has to guess the separator after the prompt
-            out.append({"prompt": " ".join(words[:prompt_words]) + " ",
-                        "response": " ".join(words[prompt_words:])})
-            tries = 0
-            continue
-        tries += 1  # rejection sampling; give up when the constraints (nearly) never hold
-        if tries > 100_000:
-            raise ValueError(f"no text of more than {prompt_words} words fits {max_bytes} bytes")
-    return out
-
-
-def _parse_np(words, i):
-    """(end, number) of the noun phrase Det (Adj) N at words[i:], or None."""
-    nums = DETERMINERS.get(words[i]) if i < len(words) else None
-    if nums is None:
-        return None
-    j = i + 1 + (i + 1 < len(words) and words[i + 1] in ADJECTIVES)  # the optional adjective
-    if j >= len(words) or _NOUN_NUM.get(words[j]) not in nums:
-        return None  # no noun, or one whose number the determiner does not allow
-    if words[i] in ("a", "an") and (words[i] == "an") != (words[i + 1][0] in VOWELS):
-        return None  # "a ox", "an cat"
-    return j + 1, _NOUN_NUM[words[j]]
-
-
-def _is_sentence(words):
-    """True when the words (no final ".") are NP_n VP_n exactly."""
-    np_ = _parse_np(words, 0)  # the subject fixes the number the verb must agree with
-    if np_ is None or np_[0] >= len(words):
-        return False
-    j, num = np_
-    verb, rest = words[j], len(words) - j - 1
-    if _VI_NUM.get(verb) == num:
-        return rest == 0
-    if _VT_NUM.get(verb) == num:  # with no object, or with a whole noun phrase of any number
-        return rest == 0 or (_parse_np(words, j + 1) or (0,))[0] == len(words)
-    return False
-
-
-def grammar_words(text):
-    """The words of a text as grammar_check counts them: split at whitespace, a final "." cut off,
-    a lone "." dropped."""
-    return [w for w in (w[:-1] if w.endswith(".") else w for w in text.split()) if w]
-
-
-def grammar_check(text):
-    """Exact counts for a generated text (prompt + continuation):
-    - parses: the text is >= 1 grammatical sentences joined by single spaces, nothing else;
-    - sentences: non-blank pieces of text.split(".") (a trailing unterminated piece included);
-    - valid_sentences: those pieces that end in "." and, stripped of surrounding whitespace, are
-      grammatical words separated by single spaces;
-    - words: whitespace-separated words, a final "." stripped (a lone "." is no word);
-    - lexicon_words: those words that are word forms of GRAMMAR_LEXICON."""
-    # "." only ever ends a sentence here (no abbreviations, no numbers), so splitting at it
-    # recovers the sentences; a model's garbage between periods becomes one invalid piece
-    pieces = text.split(".")
-    ended = [p for p in pieces[:-1] if p.strip()]  # each of these was followed by a "."
-    tail = [pieces[-1]] if pieces[-1].strip() else []  # text after the last ".", if any
-    valid = [p.strip() for p in ended if _is_sentence(p.strip().split(" "))]
-    cores = grammar_words(text)
-    # strict form: the canonical joining of the valid sentences must give back the text exactly
-    canonical = " ".join(s + "." for s in valid)
-    return {"parses": bool(valid) and len(valid) == len(ended) + len(tail) and canonical == text,
-            "sentences": len(ended) + len(tail), "valid_sentences": len(valid),
-            "words": len(cores), "lexicon_words": sum(w in GRAMMAR_LEXICON for w in cores)}
-
-
-# ----------------------------------------------------------------------------------------------
-# The signature of an independent per-position readout. A CTC model predicts every position on
-# its own, so when it is unsure where a token goes, two neighbouring positions can both emit the
-# same token: one token is dropped and its neighbour doubled, the length unchanged ("abcd" ->
-# "accd" or "aacd"). That is exactly one substitution whose new value is the reference's token
-# just to the left or right of it.
-
-
-def dropped_doubled(out, ref):
-    """True when out is ref with one token dropped and a neighbour of it doubled (same length).
-    Strings, bytes and lists all work: only positions and equality are used."""
-    out, ref = list(out), list(ref)
-    if len(out) != len(ref):
-        return False
-    diff = [i for i, (a, b) in enumerate(zip(out, ref)) if a != b]
-    if len(diff) != 1:
-        return False  # identical (nothing dropped), or more than one change
-    i = diff[0]
-    return (i > 0 and out[i] == ref[i - 1]) or (i + 1 < len(ref) and out[i] == ref[i + 1])
-
-
-def dropped_doubled_word(word, lexicon=GRAMMAR_LEXICON):
-    """True when word is not in the lexicon but is a lexicon word of the same length with one
-    character dropped and a neighbour doubled: "badder" (badger, g dropped, d doubled) is;
-    "bader" (another length) and "bodger" (o is no neighbour's letter) are not."""
-    if word in lexicon:
-        return False
-    return any(dropped_doubled(word, w) for w in lexicon if len(w) == len(word))

@@ -8,12 +8,15 @@ checkpoints decode left to right. Optionally displaces freshly committed tokens 
     python decode.py --ckpt out-ctc/ckpt.pt --shift-rate 0.02 --num-samples 8 --json
     python decode.py --ckpt out-ctc/ckpt.pt --length 32 --steps 32 --show-steps    # watch it fill
     python decode.py --ckpt out-ar/ckpt.pt --prompt "The list type"                 # AR twin
+    python decode.py --ckpt tok/ckpt.pt --prompt-ids 464 1351 2099  # a token model, no tokenizer
     # a prompts file (JSON lines {"prompt": ...}) at several probe rates -> one JSON line each
     python decode.py --ckpt out-ctc/ckpt.pt --prompts task/test.jsonl --out gens.jsonl \\
         --sampler confidence --block-length 16 --per-step 2 --shift-rates 0 0.01 0.05
 
-The model config, noise schedule, whether SLACK may be sampled and the collapse map are read from
-the checkpoint, so no flag repeats them. The samplers themselves live in mdlm.py (`generate`,
+The model config, noise schedule, vocabulary, whether SLACK may be sampled and the collapse map
+are read from the checkpoint, so no flag repeats them. A slack-trained checkpoint decodes with the
+confidence sampler's "last" slack rule unless --slack-rule says otherwise (`plain` is LLaDA's
+rule); the README's results say why. The samplers themselves live in mdlm.py (`generate`,
 `generate_ar`, `shift_probe`); this script is their command line.
 
 Papers: Sahoo et al. 2024, MDLM (arXiv 2406.07524): ancestral sampling and its cache; Nie et al.
@@ -30,7 +33,8 @@ from tqdm import tqdm
 
 import data
 import mdlm
-from mdlm import EOS, MASK, SLACK
+
+SLACK_DEFAULT = "last"  # the slack rule of slack-trained checkpoints: chosen on validation prompts
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -39,36 +43,55 @@ from mdlm import EOS, MASK, SLACK
 def parse_args(argv=None):
     """The command line. --length and --steps default to None, not a number: both depend on the
     prompt's length and the model's canvas, known only once the checkpoint is loaded (see plan)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--ckpt", required=True, help="checkpoint written by train.py")
     a("--prompt", default="", help="text the canvas starts with, kept fixed (default: empty)")
-    a("--prompts", default=None, help="JSON lines {'prompt': ...}: decode each (with --out)")
-    a("--out", default=None, help="with --prompts: write one JSON line per prompt and shift rate here")
+    a("--prompt-ids", type=int, nargs="+", default=None,
+      help="the prompt as token ids instead of text (a token model without its tokenizer here)")
+    a("--prompts", default=None,
+      help="JSON lines {'prompt': text} or {'prompt_ids': [...]}: decode each (with --out)")
+    a("--out", default=None, help="with --prompts: one JSON line per prompt and shift rate here")
     a("--length", type=int, default=None,
       help="positions to generate (default: the rest of the model's canvas after the prompt)")
     a("--steps", type=int, default=None,
       help="denoising steps in total (default: length / --per-step, rounded up to whole blocks)")
-    a("--per-step", type=int, default=1, help="positions committed per step when --steps is unset")
+    a("--per-step", type=int, default=1,
+      help="positions committed per step when --steps is unset (default: 1)")
     a("--sampler", choices=mdlm.SAMPLERS, default="ancestral",
       help="MDLM ancestral sampling or LLaDA low-confidence remasking (default: ancestral); "
            "AR checkpoints always decode left to right")
     a("--block-length", type=int, default=None,
-      help="semi-autoregressive blocks of this many positions, decoded left to right (the last one "
+      help="semi-autoregressive blocks of this many positions, decoded left to right (the last "
            "may be shorter); the number of blocks must divide --steps (default: one block)")
-    a("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default: 1)")
-    a("--num-samples", type=int, default=1, help="samples of --prompt, drawn as one batch (default: 1)")
-    a("--batch-size", type=int, default=64, help="prompts decoded at once with --prompts (default: 64)")
+    a("--slack-rule", choices=("auto",) + mdlm.SLACK_RULES, default="auto",
+      help="confidence sampler: when a slack proposal may be committed; plain (LLaDA's rule: like "
+           "any token), last (after every real token of the block), threshold (last, unless its "
+           f"probability >= --slack-threshold); auto: {SLACK_DEFAULT} for slack-trained "
+           "checkpoints, plain otherwise (default: auto)")
+    a("--slack-threshold", type=float, default=0.9,
+      help="the probability above which --slack-rule threshold commits slack early (default: 0.9)")
+    a("--temperature", type=float, default=1.0,
+      help="sampling temperature; 0 = greedy (default: 1)")
+    a("--num-samples", type=int, default=1,
+      help="samples of --prompt, drawn as one batch (default: 1)")
+    a("--batch-size", type=int, default=64,
+      help="prompts decoded at once with --prompts (default: 64)")
     a("--seed", type=int, default=0, help="seed of the sampling random stream (default: 0)")
     a("--device", default="auto", help="cuda, mps, cpu, or auto (first available; default: auto)")
     a("--shift-rate", type=float, default=0.0,
-      help="shift probe: probability that a freshly committed token moves one position (default: 0)")
+      help="shift probe: probability that a freshly committed token moves one position "
+           "(default: 0)")
     a("--shift-rates", type=float, nargs="+", default=None,
-      help="with --prompts: decode every prompt at each of these probe rates (default: --shift-rate)")
+      help="with --prompts: decode every prompt at each of these probe rates "
+           "(default: --shift-rate)")
     a("--json", action="store_true", help="print one JSON object per sample instead of text")
-    a("--show-canvas", action="store_true", help="also print the raw final canvas (· SLACK, □ MASK)")
+    a("--show-canvas", action="store_true",
+      help="also print the raw final canvas (· SLACK, □ MASK, ⏎ EOS)")
     a("--show-steps", action="store_true", help="print the raw canvas after every step")
-    a("--no-cache", action="store_true", help="call the network at every step, even if nothing changed")
+    a("--no-cache", action="store_true",
+      help="call the network at every step, even if nothing changed (for the benchmark)")
     return p.parse_args(argv)
 
 
@@ -77,21 +100,24 @@ def parse_args(argv=None):
 
 
 def check_args(args):
-    """Refuse flag values that cannot work, before a model is loaded."""
+    """Refuse flag values that cannot work, before a model is loaded; returns the probe rates."""
     if args.num_samples < 1 or args.batch_size < 1 or args.per_step < 1:
         raise data.UserError("--num-samples, --batch-size and --per-step must be at least 1")
-    rates = args.shift_rates if args.shift_rates is not None else [args.shift_rate]  # always a list
+    rates = args.shift_rates if args.shift_rates is not None else [args.shift_rate]
     if not all(0.0 <= r <= 1.0 for r in rates):
         raise data.UserError(f"shift rates must be in [0, 1], got {rates}")
-    # checked before decoding: a missing --out would be noticed only after every prompt was decoded
+    # checked before decoding: a missing --out would be noticed only after every prompt was done
     if (args.prompts is None) != (args.out is None):
-        raise data.UserError("--prompts and --out go together: decode a file of prompts into a file")
+        raise data.UserError("--prompts and --out go together: decode a file of prompts into a "
+                             "file")
     if args.shift_rates is not None and args.prompts is None:
         raise data.UserError("--shift-rates needs --prompts/--out; for one prompt use --shift-rate")
+    if args.prompt_ids is not None and args.prompt:
+        raise data.UserError("give --prompt (text) or --prompt-ids, not both")
     try:  # command-line bytes that are not UTF-8 arrive as lone surrogates
         args.prompt.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise data.UserError(f"--prompt is not valid UTF-8 text (byte {e.start}); pass UTF-8 text")
+        raise data.UserError(f"--prompt is not valid UTF-8 text (byte {e.start}); pass UTF-8")
     return rates
 
 
@@ -102,18 +128,19 @@ def plan(model, P, args):
     if args.steps is not None:
         steps = args.steps
     else:
-        # -(-a // b) = ceil(a / b) in integers; the last block may be shorter, so steps are planned
-        # for the longest one and every block gets the same number of steps
+        # -(-a // b) = ceil(a / b) in integers; the last block may be shorter, so steps are
+        # planned for the longest one and every block gets the same number of steps
         n_blocks = -(-L // args.block_length) if args.block_length else 1
         block = -(-L // n_blocks)  # the longest block
         steps = n_blocks * max(1, -(-block // args.per_step))  # ceil(block / per_step) per block
-    # an MDLM request is checked as the sampler will check it (blocks must divide the steps); an AR
-    # model has no steps or blocks, only its canvas to fit
+    # an MDLM request is checked as the sampler will check it (blocks must divide the steps); an
+    # AR model has no steps or blocks, only its canvas to fit
     if not model.cfg.causal:
         mdlm.check_request(P, L, steps, args.sampler, args.block_length, model.cfg.seq_len,
-                           args.temperature)
+                           args.temperature, args.slack_rule, args.slack_threshold)
     elif P + L > model.cfg.seq_len or L < 1:
-        raise ValueError(f"prompt ({P}) + length ({L}) must fit the model's {model.cfg.seq_len} positions")
+        raise ValueError(f"prompt ({P}) + length ({L}) must fit the model's {model.cfg.seq_len} "
+                         f"positions")
     return L, steps
 
 
@@ -122,7 +149,8 @@ def plan(model, P, args):
 
 
 def run_batch(model, meta, prompt, args, rate, gen):
-    """Decode prompt (B, P) with the checkpoint's settings; -> the sampler's dict (canvas, counts)."""
+    """Decode prompt (B, P) with the checkpoint's settings; -> the sampler's dict (canvas,
+    counts)."""
     B, P = prompt.shape  # all B rows share one prompt length P
     L, steps = plan(model, P, args)
     if model.cfg.causal:  # the AR twin: no canvas, no probe
@@ -131,24 +159,46 @@ def run_batch(model, meta, prompt, args, rate, gen):
         # printer and the file writer need no AR special case
         out["n_committed"], out["n_shifted"] = torch.full((B,), L), torch.zeros(B, dtype=torch.long)
         return out
-    # gen is advanced by the call: the next batch of a group continues the stream, never repeats it
+    # gen is advanced by the call: the next batch of a group continues the stream, never repeats
     return mdlm.generate(model, prompt, L, steps=steps, sampler=args.sampler,
                          block_length=args.block_length, temperature=args.temperature,
-                         schedule=meta["schedule"], allow_slack=bool(meta["slack"]), shift_rate=rate,
-                         generator=gen, record_steps=args.show_steps, use_cache=not args.no_cache)
+                         schedule=meta["schedule"], allow_slack=bool(meta["slack"]),
+                         slack_rule=args.slack_rule, slack_threshold=args.slack_threshold,
+                         shift_rate=rate, generator=gen, record_steps=args.show_steps,
+                         use_cache=not args.no_cache)
 
 
-def decode_file(model, meta, args, rates, device):
-    """Every prompt of --prompts at every rate -> JSON lines in --out. Prompts of equal length share
-    a batch (a canvas is rectangular); each group is seeded with seed + P, so every model and every
-    rate sees the same random stream for a prompt (with temperature 0 the committed positions and
-    the probe's moves then match across models, and comparisons are paired)."""
-    recs = data.read_jsonl(args.prompts)  # [{'prompt': ...}, ...] in file order
-    if not all(isinstance(r.get("prompt"), str) for r in recs):
-        raise data.UserError(f"{args.prompts}: every line needs a string 'prompt'")
-    prompts = [mdlm.encode(r["prompt"]) for r in recs]
-    # an AR twin's text is read as sampled: the standard collapse would merge its doubled letters
-    slack = bool(meta["slack"]) and not model.cfg.causal
+def output_record(canvas_row, P, meta, vocab, causal):
+    """(output ids, output text or None) of one canvas row: only a slack-trained MDLM's canvas goes
+    through the collapse map (an AR twin's text is read as sampled: the standard collapse would
+    merge its doubled letters); the text only where the vocabulary's tokenizer is at hand."""
+    slack = bool(meta["slack"]) and not causal
+    ids = mdlm.output_ids(canvas_row, P, meta["collapse"], slack, vocab.size)
+    return ids, vocab.decode(ids)
+
+
+def read_prompts(path, vocab):
+    """The prompts of a JSON-lines file as (records, lists of ids): text through the vocabulary's
+    tokenizer, or ids as given."""
+    recs = data.read_jsonl(path)  # [{'prompt': ...}, ...] in file order
+    prompts = []
+    for n, r in enumerate(recs, 1):
+        if isinstance(r.get("prompt"), str):
+            prompts.append(vocab.encode(r["prompt"], f"{path}:{n}"))
+        elif isinstance(r.get("prompt_ids"), list) and all(type(i) is int for i in r["prompt_ids"]):
+            data.check_ids(torch.tensor(r["prompt_ids"] + [0]), vocab, f"{path}:{n}")
+            prompts.append(r["prompt_ids"])
+        else:
+            raise data.UserError(f"{path}:{n}: need a string 'prompt' or a list 'prompt_ids'")
+    return recs, prompts
+
+
+def decode_file(model, meta, vocab, args, rates, device):
+    """Every prompt of --prompts at every rate -> JSON lines in --out. Prompts of equal length
+    share a batch (a canvas is rectangular); each group is seeded with seed + P, so every model
+    and every rate sees the same random stream for a prompt (with temperature 0 the committed
+    positions and the probe's moves then match across models, and comparisons are paired)."""
+    recs, prompts = read_prompts(args.prompts, vocab)
     out_recs = []
     groups = sorted({len(p) for p in prompts})  # one batch shape per prompt length
     bar = tqdm(total=len(prompts) * len(rates), desc="decode", leave=False)
@@ -158,20 +208,22 @@ def decode_file(model, meta, args, rates, device):
             gen = torch.Generator().manual_seed(args.seed + P)  # CPU: same stream on any device
             for s in range(0, len(idx), args.batch_size):
                 part = idx[s:s + args.batch_size]  # <= --batch-size prompts
-                prompt = torch.tensor([prompts[i] for i in part], dtype=torch.long).view(len(part), P)
-                out = run_batch(model, meta, prompt.to(device), args, rate, gen)
+                prompt = torch.tensor([prompts[i] for i in part], dtype=torch.long)
+                out = run_batch(model, meta, prompt.view(len(part), P).to(device), args, rate, gen)
                 for b, i in enumerate(part):
-                    ids = mdlm.output_ids(out["canvas"][b].tolist(), P, meta["collapse"], slack)
-                    out_recs.append({"i": i, "prompt": recs[i]["prompt"], "output": mdlm.to_text(ids),
+                    ids, text = output_record(out["canvas"][b].tolist(), P, meta, vocab,
+                                              model.cfg.causal)
+                    out_recs.append({"i": i, "prompt": recs[i].get("prompt"), "output": text,
                                      "output_ids": ids, "rate": rate,
-                                     "n_committed": int(out["n_committed"][b]),  # plain ints: JSON
+                                     "n_committed": int(out["n_committed"][b]),  # plain ints
                                      "n_shifted": int(out["n_shifted"][b])})
                 bar.update(len(part))
     bar.close()
     data.write_jsonl(args.out, out_recs)
-    # pooled over prompts as total moves / total commits (not a mean of per-prompt fractions), the
-    # realised rate evaluate.py reports; max(1, .) keeps an empty file from dividing by zero
-    shifted = sum(r["n_shifted"] for r in out_recs) / max(1, sum(r["n_committed"] for r in out_recs))
+    # pooled over prompts as total moves / total commits (not a mean of per-prompt fractions),
+    # the realised rate evaluate.py reports; max(1, .) keeps an empty file from dividing by zero
+    moved, committed = (sum(r[k] for r in out_recs) for k in ("n_shifted", "n_committed"))
+    shifted = moved / max(1, committed)
     print(f"{len(out_recs)} outputs ({len(prompts)} prompts x {len(rates)} rates) -> {args.out}; "
           f"realised shift fraction over all rates {shifted:.4f}")
 
@@ -179,41 +231,45 @@ def decode_file(model, meta, args, rates, device):
 # ----------------------------------------------------------------------------------------------
 # Printing one prompt's samples. The raw canvas view keeps SLACK and MASK visible.
 
-# one visible character each: SLACK and MASK have no text, and a raw newline would break the line
-GLYPHS = {SLACK: "·", MASK: "□", EOS: "⏎", ord("\n"): "↵"}
 
-
-def render_canvas(row, prompt_len):
-    """The raw canvas as one printable line: printable ASCII as is, "·" SLACK, "□" MASK, "⏎" EOS,
-    "↵" newline, other bytes as \\xNN (so multi-byte UTF-8 shows as escapes); "▸" ends the prompt."""
-    glyph = lambda i: GLYPHS.get(i) or (chr(i) if 32 <= i < 127 else f"\\x{i:02x}")  # noqa: E731
+def render_canvas(row, prompt_len, vocab=data.Vocab()):
+    """The raw canvas as one printable line: "·" SLACK, "□" MASK, "⏎" EOS; for bytes, printable
+    ASCII as is, "↵" newline, other bytes as \\xNN (so multi-byte UTF-8 shows as escapes); for a
+    token vocabulary, each token's text in brackets (or its id); "▸" ends the prompt."""
+    eos, slack, mask = vocab.specials
+    glyphs = {slack: "·", mask: "□", eos: "⏎"}
+    if vocab.tokenizer == "bytes":
+        glyphs[ord("\n")] = "↵"
+        other = lambda i: chr(i) if 32 <= i < 127 else f"\\x{i:02x}"  # noqa: E731
+    else:
+        other = lambda i: f"[{vocab.decode([i]) if vocab.has_text() else i}]"  # noqa: E731
     ids = [int(i) for i in row]  # a tensor row or a list, as ints
-    return "".join(map(glyph, ids[:prompt_len])) + "▸" + "".join(map(glyph, ids[prompt_len:]))
+    show = lambda part: "".join(glyphs.get(i) or other(i) for i in part)  # noqa: E731
+    return show(ids[:prompt_len]) + "▸" + show(ids[prompt_len:])
 
 
-def print_samples(out, args, P, meta, causal):
+def print_samples(out, args, P, meta, vocab, causal):
     """Text (or JSON lines) of each sample; with --show-steps / --show-canvas the raw canvases."""
-    # as in decode_file: only a slack-trained MDLM's canvas goes through the collapse map
-    slack = bool(meta["slack"]) and not causal
     for b in range(args.num_samples):
         row = out["canvas"][b].cpu()  # (P + L,) the raw canvas
-        text = mdlm.to_text(mdlm.output_ids(row.tolist(), P, meta["collapse"], slack))
+        ids, text = output_record(row.tolist(), P, meta, vocab, causal)
+        shown = text if text is not None else " ".join(map(str, ids))  # ids without a tokenizer
         n_c, n_s = int(out["n_committed"][b]), int(out["n_shifted"][b])  # commits, moves
         if args.json:
             print(json.dumps({
-                "sample": b, "prompt": args.prompt, "text": text, "n_committed": n_c, "n_shifted": n_s,
-                "shift_fraction": n_s / max(n_c, 1), "model_calls": out["model_calls"],  # the realised rate
-                "sampler": "ar" if causal else args.sampler, "temperature": args.temperature,
-                "shift_rate": args.shift_rate, "seed": args.seed,
-                "canvas": render_canvas(row, P) if args.show_canvas else None,  # null unless asked
+                "sample": b, "prompt": args.prompt, "text": text, "ids": ids,
+                "n_committed": n_c, "n_shifted": n_s, "shift_fraction": n_s / max(n_c, 1),
+                "model_calls": out["model_calls"], "sampler": "ar" if causal else args.sampler,
+                "temperature": args.temperature, "shift_rate": args.shift_rate, "seed": args.seed,
+                "canvas": render_canvas(row, P, vocab) if args.show_canvas else None,
             }, ensure_ascii=False))
             continue
         print(f"--- sample {b}: {n_c} committed, {n_s} shifted, {out['model_calls']} model calls")
         for k, step_canvas in enumerate(out.get("history", [])):  # empty unless --show-steps
-            print(f"step {k + 1:4d} {render_canvas(step_canvas[b], P)}")
+            print(f"step {k + 1:4d} {render_canvas(step_canvas[b], P, vocab)}")
         if args.show_canvas:
-            print("canvas:", render_canvas(row, P))
-        print(args.prompt + text)  # the prompt as typed, then the output
+            print("canvas:", render_canvas(row, P, vocab))
+        print(args.prompt + shown)  # the prompt as typed, then the output
 
 
 def main(argv=None):
@@ -225,23 +281,28 @@ def main(argv=None):
         device = mdlm.pick_device(args.device)
         ckpt = mdlm.load_checkpoint(args.ckpt, map_location="cpu")
         model = mdlm.model_from_checkpoint(ckpt, device=device)  # its EMA weights, eval mode
-        meta = mdlm.checkpoint_meta(ckpt)  # what the checkpoint was trained as
-        # an AR model commits one token at the end of its sequence: there is no masked neighbour to move
-        # it into, so a nonzero probe rate would silently measure nothing
+        meta, vocab = mdlm.checkpoint_meta(ckpt), data.vocab_of(ckpt)  # how it was trained
+        if args.slack_rule == "auto":
+            args.slack_rule = SLACK_DEFAULT if meta["slack"] else "plain"
+        # an AR model commits one token at the end of its sequence: there is no masked neighbour
+        # to move it into, so a nonzero probe rate would silently measure nothing
         if model.cfg.causal and max(rates) > 0:
             raise data.UserError("the shift probe needs a masked diffusion (non-causal) checkpoint")
         if args.prompts:
-            decode_file(model, meta, args, rates, device)
+            decode_file(model, meta, vocab, args, rates, device)
             return 0
-        ids = mdlm.encode(args.prompt)  # UTF-8 bytes, one token each
-        prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long).view(args.num_samples, len(ids))
-        gen = torch.Generator().manual_seed(args.seed)  # CPU stream: the same samples on any device
-        out = run_batch(model, meta, prompt.to(device), args, args.shift_rate, gen)
+        ids = args.prompt_ids if args.prompt_ids is not None else vocab.encode(args.prompt,
+                                                                               "--prompt")
+        data.check_ids(torch.tensor(ids + [0]), vocab, "--prompt-ids")
+        prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long)
+        gen = torch.Generator().manual_seed(args.seed)  # CPU stream: the same samples anywhere
+        out = run_batch(model, meta, prompt.view(args.num_samples, len(ids)).to(device), args,
+                        args.shift_rate, gen)
     except (data.UserError, mdlm.CheckpointError, ValueError) as e:
         # one line: torch's own unpickling messages run over many lines, the first says enough
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
-    print_samples(out, args, len(ids), meta, model.cfg.causal)
+    print_samples(out, args, len(ids), meta, vocab, model.cfg.causal)
     return 0
 
 

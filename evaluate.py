@@ -4,7 +4,7 @@ degrades sharply when ~1% of its committed tokens land one position off during d
 probe); (b) a slack-CTC fine-tune degrades less under that probe than a matched CE fine-tune.
 
     python evaluate.py task copy --out-dir tasks/copy           # train.jsonl, test.jsonl, task.json
-    python evaluate.py task text --out-dir tasks/text --prompt-len 32 --length 96   # test.jsonl only
+    python evaluate.py task text --out-dir tasks/text --prompt-len 32 --length 96   # test only
     python evaluate.py bpb --ckpts out/ckpt.pt out-ar/ckpt.pt   # held-out bits per byte
     python evaluate.py score --task copy --refs tasks/copy/test.jsonl \\
         --gens ce=gens/ce.jsonl ctc=gens/ctc.jsonl --out-dir eval/copy
@@ -38,6 +38,7 @@ import torch
 
 import data
 import mdlm
+import tasks
 
 # ----------------------------------------------------------------------------------------------
 # Settings: each task's per-prompt metrics, the primary one first.
@@ -46,7 +47,8 @@ METRICS = {"copy": ("exact", "cer", "dropped_doubled"),
            "grammar": ("parses", "valid", "lexicon", "dropped_doubled", "length"),
            "text": ("judge_nll", "entropy", "distinct_2", "length")}
 LOWER = "lower is better"  # table titles say which way is good; other metrics: higher is better
-BETTER = {"cer": LOWER, "dropped_doubled": LOWER, "judge_nll": LOWER, "entropy": "bits", "length": "bytes"}
+BETTER = {"cer": LOWER, "dropped_doubled": LOWER, "judge_nll": LOWER, "entropy": "bits",
+          "length": "bytes"}
 NAN = float("nan")  # "no value": an empty output has no entropy; JSON writes it as null
 
 
@@ -67,29 +69,44 @@ def held_out_examples(val_ids, n, prompt_len, length):
     cut = lambda k: int(starts[np.searchsorted(starts, k)])  # first char start >= k
     text = lambda a, b: ids[a:b].tobytes().decode("utf-8", errors="replace")  # bad bytes: U+FFFD
     # evenly spaced, not random: the prompts cover the whole split instead of clustering
-    cuts = [(a, cut(a + prompt_len)) for a in (cut(o) for o in np.linspace(0, len(ids) - span - 3, n))]
+    starts_at = (cut(o) for o in np.linspace(0, len(ids) - span - 3, n))
+    cuts = [(a, cut(a + prompt_len)) for a in starts_at]
     return [{"prompt": text(a, b), "response": text(b, cut(b + length))} for a, b in cuts]
 
 
 def run_task(args):
-    """Write out_dir/train.jsonl (not for text), test.jsonl and task.json."""
-    train, dropped = [], 0
+    """Write out_dir/train.jsonl, val.jsonl (not for text), test.jsonl and task.json. Validation
+    prompts are for choosing settings (decoder rules, training length); test prompts only score
+    what was chosen."""
+    files, dropped = {}, {}
     if args.task == "text":  # text fine-tunes train on the corpus itself: a test set only
-        test = held_out_examples(data.load_corpus(args.data)[1], args.n_test, args.prompt_len, args.length)
+        train_ids, val_ids, vocab = data.load_corpus(args.data)
+        if vocab.tokenizer != "bytes":
+            raise data.UserError("the text task reads byte corpora (UTF-8 text files)")
+        files["test"] = held_out_examples(val_ids, args.n_test, args.prompt_len, args.length)
     else:
-        make = ((lambda n, s: data.copy_examples(n, args.min_len, args.max_len, s)) if args.task == "copy"
-                else (lambda n, s: data.grammar_examples(n, s, args.prompt_words, args.max_bytes)))
-        train, drawn = make(args.n_train, args.seed), make(args.n_test, args.seed + 1)
-        seen = {r["prompt"] + r["response"] for r in train}  # the full text of each example
-        test = [r for r in drawn if r["prompt"] + r["response"] not in seen]
-        dropped = len(drawn) - len(test)  # drawn but seen in train
-    # the flags (train from seed, test from seed + 1) and the counts: enough to redo the files
+        make = ((lambda n, s: tasks.copy_examples(n, args.min_len, args.max_len, s))
+                if args.task == "copy"
+                else (lambda n, s: tasks.grammar_examples(n, s, args.prompt_words, args.max_bytes)))
+        files["train"] = make(args.n_train, args.seed)
+        seen = {r["prompt"] + r["response"] for r in files["train"]}  # each example's full text
+        # test from seed + 1, validation from seed + 2; a text drawn before is dropped, so no
+        # model may pass by recalling an answer and validation never peeks at a test prompt
+        for split, n, seed in [("test", args.n_test, args.seed + 1), ("val", args.n_val,
+                                                                       args.seed + 2)]:
+            drawn = make(n, seed)
+            files[split] = [r for r in drawn if r["prompt"] + r["response"] not in seen]
+            dropped[split] = len(drawn) - len(files[split])
+            seen |= {r["prompt"] + r["response"] for r in files[split]}
+    # the flags and the counts: enough to redo the files
     task = {**{k: v for k, v in vars(args).items() if k not in ("mode", "out_dir")},
-            "n_test_drawn": args.n_test, "n_test": len(test), "dropped_test": dropped, "n_train": len(train)}
+            **{f"n_{k}": len(v) for k, v in files.items()},
+            **{f"dropped_{k}": v for k, v in dropped.items()}}
     write_files(args.out_dir, {"task.json": json.dumps(task, indent=1) + "\n"})  # makes out_dir
-    for name, recs in [("test.jsonl", test)] + [("train.jsonl", train)] * bool(train):  # text: no train
-        data.write_jsonl(os.path.join(args.out_dir, name), recs)
-    print(f"{args.out_dir}: {len(test)} test examples ({dropped} dropped), {len(train)} train examples")
+    for split, recs in files.items():
+        data.write_jsonl(os.path.join(args.out_dir, f"{split}.jsonl"), recs)
+    print(f"{args.out_dir}: " + ", ".join(f"{len(v)} {k} examples" for k, v in files.items())
+          + (f" ({dropped} dropped as seen before)" if dropped else ""))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,7 +130,8 @@ def bits_per_byte(model, meta, val_ids, seq_len, batch_size, t_samples=8, seed=0
     width = seq_len + 1 if ar else seq_len
     n_win = (len(val_ids) - width) // seq_len + 1  # windows that start at 0, T, 2T, ... and fit
     if n_win < 1:
-        raise ValueError(f"held-out split of {len(val_ids)} bytes is shorter than one window ({width})")
+        raise ValueError(f"held-out split of {len(val_ids)} tokens is shorter than one window "
+                         f"({width})")
     # one generator for every draw of t and of the masks: two checkpoints get identical noise
     gen = torch.Generator(device=device).manual_seed(seed)
     schedule, total, count = meta.get("schedule", "linear"), 0.0, 0
@@ -134,14 +152,19 @@ def bits_per_byte(model, meta, val_ids, seq_len, batch_size, t_samples=8, seed=0
 
 
 def run_bpb(args):
-    """Print the held-out bits per byte of each checkpoint."""
-    device, val = mdlm.pick_device(args.device), data.load_corpus(args.data)[1]  # val: held out
+    """Print the held-out bits per token (per byte for byte models) of each checkpoint."""
+    device = mdlm.pick_device(args.device)
+    _, val, vocab = data.load_corpus(args.data, n_tokens=args.vocab_size)  # val: held out
     for path in args.ckpts:
         ckpt = mdlm.load_checkpoint(path)  # EMA weights; meta: objective, schedule, slack, collapse
+        if data.vocab_of(ckpt).n_tokens != vocab.n_tokens:
+            raise data.UserError(f"{path} has another vocabulary than the corpus")
         model, meta = mdlm.model_from_checkpoint(ckpt, device=device), mdlm.checkpoint_meta(ckpt)
-        bpb = bits_per_byte(model, meta, val, args.seq_len or model.cfg.seq_len, args.eval_batch_size,
-                            args.t_samples, args.seed, device, args.max_batches or None)
-        print(f"{path}: {bpb:.4f} bits per byte ({meta['objective']})")
+        bpb = bits_per_byte(model, meta, val, args.seq_len or model.cfg.seq_len,
+                            args.eval_batch_size, args.t_samples, args.seed, device,
+                            args.max_batches or None)
+        unit = "byte" if vocab.tokenizer == "bytes" else "token"
+        print(f"{path}: {bpb:.4f} bits per {unit} ({meta['objective']})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,8 +176,9 @@ def run_bpb(args):
 
 
 def unigram_entropy(ids):
-    """H = -sum_v p(v) log2 p(v) with p the byte histogram of `ids`, in bits; nan if empty. 0 for one
-    repeated byte, 8 for uniform random bytes, 4 to 4.5 for English; it flags a narrow vocabulary."""
+    """H = -sum_v p(v) log2 p(v) with p the byte histogram of `ids`, in bits; nan if empty. 0 for
+    one repeated byte, 8 for uniform random bytes, 4 to 4.5 for English; it flags a narrow
+    vocabulary."""
     if len(ids) == 0:
         return NAN
     counts = np.bincount(np.asarray(ids, dtype=np.int64))  # (max id + 1,) per byte value
@@ -164,7 +188,8 @@ def unigram_entropy(ids):
 
 def distinct_n(ids, n):
     """Unique n-grams / all n-grams of `ids` (1 = no repetition); nan if shorter than n. Catches a
-    phrase repeated verbatim, which keeps its byte histogram; it falls with length even for real text."""
+    phrase repeated verbatim, which keeps its byte histogram; it falls with length even for real
+    text."""
     grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]  # overlapping, in order
     return len(set(grams)) / len(grams) if grams else NAN
 
@@ -178,7 +203,8 @@ def judge_nll(judge, prompt_ids, cont_ids):
     # Why an AR judge: an MDLM has no exact likelihood of its own samples, and a model should not
     # grade itself; a causal model gives the exact probability of any text, one fixed reader for all
     if len(prompt_ids) == 0:
-        raise ValueError("the judge needs at least one prompt byte to predict the first output byte")
+        raise ValueError("the judge needs at least one prompt byte to predict the first output "
+                         "byte")
     prompt = list(prompt_ids)[-judge.cfg.seq_len:]  # the nearest context wins
     cont = list(cont_ids)[:judge.cfg.seq_len + 1 - len(prompt)]  # P + C <= seq_len + 1
     if not cont:
@@ -194,21 +220,22 @@ def copy_metrics(ref, gen):
     """exact, cer and dropped_doubled of one copy output against its known answer."""
     out, want = gen["output"], ref["response"]
     # CER = edit distance / answer length: a letter one slot off costs exactly one edit
-    cer = data.levenshtein(out, want) / len(want) if want else NAN
+    cer = tasks.levenshtein(out, want) / len(want) if want else NAN
     return {"exact": float(out == want), "cer": cer,
-            "dropped_doubled": float(data.dropped_doubled(out, want))}
+            "dropped_doubled": float(tasks.dropped_doubled(out, want))}
 
 
 def grammar_metrics(ref, gen):
     """parses, valid, lexicon, dropped_doubled, length of one grammar output. The parse is of
     prompt + output (the prompt opens the sentence); the word counts are of the output alone."""
     out = gen["output"]
-    g = data.grammar_check(ref["prompt"] + out)
-    words = data.grammar_words(out)  # the output's words, counted as grammar_check counts them
-    g["bad"] = sum(data.dropped_doubled_word(w, data.GRAMMAR_LEXICON) for w in words)
+    g = tasks.grammar_check(ref["prompt"] + out)
+    words = tasks.grammar_words(out)  # the output's words, counted as grammar_check counts them
+    g["bad"] = sum(tasks.dropped_doubled_word(w, tasks.GRAMMAR_LEXICON) for w in words)
     share = lambda k, n: g[k] / g[n] if g[n] else 0.0  # 0 if none: an empty output earns nothing
     return {"parses": float(g["parses"]), "valid": share("valid_sentences", "sentences"),
-            "lexicon": share("lexicon_words", "words"), "dropped_doubled": g["bad"] / max(len(words), 1),
+            "lexicon": share("lexicon_words", "words"),
+            "dropped_doubled": g["bad"] / max(len(words), 1),
             "length": float(len(out.encode("utf-8")))}
 
 
@@ -245,9 +272,11 @@ def load_gens(name, path, n_refs):
     for n, g in enumerate(data.read_jsonl(path), 1):
         i, rate, counts = g.get("i"), g.get("rate"), [g.get("n_committed"), g.get("n_shifted")]
         if not (type(i) is int and 0 <= i < n_refs and isinstance(rate, (int, float))  # True: no i
-                and isinstance(g.get("output"), str) and all(type(c) is int and c >= 0 for c in counts)):
-            raise data.UserError(f"{path}: record {n} needs a prompt index i in 0..{n_refs - 1} (has "
-                                 f"{i!r}), a number rate, a string output, counts n_committed, n_shifted")
+                and isinstance(g.get("output"), str)
+                and all(type(c) is int and c >= 0 for c in counts)):
+            raise data.UserError(f"{path}: record {n} needs a prompt index i in 0..{n_refs - 1} "
+                                 f"(has {i!r}), a number rate, a string output, counts "
+                                 f"n_committed, n_shifted")
         if i in by_rate.setdefault(f"{float(rate):g}", {}):
             raise data.UserError(f"{path}: prompt {i} appears twice at shift rate {rate:g}")
         by_rate[f"{float(rate):g}"][i] = g
@@ -261,8 +290,9 @@ def align(gens):
     with a note; every name and rate must hold the same prompts, or the pairing would be wrong."""
     sets = {name: set(g) for name, g in gens.items()}
     rates = sorted(set.intersection(*sets.values()), key=float)  # as numbers: '1e-05' < '0.5'
-    notes = [f"{name!r} also has shift rates {', '.join(sorted(s - set(rates), key=float))}; only the "
-             f"shared rates are compared: {', '.join(rates)}" for name, s in sets.items() if s != set(rates)]
+    notes = [f"{name!r} also has shift rates {', '.join(sorted(s - set(rates), key=float))}; only "
+             f"the shared rates are compared: {', '.join(rates)}"
+             for name, s in sets.items() if s != set(rates)]
     first = next(iter(gens))
     idx = sorted(gens[first]["0"])  # rate 0 exists: load_gens checks
     odd = [(name, r) for name in gens for r in rates if sorted(gens[name][r]) != idx][:1]
@@ -279,8 +309,38 @@ def score_run(metric_fn, metrics, refs, recs, idx):
     mean = lambda xs: float(np.mean([x for x in xs if not math.isnan(x)] or [NAN]))
     committed, shifted = (sum(recs[i][k] for i in idx) for k in ("n_committed", "n_shifted"))
     # the realised probe rate: moved tokens / all commits (re-fills of vacated slots included)
-    return {"summary": {m: mean(per[m]) for m in metrics}, "per_example": per, "n_committed": committed,
-            "n_shifted": shifted, "realised_shift": shifted / committed if committed else NAN}
+    return {"summary": {m: mean(per[m]) for m in metrics}, "per_example": per,
+            "n_committed": committed, "n_shifted": shifted,
+            "realised_shift": shifted / committed if committed else NAN}
+
+
+def arm_of(name):
+    """The arm a run belongs to: names "ARM@SEED" are training seeds of one arm."""
+    return name.split("@")[0]
+
+
+def group_seeds(runs, metrics):
+    """{arm: {rate: run}}: each arm's runs (its training seeds) pooled. Per prompt, the metric is
+    averaged over the seeds, so paired comparisons of arms see every seed; the summary is the mean
+    over seeds, with their standard deviation (seed_sd, nan for one seed) and each seed's value:
+    the spread that training noise alone gives, which a bootstrap over prompts cannot show."""
+    arms = {}
+    for name in runs:
+        arms.setdefault(arm_of(name), []).append(name)
+    out = {}
+    for arm, names in arms.items():
+        out[arm] = {}
+        for r in runs[names[0]]:
+            seeds = [runs[n][r] for n in names]
+            per = {m: np.nanmean([s["per_example"][m] for s in seeds], axis=0).tolist()
+                   if len(seeds) > 1 else seeds[0]["per_example"][m] for m in metrics}
+            by_seed = {m: [s["summary"][m] for s in seeds] for m in metrics}
+            sd = {m: float(np.std(v, ddof=1)) if len(v) > 1 else NAN for m, v in by_seed.items()}
+            out[arm][r] = {"summary": {m: float(np.mean(v)) for m, v in by_seed.items()},
+                           "seed_sd": sd, "by_seed": by_seed, "seeds": names,
+                           "per_example": per,
+                           "realised_shift": float(np.mean([s["realised_shift"] for s in seeds]))}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +348,8 @@ def score_run(metric_fn, metrics, refs, recs, idx):
 #
 # Why pairing matters: prompts differ far more in difficulty than two models differ from each
 # other. For per-prompt values a_i, b_i the variances of the mean difference are
-#     unpaired: (Var a + Var b) / n        paired: Var(b - a) / n = (Var a + Var b - 2 Cov(a, b)) / n
+#     unpaired: (Var a + Var b) / n
+#     paired:   Var(b - a) / n = (Var a + Var b - 2 Cov(a, b)) / n
 # and Cov(a, b) is large and positive (a hard prompt is hard for both), so the paired interval is
 # much narrower: the same prompts detect a smaller real difference.
 
@@ -347,25 +408,31 @@ def table(head, rows):
 
 
 def ci_table(items, label, rates):
-    """Intervals as a table: rows = (label(entry), metric), columns = rates, cells "mean [lo, hi]"."""
+    """Intervals as a table: rows = (label(entry), metric), columns = rates, cells
+    "mean [lo, hi]"."""
     rows = {}
     for d in items:
         cell = f"{fmt(d['mean_diff'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]"
         rows.setdefault((label(d), d["metric"]), {})[d["rate"]] = cell
-    return table(["", "metric", *rates], [[*k, *(c.get(r, "") for r in rates)] for k, c in rows.items()])
+    return table(["", "metric", *rates],
+                 [[*k, *(c.get(r, "") for r in rates)] for k, c in rows.items()])
 
 
 def markdown_report(res):
-    """All tables of one `score` run as a markdown string."""
-    metrics, rates, runs, ref = res["metrics"], res["rates"], res["runs"], res.get("reference")
+    """All tables of one `score` run as a markdown string: per arm the mean over its seeds, with
+    their standard deviation after +- where an arm has several."""
+    metrics, rates, runs, ref = res["metrics"], res["rates"], res["arms"], res.get("reference")
     out = [f"# {res['task']} task: {res['n_prompts']} prompts, baseline {res['baseline']}", ""]
     out += [f"Note: {n}" for n in res["notes"]] + [""] * bool(res["notes"])
     for k, m in enumerate(metrics):  # the primary metric first, the realised shift under it
         out += [f"## {m} ({BETTER.get(m, 'higher is better')}): mean per prompt", ""]
-        rows = [[name] + [fmt(runs[name][r]["summary"][m]) for r in rates] for name in runs]
+        cell = lambda a, r: fmt(a[r]["summary"][m]) + (  # noqa: E731
+            f" ± {fmt(a[r]['seed_sd'][m])}" if len(a[r]["seeds"]) > 1 else "")
+        rows = [[name] + [cell(runs[name], r) for r in rates] for name in runs]
         rows += [["held-out text"] + [fmt(ref["summary"][m])] * len(rates)] if ref else []
-        rows += [[f"realised shift: {name}"] + [fmt(runs[name][r]["realised_shift"], 4) for r in rates]
-                 for name in runs if k == 0]  # shifted / committed tokens, as really moved
+        # shifted / committed tokens, as really moved
+        rows += [[f"realised shift: {name}"] + [fmt(runs[name][r]["realised_shift"], 4)
+                                                for r in rates] for name in runs if k == 0]
         out += table(["name \\ shift rate", *rates], rows)
     out += ["## Change from rate 0, same name (95% paired bootstrap)", ""]
     out += ci_table(res["robustness"], lambda d: d["name"], rates[1:])
@@ -383,7 +450,8 @@ def svg_plot(series, title, xlabel, ylabel, hline=None, width=640, height=400):
     pts = [(x, y) for s in series.values() for x, y in s if not math.isnan(y)]
     xs = [x for x, _ in pts] or [0.0, 1.0]  # no data at all: a unit square
     ys = [y for _, y in pts] + ([hline[1]] if hline else []) or [0.0, 1.0]
-    # the data range, widened where it is empty (one x value), padded by 5% on y (no dot on the frame)
+    # the data range, widened where it is empty (one x value), padded by 5% on y (no dot on the
+    # frame)
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1.0
     pad = 0.05 * (max(ys) - min(ys)) or 1.0
     y0, y1 = min(ys) - pad, max(ys) + pad
@@ -396,22 +464,26 @@ def svg_plot(series, title, xlabel, ylabel, hline=None, width=640, height=400):
     text = lambda x, y, s, style="": f'<text x="{x}" y="{y}"{style}>{escape(str(s))}</text>'
     colors = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
     base, legend_x, y_mid = sy(y0), width - right + 10, (top + sy(y0)) / 2  # base: the x axis's row
-    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="12"'
-          f' font-family="sans-serif">', f'<rect width="{width}" height="{height}" fill="white"/>',
+    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+          f'font-size="12" font-family="sans-serif">',
+          f'<rect width="{width}" height="{height}" fill="white"/>',
           text(width / 2, 20, title, ' text-anchor="middle" font-size="14"'),
           line(left, base, sx(x1), base), line(left, base, left, sy(y1))]  # the x and y axes
     for k in range(5):  # 5 evenly spaced ticks per axis, labelled with 3-4 significant digits
         xv, yv = x0 + k * (x1 - x0) / 4, y0 + k * (y1 - y0) / 4
         px, py = sx(xv), sy(yv)
-        el += [line(px, base, px, base + 5) + text(px, base + 18, f"{xv:.3g}", ' text-anchor="middle"'),
-               line(left - 5, py, left, py) + text(left - 8, py + 4, f"{yv:.4g}", ' text-anchor="end"')]
+        el += [line(px, base, px, base + 5)
+               + text(px, base + 18, f"{xv:.3g}", ' text-anchor="middle"'),
+               line(left - 5, py, left, py)
+               + text(left - 8, py + 4, f"{yv:.4g}", ' text-anchor="end"')]
     # axis labels; the y label is rotated about its own anchor point
     el += [text((left + sx(x1)) / 2, height - 12, xlabel, ' text-anchor="middle"'),
            text(16, y_mid, ylabel, f' text-anchor="middle" transform="rotate(-90 16 {y_mid})"')]
     if hline:  # the reference line gets the legend slot after the last series
-        el += [line(left, sy(hline[1]), sx(x1), sy(hline[1]), 'stroke="gray" stroke-dasharray="5,4"'),
+        el += [line(left, sy(hline[1]), sx(x1), sy(hline[1]),
+                    'stroke="gray" stroke-dasharray="5,4"'),
                text(legend_x, top + 20 * len(series) + 14, "- - " + hline[0], ' fill="gray"')]
-    for k, (name, s) in enumerate(series.items()):  # one coloured line per name, nan points left out
+    for k, (name, s) in enumerate(series.items()):  # a coloured line per name, nan points left out
         c, ok = colors[k % len(colors)], [(sx(x), sy(y)) for x, y in s if not math.isnan(y)]
         el.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="'
                   + " ".join(f"{px},{py}" for px, py in ok) + '"/>')
@@ -421,7 +493,8 @@ def svg_plot(series, title, xlabel, ylabel, hline=None, width=640, height=400):
 
 
 def json_text(x):
-    """Indented JSON, nan and inf as null: JSON has neither, json.loads hands them to parse_constant."""
+    """Indented JSON, nan and inf as null: JSON has neither, json.loads hands them to
+    parse_constant."""
     return json.dumps(json.loads(json.dumps(x), parse_constant=lambda _: None), indent=1)
 
 
@@ -440,11 +513,13 @@ def run_score(args):
     refs, paths = data.read_jsonl(args.refs), parse_named(args.gens, "--gens")
     if not refs or not all(isinstance(r.get(k), str) for r in refs for k in ("prompt", "response")):
         raise data.UserError(f"{args.refs}: need records with string 'prompt' and 'response'")
-    baseline = args.baseline or next(iter(paths))  # default: the first name
-    if baseline not in paths:
-        raise data.UserError(f"--baseline {baseline!r} is none of the names {list(paths)}")
+    baseline = args.baseline or arm_of(next(iter(paths)))  # default: the first arm
+    if baseline not in map(arm_of, paths):
+        raise data.UserError(f"--baseline {baseline!r} is none of the arms "
+                             f"{list(dict.fromkeys(map(arm_of, paths)))}")
     if (args.task == "text") != bool(args.judge):
-        raise data.UserError("--judge (an AR checkpoint) is needed with --task text, and only there")
+        raise data.UserError("--judge (an AR checkpoint) is needed with --task text, and only "
+                             "there")
     gens = {name: load_gens(name, path, len(refs)) for name, path in paths.items()}
     rates, idx, notes = align(gens)  # the notes head results.md, which is printed too
     res = {"task": args.task, "primary": metrics[0], "metrics": list(metrics), "names": list(paths),
@@ -456,19 +531,23 @@ def run_score(args):
         judge = mdlm.model_from_checkpoint(ckpt, device=mdlm.pick_device(args.device))
         if not judge.cfg.causal:  # judge_nll needs exact left-to-right probabilities
             raise data.UserError(f"the judge {args.judge!r} is not an autoregressive checkpoint")
-        res["judge"] = {"ckpt": args.judge, "step": ckpt.get("step"), "meta": mdlm.checkpoint_meta(ckpt)}
+        res["judge"] = {"ckpt": args.judge, "step": ckpt.get("step"),
+                        "meta": mdlm.checkpoint_meta(ckpt)}
         metric_fn = lambda ref, gen: text_metrics(judge, ref, gen)
         # the real continuations under the same judge: the quality a model could aim for
         true = {i: {"output": refs[i]["response"], "n_committed": 0, "n_shifted": 0} for i in idx}
         res["reference"] = score_run(metric_fn, metrics, refs, true, idx)
     res["runs"] = runs = {name: {r: score_run(metric_fn, metrics, refs, g[r], idx) for r in rates}
                           for name, g in gens.items()}
-    res.update(comparisons(runs, baseline, rates, metrics, args.n_boot, args.seed))
+    res["arms"] = arms = group_seeds(runs, metrics)
+    res.update(comparisons(arms, baseline, rates, metrics, args.n_boot, args.seed))
     # everything needed to rerun (or distrust) the numbers travels with them
-    res["settings"] = {**vars(args), "gens": paths, "torch": torch.__version__, "numpy": np.__version__,
+    res["settings"] = {**vars(args), "gens": paths, "torch": torch.__version__,
+                       "numpy": np.__version__,
                        "python": platform.python_version(), "wall_seconds": time.time() - t0}
     m, ref = metrics[0], res.get("reference")
-    svg = svg_plot({name: [(float(r), runs[name][r]["summary"][m]) for r in rates] for name in runs},
+    series = {name: [(float(r), arms[name][r]["summary"][m]) for r in rates] for name in arms}
+    svg = svg_plot(series,
                    f"{args.task}: {m} under the shift probe", "nominal shift rate", m,
                    hline=("held-out text", ref["summary"][m]) if ref else None)
     files = {"results.json": json_text(res), "results.md": markdown_report(res), f"{m}.svg": svg}
@@ -495,12 +574,14 @@ def run_curves(args):
     for key in keys:
         # the last value per step wins: a resumed run logs the steps after its checkpoint again
         per = {name: sorted({r["step"]: float(r[key]) for r in rs
-                             if isinstance(r.get(key), (int, float))}.items()) for name, rs in recs.items()}
+                             if isinstance(r.get(key), (int, float))}.items())
+               for name, rs in recs.items()}
         curves[key] = {name: pts for name, pts in per.items() if pts}  # a run may lack a key
         if not curves[key]:
             raise data.UserError(f"no log has values for the key {key!r}")
         steps = sorted({s for pts in curves[key].values() for s, _ in pts})
-        rows = [[name] + [fmt(dict(pts).get(s, NAN), 4) for s in steps] for name, pts in per.items()]
+        rows = [[name] + [fmt(dict(pts).get(s, NAN), 4) for s in steps]
+                for name, pts in per.items()]
         md += [f"## {key}", ""] + table(["name", *steps], rows)  # n/a: not logged at that step
         # the file is named after the key, never after a run name (names may hold "/")
         files[re.sub(r"[^\w.-]", "_", key) + ".svg"] = svg_plot(curves[key], key, "step", key)
@@ -513,9 +594,10 @@ def run_curves(args):
 # ----------------------------------------------------------------------------------------------
 # Command line: one subcommand per job above; `evaluate.py MODE --help` lists its flags.
 
-DATA_HELP = "UTF-8 text whose last 5%% is held out (default: the default corpus)"
+DATA_HELP = "text or token file whose last 5%% is held out (default: the default corpus)"
 TASK_FLAGS = {  # (flag, type, default, help) of each task beyond the common ones
-    "copy": [("--min-len", int, 8, "shortest string to copy"), ("--max-len", int, 8, "longest one")],
+    "copy": [("--min-len", int, 8, "shortest string to copy"),
+             ("--max-len", int, 8, "longest one")],
     "grammar": [("--prompt-words", int, 1, "words of each sentence given as the prompt"),
                 ("--max-bytes", int, None, "longest prompt + response in bytes, None = no limit")],
     "text": [("--data", str, None, DATA_HELP), ("--prompt-len", int, 32, "bytes per prompt"),
@@ -525,9 +607,11 @@ TASK_FLAGS = {  # (flag, type, default, help) of each task beyond the common one
 
 def build_parser():
     """The four subcommands and their flags."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
-    tasks = sub.add_parser("task", help="write a task's examples").add_subparsers(dest="task", required=True)
+    tasks = sub.add_parser("task", help="write a task's examples").add_subparsers(dest="task",
+                                                                                  required=True)
     for name, flags in TASK_FLAGS.items():
         a = tasks.add_parser(name, help=f"the {name} task").add_argument
         a("--out-dir", required=True, help="folder for train.jsonl, test.jsonl and task.json")
@@ -535,13 +619,18 @@ def build_parser():
         a("--n-test", type=int, default=n_test, help=f"test examples (default: {n_test})")
         if name != "text":  # text prompts are evenly spaced held-out offsets: no seed, no train set
             a("--n-train", type=int, default=20000, help="training examples (default: 20000)")
-            a("--seed", type=int, default=1337, help="seed of train; test uses seed + 1 (default: 1337)")
+            a("--n-val", type=int, default=128,
+              help="validation examples drawn, for choosing settings (default: 128)")
+            a("--seed", type=int, default=1337,
+              help="seed of train; test uses seed + 1, validation seed + 2 (default: 1337)")
         for flag, typ, default, text in flags:
             a(flag, type=typ, default=default, help=f"{text} (default: {default})")
     a = sub.add_parser("bpb", help="held-out bits per byte of checkpoints").add_argument
     a("--ckpts", nargs="+", required=True, help="checkpoints written by train.py")
     a("--data", default=None, help=DATA_HELP)
-    a("--seq-len", type=int, default=None, help="window length in bytes (default: each model's canvas)")
+    a("--vocab-size", type=int, default=None, help="ordinary ids of a .bin file without .json")
+    a("--seq-len", type=int, default=None,
+      help="window length in tokens (default: each model's canvas)")
     a("--t-samples", type=int, default=8, help="draws of t per window, MDLM only (default: 8)")
     a("--max-batches", type=int, default=16, help="cap on batches, 0 = all (default: 16)")
     a("--eval-batch-size", type=int, default=32, help="windows per batch (default: 32)")
@@ -552,23 +641,28 @@ def build_parser():
     a("--refs", required=True, help="the test.jsonl that `task` wrote")
     a("--gens", nargs="+", required=True, help="NAME=PATH per decode.py output (a name may hold /)")
     a("--baseline", default=None, help="the name every other is compared with (default: the first)")
-    a("--judge", default=None, help="AR checkpoint (train.py --objective ar) that scores --task text")
+    a("--judge", default=None,
+      help="AR checkpoint (train.py --objective ar) that scores --task text")
     a("--n-boot", type=int, default=2000, help="bootstrap resamples per interval (default: 2000)")
     a("--seed", type=int, default=1337, help="seed of the bootstrap (default: 1337)")
     a("--device", default="auto", help="the judge's device: cpu, cuda, mps or auto (default: auto)")
     a("--out-dir", required=True, help="folder for results.json, results.md and PRIMARY.svg")
-    a = sub.add_parser("curves", help="validation curves of training runs, side by side").add_argument
+    a = sub.add_parser("curves",
+                       help="validation curves of training runs, side by side").add_argument
     a("--logs", nargs="+", required=True, help="NAME=PATH of each run's log.jsonl")
-    a("--keys", nargs="+", default=None, help="keys to tabulate and plot (default: every val_* key)")
+    a("--keys", nargs="+", default=None,
+      help="keys to tabulate and plot (default: every val_* key)")
     a("--out-dir", required=True, help="folder for curves.md, curves.json and KEY.svg")
     return p
 
 
 def main(argv=None):
-    """Parse argv and run the chosen subcommand; returns the exit status (1 with a one-line error)."""
+    """Parse argv and run the chosen subcommand; returns the exit status (1 with a one-line
+    error)."""
     args = build_parser().parse_args(argv)
     try:
-        {"task": run_task, "bpb": run_bpb, "score": run_score, "curves": run_curves}[args.mode](args)
+        run = {"task": run_task, "bpb": run_bpb, "score": run_score, "curves": run_curves}
+        run[args.mode](args)
     except (data.UserError, mdlm.CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)  # an expected failure: a message, no traceback
         return 1

@@ -12,7 +12,8 @@ imports only torch: copy it alone into another codebase.
 
 Papers:
 - Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models" (arXiv 2406.07524):
-  SUBS (their section 3.2), the NELBO as a weighted cross-entropy (their eq. 10), loglinear schedule.
+  SUBS (their section 3.2), the NELBO as a weighted cross-entropy (their eq. 10), the loglinear
+  schedule.
 - Shi et al. 2024 (arXiv 2406.04329) and Ou et al. 2024 (arXiv 2406.03736): the same bound for any
   schedule, and why masked diffusion needs no time conditioning.
 - Nie et al. 2025, LLaDA (arXiv 2502.09992): linear schedule, prompt positions never masked.
@@ -34,13 +35,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------
-# Tokens: bytes 0..255, then three special ids. Every other file names them from here.
+# Tokens. The ordinary ids are bytes 0..255 by default, or the n ids of a tokenized corpus; the
+# three special ids come right after them, so they are the last three of a vocabulary of V ids:
+#     EOS = V - 3    end of text: the canvas after it is not part of the output
+#     SLACK = V - 2  the CTC "blank": an empty output, deleted by the collapse map
+#     MASK = V - 1   the absorbing state of the forward process
+# Functions that see logits (B, T, V) or a model read V from them; every other file takes the
+# ids from special_ids, never as numbers.
 
-EOS = 256  # end of text: the canvas after it is not part of the output
-SLACK = 257  # the CTC "blank": an empty output, deleted by the collapse map
-MASK = 258  # the absorbing state of the forward process
-VOCAB_SIZE = 259
-SPECIAL_NAMES = {EOS: "<eos>", SLACK: "<slack>", MASK: "<mask>"}
+
+def special_ids(vocab_size):
+    """(EOS, SLACK, MASK) of a vocabulary of vocab_size ids."""
+    return vocab_size - 3, vocab_size - 2, vocab_size - 1
+
+
+VOCAB_SIZE = 256 + 3  # bytes
+EOS, SLACK, MASK = special_ids(VOCAB_SIZE)  # 256, 257, 258
 
 
 def encode(text):
@@ -49,7 +59,7 @@ def encode(text):
 
 
 def to_text(ids):
-    """Ids back to text: cut at the first EOS, drop SLACK and MASK, invalid UTF-8 -> U+FFFD."""
+    """Byte ids back to text: cut at the first EOS, drop SLACK and MASK, invalid UTF-8 -> U+FFFD."""
     out = bytearray()
     for i in ids:
         i = int(i)
@@ -66,6 +76,7 @@ def to_text(ids):
 
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ancestral", "confidence")
+SLACK_RULES = ("plain", "last", "threshold")  # see confidence_commit
 
 
 def alpha_t(t, schedule="linear"):
@@ -101,7 +112,7 @@ def sample_t(batch_size, eps=1e-3, generator=None, device="cpu"):
     return eps + (1.0 - eps) * t
 
 
-def forward_mask(z0, t, schedule="linear", generator=None, keep=None):
+def forward_mask(z0, t, schedule="linear", generator=None, keep=None, mask_id=MASK):
     """Sample z_t ~ q(z_t | z0): each position becomes MASK independently with prob. 1 - alpha(t).
 
     z0 (B, T) ids, t (B,), keep (B, T) bool or None: positions that are never masked (a prompt).
@@ -110,7 +121,7 @@ def forward_mask(z0, t, schedule="linear", generator=None, keep=None):
     masked = torch.rand(z0.shape, generator=generator, device=z0.device) < p_mask  # (B, T)
     if keep is not None:
         masked &= ~keep
-    return torch.where(masked, torch.full_like(z0, MASK), z0)
+    return torch.where(masked, torch.full_like(z0, mask_id), z0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +243,8 @@ class Transformer(nn.Module):
     def forward(self, idx):
         T = idx.shape[1]
         if T > self.cfg.seq_len:
-            raise ValueError(f"sequence of length {T} is longer than the model's seq_len {self.cfg.seq_len}")
+            raise ValueError(f"sequence of length {T} is longer than the model's seq_len "
+                             f"{self.cfg.seq_len}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D/2)
         x = self.tok_emb(idx)  # (B, T, C)
         for block in self.blocks:
@@ -271,15 +283,17 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4
 def ban_logits(logits, allow_slack=True):
     """float32 logits with MASK (rule 1) and, unless allow_slack, SLACK set to -inf. Out of place:
     the caller's tensor is kept. The one place where tokens are banned from predictions."""
-    banned = torch.tensor([MASK] if allow_slack else [MASK, SLACK], device=logits.device)
+    _, slack, mask = special_ids(logits.shape[-1])
+    banned = torch.tensor([mask] if allow_slack else [mask, slack], device=logits.device)
     return logits.float().index_fill(-1, banned, float("-inf"))
 
 
 def subs_log_probs(logits, z_t, allow_slack=False):
     """logits (B, T, V), z_t (B, T) -> log p(x_0 | z_t) (B, T, V) in float32."""
     log_p = ban_logits(logits, allow_slack).log_softmax(dim=-1)  # (B, T, V)
-    visible = (z_t != MASK)[..., None]  # (B, T, 1)
-    carry = torch.full_like(log_p, float("-inf")).scatter_(-1, z_t[..., None], 0.0)  # one-hot in log space
+    visible = (z_t != special_ids(logits.shape[-1])[2])[..., None]  # (B, T, 1)
+    # one-hot in log space: log 1 = 0 at the visible token, log 0 = -inf elsewhere
+    carry = torch.full_like(log_p, float("-inf")).scatter_(-1, z_t[..., None], 0.0)
     return torch.where(visible, carry, log_p)
 
 
@@ -303,13 +317,14 @@ def mdlm_loss(logits, z0, z_t, t, schedule="linear", scored=None):
     # SUBS: MASK is never a prediction (out of place, so the caller's logits are untouched)
     logits = ban_logits(logits)
     nll = F.cross_entropy(logits.transpose(1, 2), z0, reduction="none")  # (B, T)
-    hit = (z_t == MASK) & scored  # masked positions of the scored region
+    hit = (z_t == special_ids(logits.shape[-1])[2]) & scored  # masked, in the scored region
     n = scored.sum(1).clamp(min=1)  # (B,)
     return w_t(t, schedule) * (nll * hit).sum(1) / n
 
 
 def ar_loss(logits, x):
-    """Next-byte cross-entropy of a causal model: logits (B, T, V) read x[:, :T], predict x[:, 1:T+1].
+    """Next-token cross-entropy of a causal model: logits (B, T, V) read x[:, :T], predict
+    x[:, 1:T+1].
     x (B, T+1) -> (B,) nats per predicted byte."""
     targets = x[:, 1:]  # (B, T)
     nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, T)
@@ -368,18 +383,36 @@ def ancestral_commit(log_p, region, j, n_steps, temperature, schedule, generator
     return x, region & coin
 
 
-def confidence_commit(log_p, region, steps_left, temperature, generator):
+def confidence_commit(log_p, region, steps_left, temperature, generator, slack_rule="plain",
+                      slack_threshold=0.9):
     """LLaDA low-confidence remasking: propose a token everywhere, keep the k most confident.
 
     k = ceil(masked in block / steps left in block): the block's masks are split evenly over its
     steps, earlier steps taking the remainder (the split LLaDA's get_num_transfer_tokens makes).
     Confidence is the model probability of the proposed token; its log ranks positions the same way.
+
+    slack_rule decides when a slack proposal may be committed (this project's choice; it changes
+    only the order of commits, never the proposals or k):
+      plain      slack is a token like any other (LLaDA's rule);
+      last       a slack proposal ranks below every real proposal of the block, so slack fills only
+                 what the step's k cannot fill with real tokens;
+      threshold  as last, except for slack proposed with probability >= slack_threshold.
+    Why: a slack-trained model is often split at a position between "this token here" and "the
+    same token one slot later"; a slack committed there early fixes the split before the
+    neighbours are known, while a real token committed first lets the model re-place the slack.
     """
     x = sample_tokens(log_p, temperature, generator)  # (B, T)
     conf = log_p.gather(-1, x[..., None]).squeeze(-1)  # (B, T) log p(x_i | z_t)
     conf = conf.masked_fill(~region, float("-inf"))
+    order = conf.argsort(dim=1, descending=True, stable=True)  # (B, T) most sure first
+    if slack_rule != "plain":
+        demote = x == special_ids(log_p.shape[-1])[1]  # (B, T) slack proposals
+        if slack_rule == "threshold":
+            demote &= conf < math.log(slack_threshold)
+        # a second, stable sort on the demotion flag keeps the confidence order inside each group
+        order = order.gather(1, demote.gather(1, order).byte().argsort(dim=1, stable=True))
+    rank = order.argsort(dim=1)  # (B, T) 0 = committed first
     k = (region.sum(1) + steps_left - 1) // steps_left  # (B,) ceil division
-    rank = conf.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (B, T) 0 = most sure
     return x, region & (rank < k[:, None])
 
 
@@ -390,7 +423,8 @@ def confidence_commit(log_p, region, steps_left, temperature, generator):
 # early placement error and shows how much the rest of the text depends on exact positions.
 
 
-def shift_probe(canvas, committed_now, rate, generator=None, gen_start=0, gen_end=None):
+def shift_probe(canvas, committed_now, rate, generator=None, gen_start=0, gen_end=None,
+                mask_id=MASK):
     """canvas (B, T), committed_now (B, T) bool -> (new canvas (B, T), moves per row (B,) long).
 
     Side: left or right with probability 1/2; if that neighbour is not MASK the other side is
@@ -410,8 +444,8 @@ def shift_probe(canvas, committed_now, rate, generator=None, gen_start=0, gen_en
         row = rows[b]
         first = -1 if go_left[b][i] else 1
         for j in (i + first, i - first):
-            if gen_start <= j < gen_end and row[j] == MASK:
-                row[j], row[i] = row[i], MASK
+            if gen_start <= j < gen_end and row[j] == mask_id:
+                row[j], row[i] = row[i], mask_id
                 moved[b] += 1
                 break
     return torch.tensor(rows, dtype=canvas.dtype, device=canvas.device), moved
@@ -421,11 +455,15 @@ def shift_probe(canvas, committed_now, rate, generator=None, gen_start=0, gen_en
 # Masked diffusion decoding.
 
 
-def check_request(prompt_len, length, steps, sampler, block_length, seq_len, temperature=1.0):
+def check_request(prompt_len, length, steps, sampler, block_length, seq_len, temperature=1.0,
+                  slack_rule="plain", slack_threshold=0.9):
     """Raise ValueError with a readable message for a request the samplers cannot serve.
     Returns (number of blocks, block length, steps per block)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
+    if slack_rule not in SLACK_RULES or not 0 < slack_threshold <= 1:
+        raise ValueError(f"slack rule must be one of {SLACK_RULES} and its threshold in (0, 1], "
+                         f"got {slack_rule!r} and {slack_threshold}")
     if length < 1 or steps < 1:
         raise ValueError(f"length ({length}) and steps ({steps}) must be at least 1")
     if temperature < 0:
@@ -445,8 +483,9 @@ def check_request(prompt_len, length, steps, sampler, block_length, seq_len, tem
 
 
 @torch.no_grad()
-def generate(model, prompt, length, *, steps, sampler="ancestral", block_length=None, temperature=1.0,
-             schedule="linear", allow_slack=False, shift_rate=0.0, generator=None, record_steps=False,
+def generate(model, prompt, length, *, steps, sampler="ancestral", block_length=None,
+             temperature=1.0, schedule="linear", allow_slack=False, slack_rule="plain",
+             slack_threshold=0.9, shift_rate=0.0, generator=None, record_steps=False,
              use_cache=True):
     """Fill `length` MASK positions after `prompt` (B, P) with a bidirectional model.
 
@@ -459,9 +498,10 @@ def generate(model, prompt, length, *, steps, sampler="ancestral", block_length=
     """
     B, P = prompt.shape
     n_blocks, block_len, steps_per_block = check_request(
-        P, length, steps, sampler, block_length, model.cfg.seq_len, temperature)
-    device = next(model.parameters()).device
-    canvas = torch.cat([prompt.to(device), torch.full((B, length), MASK, device=device)], 1)  # (B, T)
+        P, length, steps, sampler, block_length, model.cfg.seq_len, temperature, slack_rule,
+        slack_threshold)
+    device, mask = next(model.parameters()).device, special_ids(model.cfg.vocab_size)[2]
+    canvas = torch.cat([prompt.to(device), torch.full((B, length), mask, device=device)], 1)
     # the probe draws from its own stream (seeded from the main one, which is always advanced), so
     # a run with the probe differs from one without only through the moves themselves
     probe_seed = int(torch.randint(2**62, (1,), generator=generator,
@@ -479,22 +519,24 @@ def generate(model, prompt, length, *, steps, sampler="ancestral", block_length=
             calls += 1
         in_block = torch.zeros_like(canvas, dtype=torch.bool)
         in_block[:, lo:hi] = True
-        region = (canvas == MASK) & in_block  # (B, T) positions this step may fill
+        region = (canvas == mask) & in_block  # (B, T) positions this step may fill
         if sampler == "ancestral":
             x, commit = ancestral_commit(log_p, region, j, steps_per_block, temperature, schedule,
                                          generator)
         else:
-            x, commit = confidence_commit(log_p, region, steps_per_block - j, temperature, generator)
+            x, commit = confidence_commit(log_p, region, steps_per_block - j, temperature,
+                                          generator, slack_rule, slack_threshold)
         new = torch.where(commit, x, canvas)  # (B, T)
         n_committed += commit.sum(1).cpu()
-        new, moved = shift_probe(new, commit, shift_rate, probe_gen, lo, hi)
+        new, moved = shift_probe(new, commit, shift_rate, probe_gen, lo, hi, mask)
         n_shifted += moved
         if not torch.equal(new, canvas):
             log_p = None  # the canvas changed: the next step needs a fresh network call
         canvas = new
         if record_steps:
             history.append(canvas.cpu().clone())
-    out = {"canvas": canvas, "model_calls": calls, "n_committed": n_committed, "n_shifted": n_shifted}
+    out = {"canvas": canvas, "model_calls": calls, "n_committed": n_committed,
+           "n_shifted": n_shifted}
     if record_steps:
         out["history"] = history
     return out
@@ -516,32 +558,33 @@ def generate_ar(model, prompt, length, *, temperature=1.0, generator=None):
     if P + length > model.cfg.seq_len:
         raise ValueError(f"prompt ({P}) + length ({length}) exceeds the model's canvas of "
                          f"{model.cfg.seq_len} positions; shorten the prompt or lower --length")
-    device = next(model.parameters()).device
-    start = prompt.to(device) if P > 0 else torch.full((B, 1), EOS, device=device)
+    device, eos = next(model.parameters()).device, special_ids(model.cfg.vocab_size)[0]
+    start = prompt.to(device) if P > 0 else torch.full((B, 1), eos, device=device)
     seq, calls = start, 0  # (B, P or 1)
     for _ in range(length):
         logits = ban_logits(model(seq)[:, -1:], allow_slack=False)  # (B, 1, V)
         x = sample_tokens(logits.log_softmax(-1), temperature, generator)  # (B, 1)
         seq, calls = torch.cat([seq, x], 1), calls + 1
-        if (seq[:, start.shape[1]:] == EOS).any(1).all():
+        if (seq[:, start.shape[1]:] == eos).any(1).all():
             break
     gen = seq[:, start.shape[1]:]  # (B, <= length)
-    pad = torch.full((B, length - gen.shape[1]), EOS, dtype=gen.dtype, device=device)
+    pad = torch.full((B, length - gen.shape[1]), eos, dtype=gen.dtype, device=device)
     return {"canvas": torch.cat([prompt.to(device), gen, pad], 1), "model_calls": calls}
 
 
-def output_ids(canvas_row, prompt_len, collapse="surface", slack=False):
-    """The output ids of one canvas row: the generated part, read through the collapse map the model
-    was trained with when it knows slack (surface: drop SLACK; standard: merge runs of equal ids,
-    then drop SLACK, as Graves' CTC reads its output), cut at the first EOS, with any MASK (and
-    stray SLACK) removed. Text: to_text(ids). (ctc_slack.collapse_tokens is the same map; this
-    file repeats its two lines so that it stays importable alone.)"""
+def output_ids(canvas_row, prompt_len, collapse="surface", slack=False, vocab_size=VOCAB_SIZE):
+    """The output ids of one canvas row: the generated part, read through the collapse map the
+    model was trained with when it knows slack (surface: drop SLACK; standard: merge runs of equal
+    ids, then drop SLACK, as Graves' CTC reads its output), cut at the first EOS, with any MASK
+    (and stray SLACK) removed. Text: to_text(ids) for bytes. (ctc_slack.collapse_tokens is the
+    same map; this file repeats its two lines so that it stays importable alone.)"""
+    eos, slack_id, mask = special_ids(vocab_size)
     ids = [int(i) for i in canvas_row[prompt_len:]]
     if slack and collapse == "standard":
         ids = [x for k, x in enumerate(ids) if k == 0 or x != ids[k - 1]]
-    if EOS in ids:
-        ids = ids[: ids.index(EOS)]
-    return [i for i in ids if i not in (MASK, SLACK)]
+    if eos in ids:
+        ids = ids[: ids.index(eos)]
+    return [i for i in ids if i not in (mask, slack_id)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -601,7 +644,8 @@ def pick_device(name="auto"):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for, but this torch sees no CUDA GPU "
                          f"(torch {torch.__version__}); use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "mps" and not has_mps:
         raise ValueError("device 'mps' was asked for, but this machine has no usable MPS backend")
     if name not in ("auto", "cpu", "mps") and not name.startswith("cuda"):
         raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto")
@@ -609,6 +653,4 @@ def pick_device(name="auto"):
         return name
     if torch.cuda.is_available():
         return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return "mps" if has_mps else "cpu"

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 import mdlm
 from ctc_slack import (align_slack, build_canvas, collapse_tokens, ctc_slack_align, ctc_slack_loss,
-                       place_slack, response_log_probs, response_positions, slack_ctc_term)
+                       place_slack, response_log_probs, response_positions, slack_count,
+                       slack_ctc_term, slack_last)
 
 V, SLACK, MASK = 4, 3, 9  # tiny vocabulary: tokens 0..2, slack 3; MASK outside the vocabulary
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -25,7 +26,8 @@ f64 = dict(dtype=torch.float64)  # the references compute in float64: compare at
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """The loops run many small ops; on a shared 2-core machine one thread is faster and steadier."""
+    """The loops run many small ops; on a shared 2-core machine
+    one thread is faster and steadier."""
     n = torch.get_num_threads()  # restored after the test
     torch.set_num_threads(1)
     yield
@@ -81,7 +83,8 @@ def feasible_canvas(gen, y, T_b, T_max, p_visible, collapse="surface", slack=SLA
         seq = [x for i in range(len(ys)) for x in ([slack, ys[i]] if repeat(i) else [ys[i]])]
         if len(seq) > T:
             continue
-        keep = torch.randperm(T, generator=gen)[: len(seq)].sort().values  # where seq goes, in order
+        # where seq goes, in order
+        keep = torch.randperm(T, generator=gen)[: len(seq)].sort().values
         z0 = torch.full((T,), slack)  # slack everywhere...
         z0[keep] = torch.tensor(seq, dtype=torch.long)  # ...but where seq goes
         assert collapse_tokens(z0.tolist(), slack, collapse) == ys  # a valid alignment indeed
@@ -91,8 +94,8 @@ def feasible_canvas(gen, y, T_b, T_max, p_visible, collapse="surface", slack=SLA
 
 
 def no_repeats(gen, B, U, vocab):
-    """Targets (B, U) over tokens 0..vocab-3 where no token equals its neighbour: any slack placement
-    is then valid under both collapses, so long cases test the collapses alike."""
+    """Targets (B, U) over tokens 0..vocab-3 where no token equals its neighbour: any slack
+    placement is then valid under both collapses, so long cases test the collapses alike."""
     return torch.randint(1, vocab - 2, (B, U), generator=gen).cumsum(1) % (vocab - 2)
 
 
@@ -117,8 +120,8 @@ def test_brute_force(collapse, algorithm):
         T_b[:3], U_b[:3] = torch.tensor([5, 3, 2]), torch.tensor([0, 3, 4])  # U = 0, K = 0, T < U
         T_b[3] = 0 if trial == 0 else T_b[3]  # and once T = 0
         for c in (None, canvas):
-            out = ctc_slack_loss(lp, y, T_b, U_b, slack_id=SLACK, canvas=c, mask_id=MASK, collapse=collapse,
-                                 reduction="none", algorithm=algorithm)
+            out = ctc_slack_loss(lp, y, T_b, U_b, slack_id=SLACK, canvas=c, mask_id=MASK,
+                                 collapse=collapse, reduction="none", algorithm=algorithm)
             for b in range(4):
                 cb = None if c is None else c[b].tolist()  # this row's canvas, as a list
                 ref = brute_loss(lp[b], y[b, : U_b[b]].tolist(), int(T_b[b]), cb, collapse)
@@ -131,13 +134,15 @@ def test_brute_force(collapse, algorithm):
 
 
 def test_standard_needs_room_for_repeats():
-    """y = (a, a) needs a slack between the two a's under the standard collapse: T = 2 is too short."""
+    """y = (a, a) needs a slack between the two a's under the standard collapse:
+    T = 2 is too short."""
     lp, y = torch.randn(1, 3, V, **f64).log_softmax(-1), torch.tensor([[1, 1]])
     for algorithm in ("band", "time"):  # the native kernel and the reference agree on it
         kw = dict(slack_id=SLACK, reduction="none", algorithm=algorithm)  # for both paths
         assert ctc_slack_loss(lp, y, [2], [2], collapse="standard", **kw).item() == math.inf
         assert math.isfinite(ctc_slack_loss(lp, y, [3], [2], collapse="standard", **kw))  # room now
-        assert math.isfinite(ctc_slack_loss(lp, y, [2], [2], collapse="surface", **kw))  # no merging
+        # no merging
+        assert math.isfinite(ctc_slack_loss(lp, y, [2], [2], collapse="surface", **kw))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +174,8 @@ def test_zero_infinity_matches_torch_ctc():
     for zero_infinity in (False, True):  # row 1 is infeasible (T = 3 < U = 4)
         kw = dict(reduction="none", zero_infinity=zero_infinity)
         ours = ctc_slack_loss(lp, y, T_b, U_b, slack_id=SLACK, collapse="standard", **kw)
-        torch.testing.assert_close(ours, F.ctc_loss(lp.transpose(0, 1), y, T_b, U_b, blank=SLACK, **kw))
+        torch.testing.assert_close(ours,
+                                   F.ctc_loss(lp.transpose(0, 1), y, T_b, U_b, blank=SLACK, **kw))
     g, = torch.autograd.grad(ours.sum(), logits)  # gradient of the zero_infinity run
     assert ours[1] == 0 and g[1].abs().max() == 0 and g[0].abs().max() > 0  # no gradient from row 1
 
@@ -190,12 +196,14 @@ def test_standard_native_matches_time_loop(reduction, zero_infinity):
         lp, y, T_b, U_b, canvas = random_batch(gen, 6, 9, 5, p_visible=0.25)
         T_b[:3], U_b[:3] = torch.tensor([9, 0, 9]), torch.tensor([0, 0, 5])  # U = 0; T = U = 0
         padded = torch.where(torch.arange(5) < U_b[:, None], y, -1)  # y cut to U_b, -1 after
-        canvas[2:4] = feasible_canvas(gen, padded[2:4], T_b[2:4], 9, 0.4, "standard")  # feasible rows
+        # feasible rows
+        canvas[2:4] = feasible_canvas(gen, padded[2:4], T_b[2:4], 9, 0.4, "standard")
         lp[4, 2, 1] = -math.inf  # a log 0 the model itself gives: a token it never emits there
         c = None if trial % 3 == 0 else canvas  # a third without any canvas
         kw = dict(slack_id=SLACK, canvas=c, mask_id=MASK, collapse="standard", reduction=reduction,
                   zero_infinity=zero_infinity)
-        outs, grads = zip(*(loss_grad(lp, y, T_b, U_b, algorithm=a, **kw) for a in ("band", "time")))
+        outs, grads = zip(*(loss_grad(lp, y, T_b, U_b, algorithm=a, **kw)
+                            for a in ("band", "time")))
         assert not outs[0].isnan().any() and torch.isfinite(grads[0]).all()  # -inf gives no NaN
         torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)  # inf == inf included
         torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
@@ -208,7 +216,8 @@ def torch_ctc_float32_error(lp, y, T_b, U_b, blank):
     grads = []  # float32, then float64
     for dtype in (torch.float32, torch.float64):
         x = lp.to(dtype).requires_grad_()  # logits in this dtype, a leaf
-        out = F.ctc_loss(x.log_softmax(-1).transpose(0, 1), y, T_b, U_b, blank=blank, reduction="sum")
+        out = F.ctc_loss(x.log_softmax(-1).transpose(0, 1), y, T_b, U_b, blank=blank,
+                         reduction="sum")
         grads.append(torch.autograd.grad(out, x)[0].double())
     return (grads[0] - grads[1]).abs().max().item()
 
@@ -225,7 +234,8 @@ def test_fast_matches_time_loop_at_T1024(collapse, dtype, visible, scale):
     T_b, U_b = torch.tensor([1024, 1000]), torch.tensor([920, 760])  # K = 104 and 240
     y = no_repeats(gen, 2, 920, vocab)  # so one random canvas serves both collapses
     padded = torch.where(torch.arange(920) < U_b[:, None], y, -1)  # y cut to U_b, -1 after
-    canvas = feasible_canvas(gen, padded, T_b, T, visible, collapse, slack=vocab - 1, mask=vocab - 2)
+    canvas = feasible_canvas(gen, padded, T_b, T, visible, collapse, slack=vocab - 1,
+                             mask=vocab - 2)
     lp = (scale * torch.randn(2, T, vocab, generator=gen)).log_softmax(-1).to(dtype)
     kw = dict(slack_id=vocab - 1, canvas=canvas, mask_id=vocab - 2, collapse=collapse)
     fast, g_fast = loss_grad(lp, y, T_b, U_b, algorithm="band", **kw)  # band / native kernel
@@ -256,8 +266,9 @@ def test_gradcheck(collapse, algorithm):
     canvas = feasible_canvas(gen, y, T_b, 7, 0.4, collapse)
     y = y.clamp(min=0)  # padding is never read
     lp = torch.randn(3, 7, V, generator=gen, **f64).log_softmax(-1).requires_grad_()
-    fn = lambda x: ctc_slack_loss(x, y, T_b, U_b, slack_id=SLACK, canvas=canvas, mask_id=MASK,  # noqa: E731
-                                  collapse=collapse, reduction="none", algorithm=algorithm)
+    fn = lambda x: ctc_slack_loss(x, y, T_b, U_b, slack_id=SLACK, canvas=canvas,  # noqa: E731
+                                  mask_id=MASK, collapse=collapse, reduction="none",
+                                  algorithm=algorithm)
     assert torch.isfinite(fn(lp)).all() and (canvas != MASK).sum() >= 4  # a real canvas, feasible
     assert torch.autograd.gradcheck(fn, (lp,), eps=1e-6, atol=1e-7)
 
@@ -298,7 +309,8 @@ def test_occupancy(collapse, visible):
     T_b, U_b = torch.tensor([60, 50, 41]), torch.tensor([48, 20, 30])
     y = torch.randint(0, vocab - 2, (3, 48), generator=gen)  # repeats possible
     padded = torch.where(torch.arange(48) < U_b[:, None], y, -1)  # y cut to U_b, -1 after
-    canvas = feasible_canvas(gen, padded, T_b, T, visible, collapse, slack=vocab - 1, mask=vocab - 2)
+    canvas = feasible_canvas(gen, padded, T_b, T, visible, collapse, slack=vocab - 1,
+                             mask=vocab - 2)
     logits = torch.randn(3, T, vocab, generator=gen, **f64, requires_grad=True)
     lp = logits.log_softmax(-1)  # the log-probs the loss reads
     loss = ctc_slack_loss(lp, y, T_b, U_b, slack_id=vocab - 1, canvas=canvas, mask_id=vocab - 2,
@@ -311,9 +323,11 @@ def test_occupancy(collapse, visible):
     torch.testing.assert_close(g_lp.sum(-1), -free.double(), rtol=0, atol=1e-9)
     zeros = torch.zeros(3, T, **f64)  # through log_softmax: the vocabulary sums to 0
     torch.testing.assert_close(g_logits.sum(-1), zeros, rtol=0, atol=1e-9)
-    slack_free = (T_b - U_b) - ((canvas == vocab - 1) & free.logical_not()).sum(1)  # K - visible slack
+    # K - visible slack
+    slack_free = (T_b - U_b) - ((canvas == vocab - 1) & free.logical_not()).sum(1)
     if collapse == "surface":  # every alignment has exactly K = T - U slacks
-        torch.testing.assert_close(g_lp[..., vocab - 1].sum(1), -slack_free.double(), rtol=0, atol=1e-9)
+        torch.testing.assert_close(g_lp[..., vocab - 1].sum(1), -slack_free.double(),
+                                   rtol=0, atol=1e-9)
     else:
         assert (g_lp[..., vocab - 1].sum(1) > -slack_free).all()  # repeats absorb some positions
 
@@ -373,8 +387,9 @@ def test_long_infeasible_row_is_inf(collapse, algorithm):
     y = no_repeats(gen, 2, T, vocab)  # no repeats: row 1 (one slack) is feasible for both collapses
     canvas = torch.full((2, T), vocab - 2)
     canvas[:, 300] = vocab - 1  # a visible slack, but K = 0 leaves no room for one
-    out = ctc_slack_loss(lp, y, [T, T], [T, T - 1], slack_id=vocab - 1, canvas=canvas, mask_id=vocab - 2,
-                         reduction="none", collapse=collapse, algorithm=algorithm)
+    out = ctc_slack_loss(lp, y, [T, T], [T, T - 1], slack_id=vocab - 1, canvas=canvas,
+                         mask_id=vocab - 2, reduction="none", collapse=collapse,
+                         algorithm=algorithm)
     assert out[0].item() == math.inf and math.isfinite(out[1].item()) and out[1].item() > 1e4
 
 
@@ -382,10 +397,12 @@ def test_long_infeasible_row_is_inf(collapse, algorithm):
 def test_low_precision_inputs(collapse):
     """bfloat16 log-probs: the band computes in float64, the native kernel in float32 (it takes
     float32 and float64 only); both return the input dtype, gradients included."""
-    lp = torch.randn(2, 30, V, generator=torch.Generator().manual_seed(13)).log_softmax(-1).bfloat16()
+    lp = torch.randn(2, 30, V,
+                     generator=torch.Generator().manual_seed(13)).log_softmax(-1).bfloat16()
     y, T_b, U_b = torch.tensor([[0, 1, 2, 0, 1]] * 2), torch.tensor([30, 25]), torch.tensor([5, 4])
     out, g = loss_grad(lp, y, T_b, U_b, slack_id=SLACK, collapse=collapse)
-    ref = ctc_slack_loss(lp.double(), y, T_b, U_b, slack_id=SLACK, collapse=collapse, reduction="none")
+    ref = ctc_slack_loss(lp.double(), y, T_b, U_b, slack_id=SLACK, collapse=collapse,
+                         reduction="none")
     assert out.dtype == g.dtype == torch.bfloat16  # the input's dtype, whatever ran inside
     torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=0)  # bfloat16 keeps ~3 digits
 
@@ -409,10 +426,13 @@ def test_cuda_matches_cpu(collapse, dtype):
     canvas[3, 0] = vocab - 3 if y[3, 0] != vocab - 3 else vocab - 4  # row 3: infeasible
     lp = torch.randn(4, 200, vocab, generator=gen).log_softmax(-1).to(dtype)
     for zero_infinity in (False, True):
-        kw = dict(slack_id=vocab - 1, mask_id=vocab - 2, collapse=collapse, zero_infinity=zero_infinity)
-        (out, g), (out_c, g_c) = [loss_grad(*(z.to(d) for z in (lp, y, T_b, U_b)), canvas=canvas.to(d), **kw)
+        kw = dict(slack_id=vocab - 1, mask_id=vocab - 2, collapse=collapse,
+                  zero_infinity=zero_infinity)
+        (out, g), (out_c, g_c) = [loss_grad(*(z.to(d) for z in (lp, y, T_b, U_b)),
+                                            canvas=canvas.to(d), **kw)
                                   for d in ("cpu", "cuda")]
-        assert math.isinf(out_c[3]) != zero_infinity and torch.isfinite(g_c).all()  # row 3: inf or 0
+        # row 3: inf or 0
+        assert math.isinf(out_c[3]) != zero_infinity and torch.isfinite(g_c).all()
         torch.testing.assert_close(out, out_c.cpu(), rtol=1e-6, atol=1e-4)
         torch.testing.assert_close(g, g_c.cpu(), rtol=1e-4, atol=1e-5)
 
@@ -421,7 +441,8 @@ def test_cuda_matches_cpu(collapse, dtype):
 def test_cuda_porter_api_matches_cpu():
     """The porter API on CUDA tensors (the generator stays on the CPU) gives the CPU's canvases
     and loss."""
-    (z0, term), (z0_c, term_c) = [porter_term(porter_batch(torch.Generator().manual_seed(14), 0.2, device=d))
+    (z0, term), (z0_c, term_c) = [porter_term(porter_batch(torch.Generator().manual_seed(14), 0.2,
+                                                           device=d))
                                   for d in ("cpu", "cuda")]
     assert torch.equal(z0, z0_c.cpu())  # the same random numbers, drawn on the CPU, the same canvas
     torch.testing.assert_close(term, term_c.cpu(), rtol=1e-5, atol=1e-5)
@@ -431,12 +452,12 @@ def test_cuda_porter_api_matches_cpu():
 # The most probable alignment, the collapse map
 
 
-@pytest.mark.parametrize("collapse", ["surface", "standard"])
-def test_align_is_the_best_alignment(collapse):
+def test_align_is_the_best_alignment():
+    collapse = "surface"  # the only map the alignment (and the "model" placement) uses
     gen = torch.Generator().manual_seed(9)
     for trial in range(30):
         lp, y, T_b, U_b, canvas = random_batch(gen, 4, 6, 4, p_visible=0.3)
-        out = ctc_slack_align(lp, y, T_b, U_b, slack_id=SLACK, canvas=canvas, mask_id=MASK, collapse=collapse)
+        out = ctc_slack_align(lp, y, T_b, U_b, slack_id=SLACK, canvas=canvas, mask_id=MASK)
         assert out.shape == (4, 6) and out.dtype == torch.long
         for b in range(4):
             T, target, a = int(T_b[b]), y[b, : U_b[b]].tolist(), out[b].tolist()
@@ -450,7 +471,8 @@ def test_align_is_the_best_alignment(collapse):
 
 
 def test_align_without_canvas_long():
-    """On a longer example the alignment is valid and scores at least as well as the tail placement."""
+    """On a longer example the alignment is valid and scores at least as well as
+    the tail placement."""
     gen = torch.Generator().manual_seed(10)
     T, U, vocab = 300, 270, 20
     lp = torch.randn(1, T, vocab, generator=gen, **f64).log_softmax(-1)
@@ -483,8 +505,10 @@ def porter_batch(gen, rate, device="cpu", B=5, T=40):
     U = R - (rate * R).round().long()  # K = round(rate * R) slacks each
     y = torch.randint(0, 256, (B, int(U.max())), generator=gen)
     prompt = torch.randint(0, 256, (B, int(P.max())), generator=gen)
-    resp = place_slack(y.to(device), U.to(device), R.to(device), slack_id=mdlm.SLACK, generator=gen)
-    z0, is_prompt = build_canvas(prompt.to(device), P.to(device), resp, T)
+    resp = place_slack(y.to(device), target_lengths=U.to(device), canvas_lengths=R.to(device),
+                       slack_id=mdlm.SLACK, generator=gen)
+    z0, is_prompt = build_canvas(prompt.to(device), resp, prompt_lengths=P.to(device),
+                                 canvas_length=T)
     t = mdlm.sample_t(B, generator=gen)  # (B,) stratified times
     z_t = mdlm.forward_mask(z0.cpu(), t, generator=gen, keep=is_prompt.cpu())  # (B, T)
     logits = torch.randn(B, T, mdlm.VOCAB_SIZE, generator=gen, **f64)
@@ -496,7 +520,8 @@ def porter_batch(gen, rate, device="cpu", B=5, T=40):
 def porter_term(b, collapse="surface", schedule="linear"):
     """(z0, slack_ctc_term) of a porter batch, weighted by the NELBO weight w(t) of the schedule."""
     w = mdlm.w_t(b["t"], schedule)  # the CE term's weight: 1/t for the linear schedule
-    return b["z0"], slack_ctc_term(b["logits"], b["z_t"], b["P"], b["y"], b["U"], w, slack_id=mdlm.SLACK,
+    return b["z0"], slack_ctc_term(b["logits"], b["z_t"], b["y"], prompt_lengths=b["P"],
+                                   target_lengths=b["U"], weight=w, slack_id=mdlm.SLACK,
                                    mask_id=mdlm.MASK, collapse=collapse)
 
 
@@ -509,7 +534,8 @@ def test_place_slack_counts_order_and_noise():
     canvases, after = {}, {}
     for placement in ("random", "tail"):
         gen = torch.Generator().manual_seed(1)
-        canvases[placement] = c = place_slack(y, U, R, placement, slack_id=mdlm.SLACK, generator=gen)
+        canvases[placement] = c = place_slack(y, placement, target_lengths=U, canvas_lengths=R,
+                                              slack_id=mdlm.SLACK, generator=gen)
         after[placement] = torch.rand(8, generator=gen)  # what the forward process would draw next
         assert c.shape == (4, 33) and c.dtype == torch.long
         for row, u, r, target in zip(c.tolist(), U.tolist(), R.tolist(), y.tolist()):
@@ -536,7 +562,8 @@ def test_build_canvas_round_trip():
 def test_response_log_probs():
     """Left-aligned log-softmax of the logits at P_b + j, MASK at -inf, float32."""
     b = porter_batch(torch.Generator().manual_seed(3), rate=0.1)
-    lp = response_log_probs(b["logits"], b["P"], int(b["R"].max()), mask_id=mdlm.MASK)
+    lp = response_log_probs(b["logits"], int(b["R"].max()), prompt_lengths=b["P"],
+                            mask_id=mdlm.MASK)
     assert lp.shape == (5, int(b["R"].max()), mdlm.VOCAB_SIZE) and lp.dtype == torch.float32
     assert (lp[..., mdlm.MASK] == -math.inf).all()  # SUBS: MASK is never a prediction
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(lp.shape[:2]))
@@ -551,7 +578,8 @@ def test_slack_ctc_term_equals_ce_without_slack(schedule):
     position-wise CE (the NELBO) exactly: same weight w(t), same 1/R, same positions scored."""
     b = porter_batch(torch.Generator().manual_seed(4), rate=0.0)
     ce = mdlm.mdlm_loss(b["logits"], b["z0"], b["z_t"], b["t"], schedule, scored=~b["is_prompt"])
-    torch.testing.assert_close(porter_term(b, schedule=schedule)[1], ce, rtol=1e-5, atol=1e-6)  # float32
+    torch.testing.assert_close(porter_term(b, schedule=schedule)[1], ce,
+                               rtol=1e-5, atol=1e-6)  # float32
 
 
 @pytest.mark.parametrize("collapse", ["surface", "standard"])
@@ -573,9 +601,73 @@ def test_align_slack_is_the_best_canvas():
     of all canvases under the log-probs (brute force on a tiny case); ctc_slack_align underneath."""
     lp = torch.randn(3, 6, V, generator=torch.Generator().manual_seed(6), **f64).log_softmax(-1)
     y, U, R = torch.tensor([[0, 1, 1, 2]] * 3), torch.tensor([4, 3, 2]), torch.tensor([6, 5, 6])
-    out = align_slack(lp, y, U, R, slack_id=SLACK)
+    out = align_slack(lp, y, target_lengths=U, canvas_lengths=R, slack_id=SLACK)
     assert torch.equal(out, ctc_slack_align(lp, y, R, U, slack_id=SLACK))  # lengths in CTC order
     for b, (row, u, r) in enumerate(zip(out.tolist(), U.tolist(), R.tolist())):
-        assert row[r:] == [SLACK] * (6 - r) and collapse_tokens(row, SLACK, "surface") == y[b, :u].tolist()
+        assert (row[r:] == [SLACK] * (6 - r)
+                and collapse_tokens(row, SLACK, "surface") == y[b, :u].tolist())
         best = max(brute_scores(lp[b], y[b, :u].tolist(), r, None, "surface"))  # over all canvases
         assert abs(alignment_score(lp[b], row[:r], None) - best) < 1e-10
+
+
+def test_slack_count_is_pythons_round():
+    """K = round(rate * R), half to even as Python rounds, for ints and tensors alike."""
+    for rate in (0.0, 0.05, 0.1, 0.2, 0.25, 0.5):
+        R = torch.arange(0, 200)
+        want = [round(rate * r) for r in R.tolist()]
+        assert slack_count(R, rate).tolist() == want
+        assert [int(slack_count(r, rate)) for r in R.tolist()] == want
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        slack_count(10, 1.0)
+
+
+def test_porter_api_refuses_swaps_and_bad_arguments():
+    """Every malformed call is a ValueError that says what was expected; swapped lengths (more
+    targets than canvas positions) are refused, never quietly turned into a tail placement."""
+    y, U, R = torch.zeros(2, 5, dtype=torch.long), torch.tensor([5, 3]), torch.tensor([6, 4])
+    lp = torch.randn(2, 6, V, **f64).log_softmax(-1)
+    wide = torch.zeros(2, 8, dtype=torch.long)  # room for the swapped target lengths
+    with pytest.raises(ValueError, match="swapped"):
+        place_slack(wide, target_lengths=torch.tensor([6, 4]), canvas_lengths=torch.tensor([5, 3]),
+                    slack_id=SLACK)
+    with pytest.raises(ValueError, match="swapped"):
+        align_slack(lp, y, target_lengths=torch.tensor([5, 5]), canvas_lengths=torch.tensor([4, 6]),
+                    slack_id=SLACK)
+    with pytest.raises(TypeError):  # lengths are keyword-only: a positional swap cannot happen
+        place_slack(y, "random", U, R, slack_id=SLACK)
+    bad = [  # (call, words the message must hold)
+        (lambda: place_slack(y, "middle", target_lengths=U, canvas_lengths=R, slack_id=SLACK),
+         "placement"),
+        (lambda: place_slack(y, target_lengths=U[:1], canvas_lengths=R, slack_id=SLACK),
+         "target_lengths must be 2 integers"),
+        (lambda: ctc_slack_loss(lp[0], y, R, U, slack_id=SLACK),
+         "log_probs must be float (B, T, V)"),
+        (lambda: ctc_slack_loss(lp, y.float(), R, U, slack_id=SLACK), "targets must be integer"),
+        (lambda: ctc_slack_loss(lp, y, R, torch.tensor([5, 9]), slack_id=SLACK),
+         "target_lengths must lie in [0, 5]"),
+        (lambda: ctc_slack_loss(lp, y, torch.tensor([7, 4]), U, slack_id=SLACK),
+         "input_lengths must lie in [0, 6]"),
+        (lambda: ctc_slack_loss(lp, y + SLACK, R, U, slack_id=SLACK), "other than slack_id"),
+        (lambda: ctc_slack_loss(lp, y, R, U, slack_id=V), "not an id"),
+        (lambda: ctc_slack_loss(lp, y, R, U, slack_id=SLACK, canvas=y), "canvas must be (B, T)"),
+        (lambda: ctc_slack_loss(lp, y, R, U, slack_id=SLACK, collapse="greedy"), "collapse"),
+        (lambda: ctc_slack_loss(lp, y, R, U, slack_id=SLACK, reduction="avg"), "reduction"),
+        (lambda: ctc_slack_align(lp, y, R, U, slack_id=SLACK, collapse="standard"), "surface"),
+        (lambda: build_canvas(y, y, prompt_lengths=torch.tensor([9, 0]), canvas_length=8),
+         "prompt_lengths must lie in"),
+    ]
+    for call, words in bad:
+        with pytest.raises(ValueError) as e:
+            call()
+        assert words in str(e.value), (words, str(e.value))
+
+
+def test_slack_last_ranks_slack_below_every_real_proposal():
+    """The decoding helper: slack proposals go below all real ones, each group in its own order,
+    and a slack proposal at or above the threshold keeps its place."""
+    conf = torch.tensor([[0.9, 0.2, 0.95, 0.5, 0.1]])
+    prop = torch.tensor([[SLACK, 0, SLACK, 1, 2]])
+    order = slack_last(conf, prop, slack_id=SLACK).argsort(descending=True)[0].tolist()
+    assert order == [3, 1, 4, 2, 0]  # real tokens by confidence, then the slacks by theirs
+    order = slack_last(conf, prop, slack_id=SLACK, threshold=0.92).argsort(descending=True)[0]
+    assert order.tolist() == [2, 3, 1, 4, 0]  # the 0.95 slack stays first

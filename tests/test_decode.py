@@ -155,7 +155,8 @@ def test_finish_collapse_and_eos():
     assert mdlm.output_ids(row, 2, "standard", slack=True) == [a, a, b]
     no_slack = torch.tensor(mdlm.encode("p:") + [a, a, MASK, b, EOS, c])
     assert mdlm.output_ids(no_slack, 2, "standard", slack=False) == [a, a, b]  # no merging
-    assert mdlm.output_ids(torch.tensor([a, b]), 0, "surface", slack=True) == [a, b]  # no EOS: all kept
+    # no EOS: all kept
+    assert mdlm.output_ids(torch.tensor([a, b]), 0, "surface", slack=True) == [a, b]
     assert mdlm.to_text(mdlm.output_ids(row, 2, "standard", slack=True)) == "aab"
 
 
@@ -279,7 +280,8 @@ def test_cli_json(tmp_path):
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 2 and all(row["prompt"] == "hi" for row in rows)
     for row in rows:
-        assert row["n_committed"] == 16 and 0 <= row["shift_fraction"] <= 1 and row["model_calls"] >= 1
+        assert (row["n_committed"] == 16 and 0 <= row["shift_fraction"] <= 1
+                and row["model_calls"] >= 1)
 
 
 def test_cli_errors_and_text_mode(tmp_path, capsys):
@@ -288,7 +290,8 @@ def test_cli_errors_and_text_mode(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert decode.main(["--ckpt", str(tmp_path / "missing.pt"), "--device", "cpu"]) == 1
     assert decode.main(["--ckpt", str(bad), "--device", "cpu"]) == 1
-    assert decode.main(["--ckpt", ckpt, "--prompt", "x" * 30, "--length", "16", "--device", "cpu"]) == 1
+    assert decode.main(["--ckpt", ckpt, "--prompt", "x" * 30, "--length", "16",
+                        "--device", "cpu"]) == 1
     assert decode.main(["--ckpt", ckpt, "--length", "16", "--steps", "7", "--sampler", "confidence",
                         "--block-length", "5", "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -299,7 +302,8 @@ def test_cli_errors_and_text_mode(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "step    4 hi▸" in out and "canvas: hi▸" in out
     ar = write_ckpt(tmp_path / "ar.pt", causal=True, slack=False)
-    assert decode.main(["--ckpt", ar, "--prompt", "hi", "--length", "8", "--json", "--device", "cpu"]) == 0
+    assert decode.main(["--ckpt", ar, "--prompt", "hi", "--length", "8", "--json",
+                        "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["sampler"] == "ar"
 
 
@@ -325,7 +329,8 @@ def test_cli_prompts_file_at_several_rates(tmp_path):
     ckpt = write_ckpt(tmp_path / "m.pt")
     prompts = write_prompts(tmp_path / "p.jsonl", ["ab", "xyz", "cd"])
     out = tmp_path / "g" / "gens.jsonl"
-    assert decode.main(["--ckpt", ckpt, "--prompts", prompts, "--out", str(out), "--sampler", "confidence",
+    assert decode.main(["--ckpt", ckpt, "--prompts", prompts, "--out", str(out),
+                        "--sampler", "confidence",
                         "--block-length", "8", "--per-step", "2", "--shift-rates", "0", "0.5",
                         "--temperature", "1", "--seed", "3", "--device", "cpu"]) == 0
     recs = [json.loads(line) for line in out.read_text().splitlines()]
@@ -364,10 +369,12 @@ def test_cli_bad_values_are_one_line(tmp_path, capsys, flags, message):
 def test_cli_prompts_file_problems(tmp_path, capsys):
     ckpt = write_ckpt(tmp_path / "m.pt")
     out = str(tmp_path / "g.jsonl")
-    assert decode.main(["--ckpt", ckpt, "--prompts", str(tmp_path), "--out", out, "--device", "cpu"]) == 1
+    assert decode.main(["--ckpt", ckpt, "--prompts", str(tmp_path), "--out", out,
+                        "--device", "cpu"]) == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"no prompt": 1}\n')
-    assert decode.main(["--ckpt", ckpt, "--prompts", str(bad), "--out", out, "--device", "cpu"]) == 1
+    assert decode.main(["--ckpt", ckpt, "--prompts", str(bad), "--out", out,
+                        "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err), err
     assert not os.path.exists(out)

@@ -16,6 +16,7 @@ import data
 import evaluate
 import conftest
 import mdlm
+import tasks
 
 tiny_model = functools.partial(conftest.tiny_model, n_embd=32)
 
@@ -23,8 +24,8 @@ tiny_model = functools.partial(conftest.tiny_model, n_embd=32)
 def save_tiny(path, causal, seed=0, seq_len=32):
     """A hand-made checkpoint in train.py's format."""
     m = tiny_model(causal, seed, seq_len)
-    meta = {"objective": "ar" if causal else "mdlm", "schedule": "linear", "loss": "ce", "slack": False,
-            "collapse": "surface"}
+    meta = {"objective": "ar" if causal else "mdlm", "schedule": "linear", "loss": "ce",
+            "slack": False, "collapse": "surface"}
     mdlm.save_checkpoint({"config": m.cfg.to_dict(), "model": m.state_dict(), "ema": m.state_dict(),
                           "step": 0, "meta": meta}, str(path))
     return str(path)
@@ -37,8 +38,8 @@ def write_jsonl(path, recs):
 
 def gen(i, output, rate, committed=10, shifted=0, prompt=""):
     """One record as decode.py writes it."""
-    return {"i": i, "prompt": prompt, "output": output, "output_ids": list(output.encode()), "rate": rate,
-            "n_committed": committed, "n_shifted": shifted}
+    return {"i": i, "prompt": prompt, "output": output, "output_ids": list(output.encode()),
+            "rate": rate, "n_committed": committed, "n_shifted": shifted}
 
 
 def run(argv, capsys):
@@ -85,7 +86,8 @@ def test_judge_nll_equals_a_loop_over_prefixes():
     assert m["judge_nll"] == pytest.approx(want / 6, rel=1e-5) and m["length"] == 6.0
     assert m["entropy"] == pytest.approx(evaluate.unigram_entropy(cont)) and m["distinct_2"] == 1.0
     empty = evaluate.text_metrics(judge, {"prompt": "Hi "}, {"output": "", "output_ids": []})
-    assert empty["length"] == 0.0 and math.isnan(empty["judge_nll"]) and math.isnan(empty["entropy"])
+    assert (empty["length"] == 0.0 and math.isnan(empty["judge_nll"])
+            and math.isnan(empty["entropy"]))
 
 
 def test_judge_nll_truncates_to_the_judge_window():
@@ -102,25 +104,30 @@ def test_judge_nll_truncates_to_the_judge_window():
 def test_copy_metrics_by_hand():
     m = lambda out, ref: evaluate.copy_metrics({"response": ref}, {"output": out})
     assert m("abcdef", "abcdef") == {"exact": 1.0, "cer": 0.0, "dropped_doubled": 0.0}
-    # one letter dropped: one deletion; doubled in its place: one substitution, the probe's signature
-    assert m("abdef", "abcdef") == {"exact": 0.0, "cer": pytest.approx(1 / 6), "dropped_doubled": 0.0}
-    assert m("abccef", "abcdef") == {"exact": 0.0, "cer": pytest.approx(1 / 6), "dropped_doubled": 1.0}
+    # one letter dropped: one deletion; doubled in its place: one substitution,
+    # the probe's signature
+    assert m("abdef", "abcdef") == {"exact": 0.0, "cer": pytest.approx(1 / 6),
+                                    "dropped_doubled": 0.0}
+    assert m("abccef", "abcdef") == {"exact": 0.0, "cer": pytest.approx(1 / 6),
+                                     "dropped_doubled": 1.0}
     assert m("ba", "ab")["cer"] == 1.0  # a swap is two substitutions: 2 / 2
     assert m("", "abcd")["cer"] == 1.0 and m("abcdxyz", "abcd")["cer"] == 0.75
-    assert data.levenshtein("kitten", "sitting") == 3  # the textbook example
+    assert tasks.levenshtein("kitten", "sitting") == 3  # the textbook example
 
 
 def test_grammar_metrics_by_hand():
     m = lambda out: evaluate.grammar_metrics({"prompt": "the ", "response": ""}, {"output": out})
-    assert m("cat sees the ox.") == {"parses": 1.0, "valid": 1.0, "lexicon": 1.0, "dropped_doubled": 0.0,
-                                     "length": 16.0}
+    assert m("cat sees the ox.") == {"parses": 1.0, "valid": 1.0, "lexicon": 1.0,
+                                     "dropped_doubled": 0.0, "length": 16.0}
     # "badder" is badger with the g dropped and a d doubled: 1 of the 2 output words; the full text
     # "the badder runs." has 3 words, 2 in the lexicon, and its one sentence is not valid
     assert m("badder runs.") == {"parses": 0.0, "valid": 0.0, "lexicon": pytest.approx(2 / 3),
                                  "dropped_doubled": 0.5, "length": 12.0}
-    assert m("cat sees. an eel runs.")["valid"] == 1.0 and m("cat sees. eel an runs.")["valid"] == 0.5
+    assert (m("cat sees. an eel runs.")["valid"] == 1.0
+            and m("cat sees. eel an runs.")["valid"] == 0.5)
     # nothing generated: "the " alone is one invalid sentence of one lexicon word
-    assert m("") == {"parses": 0.0, "valid": 0.0, "lexicon": 1.0, "dropped_doubled": 0.0, "length": 0.0}
+    assert m("") == {"parses": 0.0, "valid": 0.0, "lexicon": 1.0, "dropped_doubled": 0.0,
+                     "length": 0.0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,13 +136,15 @@ def test_grammar_metrics_by_hand():
 
 def test_bits_per_byte_ar_matches_ar_loss():
     model = tiny_model(causal=True, seq_len=8)
-    val = np.random.default_rng(1).integers(0, 256, 8 * 5 + 3).astype(np.uint8)  # as data.load_corpus
+    # as data.load_corpus
+    val = np.random.default_rng(1).integers(0, 256, 8 * 5 + 3).astype(np.uint8)
     # by hand: windows val[8k : 8k + 9], k = 0..4, each predicting 8 bytes
     x = torch.stack([torch.from_numpy(val[8 * k:8 * k + 9].astype(np.int64)) for k in range(5)])
     with torch.no_grad():
         ref = mdlm.ar_loss(model(x[:, :-1]), x).mean().item() / math.log(2)
         ref1 = mdlm.ar_loss(model(x[:2, :-1]), x[:2]).mean().item() / math.log(2)
-    assert evaluate.bits_per_byte(model, {"objective": "ar"}, val, 8, batch_size=2) == pytest.approx(ref)
+    assert (evaluate.bits_per_byte(model, {"objective": "ar"}, val, 8, batch_size=2)
+            == pytest.approx(ref))
     # max_batches caps the windows read: one batch of 2 windows
     got1 = evaluate.bits_per_byte(model, {"objective": "ar"}, val, 8, batch_size=2, max_batches=1)
     assert got1 == pytest.approx(ref1, rel=1e-5)
@@ -218,7 +227,8 @@ def copy_files(tmp_path):
            gen(3, "mnop", 0.1, 10, 1)]
     ctc = [gen(i, "aacd" if i == 0 else r["response"], rate, 8, 0 if rate == 0 else 1)
            for rate in (0.0, 0.1) for i, r in enumerate(COPY_REFS)]
-    return refs, write_jsonl(tmp_path / "ce.jsonl", ce[::-1]), write_jsonl(tmp_path / "ctc.jsonl", ctc)
+    return (refs, write_jsonl(tmp_path / "ce.jsonl", ce[::-1]),
+            write_jsonl(tmp_path / "ctc.jsonl", ctc))
 
 
 def test_score_copy_exact_numbers(tmp_path, capsys):
@@ -233,11 +243,13 @@ def test_score_copy_exact_numbers(tmp_path, capsys):
     ce0, ce1 = res["runs"]["ce"]["0"], res["runs"]["ce"]["0.1"]
     ctc0, ctc1 = (res["runs"]["ctc-random/confidence"][r] for r in ("0", "0.1"))
     # the records of ce were written in reverse order: they are matched by i, not by position
-    assert ce0["per_example"] == {"exact": [1.0] * 4, "cer": [0.0] * 4, "dropped_doubled": [0.0] * 4}
+    assert ce0["per_example"] == {"exact": [1.0] * 4, "cer": [0.0] * 4,
+                                  "dropped_doubled": [0.0] * 4}
     assert ce1["per_example"] == {"exact": [0.0, 0.0, 1.0, 1.0], "cer": [0.25, 0.25, 0.0, 0.0],
                                   "dropped_doubled": [1.0, 0.0, 0.0, 0.0]}
     assert ce1["summary"] == {"exact": 0.5, "cer": 0.125, "dropped_doubled": 0.25}
-    assert ctc0["summary"] == ctc1["summary"] == {"exact": 0.75, "cer": 0.0625, "dropped_doubled": 0.25}
+    assert ctc0["summary"] == ctc1["summary"] == {"exact": 0.75, "cer": 0.0625,
+                                                  "dropped_doubled": 0.25}
     # the realised shift: sum shifted / sum committed over the 4 prompts
     assert ce0["realised_shift"] == 0.0 and ce1["realised_shift"] == pytest.approx(4 / 40)
     assert ctc1["realised_shift"] == pytest.approx(4 / 32) and ctc1["n_committed"] == 32
@@ -261,7 +273,8 @@ def test_score_copy_exact_numbers(tmp_path, capsys):
     assert md in stdout and "| ce | 1.000 | 0.500 |" in md
     assert "| realised shift: ce | 0.0000 | 0.1000 |" in md
     assert md.index("## exact") < md.index("## cer") < md.index("## Change from rate 0")
-    root = ET.parse(out / "exact.svg").getroot()  # the plot of the primary metric; names stay labels
+    # the plot of the primary metric; names stay labels
+    root = ET.parse(out / "exact.svg").getroot()
     assert len(root.findall("{http://www.w3.org/2000/svg}polyline")) == 2
     assert sorted(p.name for p in out.iterdir()) == ["exact.svg", "results.json", "results.md"]
 
@@ -269,8 +282,10 @@ def test_score_copy_exact_numbers(tmp_path, capsys):
 def test_score_grammar_exact_numbers(tmp_path, capsys):
     refs = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "the ", "response": "cat runs."},
                                                  {"prompt": "an ", "response": "ox sleeps."}])
-    gens = write_jsonl(tmp_path / "g.jsonl", [gen(0, "cat sees the ox.", 0.0), gen(1, "ox sleeps.", 0.0),
-                                              gen(0, "badder runs.", 0.5, 10, 5), gen(1, "", 0.5, 10, 5)])
+    gens = write_jsonl(tmp_path / "g.jsonl", [gen(0, "cat sees the ox.", 0.0),
+                                              gen(1, "ox sleeps.", 0.0),
+                                              gen(0, "badder runs.", 0.5, 10, 5),
+                                              gen(1, "", 0.5, 10, 5)])
     out = tmp_path / "eval"
     status, _, err = run(["score", "--task", "grammar", "--refs", refs, "--gens", f"m={gens}",
                           "--out-dir", str(out), "--n-boot", "100"], capsys)
@@ -291,26 +306,29 @@ def test_score_grammar_exact_numbers(tmp_path, capsys):
 
 def test_score_text_with_a_judge(tmp_path, capsys):
     judge = save_tiny(tmp_path / "judge.pt", causal=True)
-    refs = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "The list ", "response": "type is mutable."},
-                                                 {"prompt": "A dict ", "response": "maps keys."}])
+    refs = write_jsonl(tmp_path / "test.jsonl",
+                       [{"prompt": "The list ", "response": "type is mutable."},
+                        {"prompt": "A dict ", "response": "maps keys."}])
     gens = write_jsonl(tmp_path / "g.jsonl", [gen(0, "type is fine.", 0.0), gen(1, "", 0.0),
                                               gen(0, "tpye is fine.", 0.02), gen(1, "maps.", 0.02)])
     out = tmp_path / "eval"
-    argv = ["score", "--task", "text", "--refs", refs, "--gens", f"a={gens}", f"b={gens}", "--judge", judge,
-            "--device", "cpu", "--out-dir", str(out), "--n-boot", "100"]
+    argv = ["score", "--task", "text", "--refs", refs, "--gens", f"a={gens}", f"b={gens}",
+            "--judge", judge, "--device", "cpu", "--out-dir", str(out), "--n-boot", "100"]
     status, _, err = run(argv, capsys)
     assert status == 0, err
     res = json.loads((out / "results.json").read_text())
     m = tiny_model(causal=True)
     nll, n = evaluate.judge_nll(m, mdlm.encode("The list "), mdlm.encode("type is fine."))
     per = res["runs"]["a"]["0"]["per_example"]
-    assert per["judge_nll"][0] == pytest.approx(nll / n, rel=1e-5) and per["judge_nll"][1] is None  # empty
+    assert (per["judge_nll"][0] == pytest.approx(nll / n, rel=1e-5)
+            and per["judge_nll"][1] is None)  # empty
     assert per["length"] == [13.0, 0.0] and res["judge"]["ckpt"] == judge
     # the held-out continuations, scored by the same judge: the reference row and the dashed line
     nll, n = evaluate.judge_nll(m, mdlm.encode("A dict "), mdlm.encode("maps keys."))
     assert res["reference"]["per_example"]["judge_nll"][1] == pytest.approx(nll / n, rel=1e-5)
     assert "| held-out text |" in (out / "results.md").read_text()
-    assert all(d["mean_diff"] == 0 for d in res["differences"] if d["mean_diff"] is not None)  # b is a
+    assert all(d["mean_diff"] == 0 for d in res["differences"]
+               if d["mean_diff"] is not None)  # b is a
     assert "stroke-dasharray" in (out / "judge_nll.svg").read_text()
     # the judge must be causal, and text needs one
     mdlm_ckpt = save_tiny(tmp_path / "mdlm.pt", causal=False)
@@ -331,23 +349,29 @@ def test_score_text_with_a_judge(tmp_path, capsys):
 def test_score_refuses_bad_input(tmp_path, capsys, case, message):
     refs, ce, ctc = copy_files(tmp_path)
     good = [gen(i, r["response"], rate) for rate in (0.0, 0.1) for i, r in enumerate(COPY_REFS)]
-    bad = {"i out of range": good + [gen(4, "x", 0.2)], "i is a bool": good[1:] + [{**good[0], "i": True}],
+    bad = {"i out of range": good + [gen(4, "x", 0.2)],
+           "i is a bool": good[1:] + [{**good[0], "i": True}],
            "no rate 0": good[4:], "prompt twice": good + [good[0]], "other prompts": good[:-1]}
     path = write_jsonl(tmp_path / "bad.jsonl", bad.get(case, good))
-    names = {"missing file": [f"x={tmp_path / 'none.jsonl'}"], "repeated name": [f"ce={ce}", f"ce={path}"],
-             "unknown baseline": [f"ce={ce}", "--baseline", "zz"]}.get(case, [f"ce={ce}", f"bad={path}"])
-    status, _, err = run(["score", "--task", "copy", "--refs", refs, "--out-dir", str(tmp_path / "e"),
-                          "--gens", *names], capsys)
-    assert status == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    names = ({"missing file": [f"x={tmp_path / 'none.jsonl'}"],
+              "repeated name": [f"ce={ce}", f"ce={path}"],
+              "unknown baseline": [f"ce={ce}", "--baseline", "zz"]}
+             .get(case, [f"ce={ce}", f"bad={path}"]))
+    status, _, err = run(["score", "--task", "copy", "--refs", refs,
+                          "--out-dir", str(tmp_path / "e"), "--gens", *names], capsys)
+    assert (status == 1 and err.startswith("error: ") and message in err
+            and err.count("\n") == 1), err
     assert not (tmp_path / "e").exists()  # nothing written on bad input
 
 
 def test_score_compares_only_shared_rates_and_says_so(tmp_path, capsys):
     refs, ce, _ = copy_files(tmp_path)
-    extra = write_jsonl(tmp_path / "x.jsonl", [gen(i, r["response"], rate) for rate in (0.0, 0.05, 0.1)
+    extra = write_jsonl(tmp_path / "x.jsonl", [gen(i, r["response"], rate)
+                                               for rate in (0.0, 0.05, 0.1)
                                                for i, r in enumerate(COPY_REFS)])
-    status, out, err = run(["score", "--task", "copy", "--refs", refs, "--gens", f"ce={ce}", f"x={extra}",
-                            "--out-dir", str(tmp_path / "e"), "--n-boot", "50"], capsys)
+    status, out, err = run(["score", "--task", "copy", "--refs", refs, "--gens",
+                            f"ce={ce}", f"x={extra}", "--out-dir", str(tmp_path / "e"),
+                            "--n-boot", "50"], capsys)
     assert status == 0, err
     res = json.loads((tmp_path / "e" / "results.json").read_text())
     assert res["rates"] == ["0", "0.1"] and "0.05" in res["notes"][0] and "Note:" in out
@@ -361,19 +385,23 @@ def test_task_is_deterministic_and_grammar_test_prompts_are_fresh(tmp_path, caps
     argv = lambda d: ["task", "grammar", "--out-dir", str(tmp_path / d), "--n-train", "300",
                       "--n-test", "200", "--seed", "3"]
     assert run(argv("a"), capsys)[0] == 0 and run(argv("b"), capsys)[0] == 0
-    for name in ("train.jsonl", "test.jsonl", "task.json"):
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "task.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    train, test = (data.read_jsonl(str(tmp_path / "a" / n)) for n in ("train.jsonl", "test.jsonl"))
+    train, val, test = (data.read_jsonl(str(tmp_path / "a" / f"{n}.jsonl"))
+                        for n in ("train", "val", "test"))
     task = json.loads((tmp_path / "a" / "task.json").read_text())
-    full = lambda recs: {r["prompt"] + r["response"] for r in recs}
+    full = lambda recs: {r["prompt"] + r["response"] for r in recs}  # noqa: E731
     assert len(train) == 300 and not full(train) & full(test)
+    assert val and not full(val) & (full(train) | full(test))  # validation never peeks at test
     # the test set is drawn with seed + 1 and the overlaps dropped, and task.json says how many
-    drawn = data.grammar_examples(200, 4)
+    drawn = tasks.grammar_examples(200, 4)
     assert test == [r for r in drawn if r["prompt"] + r["response"] not in full(train)]
-    assert task["n_test"] == len(test) and task["dropped_test"] == 200 - len(test) and task["seed"] == 3
+    assert task["n_test"] == len(test) and task["dropped_test"] == 200 - len(test)
+    assert task["seed"] == 3 and task["n_val"] == len(val)
     # a copy task small enough to collide: 26 one-letter strings, 20 of them in train
-    assert run(["task", "copy", "--out-dir", str(tmp_path / "c"), "--n-train", "20", "--n-test", "10",
-                "--min-len", "1", "--max-len", "1"], capsys)[0] == 0
+    assert run(["task", "copy", "--out-dir", str(tmp_path / "c"), "--n-train", "20",
+                "--n-test", "10", "--n-val", "10", "--min-len", "1",
+                "--max-len", "1"], capsys)[0] == 0
     task = json.loads((tmp_path / "c" / "task.json").read_text())
     assert task["dropped_test"] > 0 and task["n_test"] + task["dropped_test"] == 10
 
@@ -392,7 +420,8 @@ def test_task_text_takes_held_out_prompts(tmp_path, capsys):
         assert "\ufffd" not in r["prompt"] + r["response"] and p + c in val
         assert 10 <= len(p) <= 13 and 20 <= len(c) <= 23
     assert val.startswith(test[0]["prompt"].encode())  # the first prompt opens the split
-    assert run(argv[:-4] + ["--prompt-len", "1000", "--length", "20"], capsys)[0] == 1  # > the split
+    assert run(argv[:-4] + ["--prompt-len", "1000", "--length", "20"],
+               capsys)[0] == 1  # > the split
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,23 +432,29 @@ def test_curves_tabulates_every_key_and_tolerates_missing_ones(tmp_path, capsys)
     a = write_jsonl(tmp_path / "a.jsonl", [{"step": 0, "loss": 5.0},  # a training line: no val_ key
                                           {"step": 250, "val_bits": 3.5, "val_ctc_random": 3.0},
                                           {"step": 500, "val_bits": 3.2, "val_ctc_random": 2.9},
-                                          {"step": 500, "val_bits": 3.1, "val_ctc_random": 2.8}])  # resumed
+                                          # resumed
+                                          {"step": 500, "val_bits": 3.1, "val_ctc_random": 2.8}])
     b = write_jsonl(tmp_path / "b.jsonl", [{"note": "start"}, {"step": 250, "val_bits": 3.6},
                                           {"step": 750, "val_bits": 3.0}])
     out = tmp_path / "curves"
-    status, stdout, err = run(["curves", "--logs", f"ce/x={a}", f"ctc={b}", "--out-dir", str(out)], capsys)
+    status, stdout, err = run(["curves", "--logs", f"ce/x={a}", f"ctc={b}", "--out-dir", str(out)],
+                              capsys)
     assert status == 0, err
     res = json.loads((out / "curves.json").read_text())
     assert res["keys"] == ["val_bits", "val_ctc_random"]
-    assert res["curves"]["val_bits"] == {"ce/x": [[250, 3.5], [500, 3.1]], "ctc": [[250, 3.6], [750, 3.0]]}
+    assert res["curves"]["val_bits"] == {"ce/x": [[250, 3.5], [500, 3.1]],
+                                         "ctc": [[250, 3.6], [750, 3.0]]}
     assert list(res["curves"]["val_ctc_random"]) == ["ce/x"]  # ctc never logged it
     md = (out / "curves.md").read_text()
-    assert md in stdout and "| name | 250 | 500 | 750 |" in md and "| ce/x | 3.5000 | 3.1000 | n/a |" in md
+    assert (md in stdout and "| name | 250 | 500 | 750 |" in md
+            and "| ce/x | 3.5000 | 3.1000 | n/a |" in md)
     assert "| ctc | n/a | n/a |" in md  # listed, with no values, under val_ctc_random
     for key in res["keys"]:
         assert ET.parse(out / f"{key}.svg").getroot().tag.endswith("svg")
-    assert run(["curves", "--logs", f"a={a}", "--keys", "val_nope", "--out-dir", str(out)], capsys)[0] == 1
-    assert run(["curves", "--logs", f"a={tmp_path / 'none.jsonl'}", "--out-dir", str(out)], capsys)[0] == 1
+    assert run(["curves", "--logs", f"a={a}", "--keys", "val_nope", "--out-dir", str(out)],
+               capsys)[0] == 1
+    assert run(["curves", "--logs", f"a={tmp_path / 'none.jsonl'}", "--out-dir", str(out)],
+               capsys)[0] == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,7 +462,8 @@ def test_curves_tabulates_every_key_and_tolerates_missing_ones(tmp_path, capsys)
 
 
 def test_svg_plot_is_valid_xml():
-    svg = evaluate.svg_plot({"ce <ft>": [(0, 3.0), (0.01, 4.0), (0.05, float("nan"))], "ctc": [(0, 2.5)]},
+    svg = evaluate.svg_plot({"ce <ft>": [(0, 3.0), (0.01, 4.0), (0.05, float("nan"))],
+                             "ctc": [(0, 2.5)]},
                             "t", "x", "y", hline=("text", 2.0))
     root = ET.fromstring(svg)
     assert root.tag.endswith("svg")

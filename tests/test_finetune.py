@@ -1,17 +1,17 @@
-"""Fine-tuning with CE, slack CTC and both, through train.py's own batch and loss code."""
+"""Fine-tuning with CE, slack CTC and both, through the batch and loss code train.py runs
+(objective.py), and through train.py itself."""
 import functools
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-import data
 import conftest
+import data
 import mdlm
+import objective
 import train
 from mdlm import EOS, MASK, SLACK
 
@@ -21,19 +21,23 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--seq-len", "32", 
         "--device", "cpu", "--warmup", "5"]
 
 
-def args_for(**kw):
-    args = train.get_args(["--device", "cpu", "--seq-len", "32", "--batch-size", "6"])
-    for k, v in kw.items():
-        setattr(args, k, v)
-    return args
+def obj_for(**kw):
+    """The objective of a canvas of 32 positions (placement: tail unless given)."""
+    return objective.Objective(**{"seq_len": 32, **kw})
+
 
 tiny_model = functools.partial(conftest.tiny_model, n_embd=32)
 
 
+def batch_for(split, obj, model, seed=0, n=6, stats=None):
+    gen = torch.Generator().manual_seed(seed)
+    return objective.get_batch(split, obj, n, gen, stats or {"truncated": 0}, model)
+
+
 def loss_on_same_batch(model, ids, seed, **kw):
-    args = args_for(**kw)
-    b = train.get_batch(ids, args, torch.Generator().manual_seed(seed), {"truncated": 0}, model)
-    return train.compute_loss(model, b, args), b
+    obj = obj_for(**kw)
+    b = batch_for(ids, obj, model, seed)
+    return objective.compute_loss(model, b, obj), b
 
 
 IDS = np.frombuffer(("abcabd " * 400).encode(), dtype=np.uint8)  # as data.load_corpus gives
@@ -55,9 +59,9 @@ def test_ctc_never_exceeds_ce_when_reference_collapses_to_target(placement):
     model = tiny_model()
     for seed in range(3):
         ce, b = loss_on_same_batch(model, IDS, seed, loss="ce", slack_rate=0.25, prompt_len=4,
-                                   slack_placement=placement)
+                                   placement=placement)
         ctc, _ = loss_on_same_batch(model, IDS, seed, loss="ctc", slack_rate=0.25, prompt_len=4,
-                                    slack_placement=placement)
+                                    placement=placement)
         # the reference canvas collapses to the target: drop slack from the response, get y back
         for z0, P, y, U in zip(b["z0"], b["P"], b["y"], b["U"]):
             assert [v for v in z0[P:].tolist() if v != SLACK] == y[:U].tolist()
@@ -66,7 +70,7 @@ def test_ctc_never_exceeds_ce_when_reference_collapses_to_target(placement):
 
 def test_ctc_plus_ce_is_the_weighted_sum():
     model = tiny_model()
-    kw = dict(slack_rate=0.2, prompt_len=4, slack_placement="random")
+    kw = dict(slack_rate=0.2, prompt_len=4, placement="random")
     ce, _ = loss_on_same_batch(model, IDS, 0, loss="ce", **kw)
     ctc, _ = loss_on_same_batch(model, IDS, 0, loss="ctc", **kw)
     both, _ = loss_on_same_batch(model, IDS, 0, loss="ctc+ce", ctc_weight=0.7, ce_weight=0.3, **kw)
@@ -76,21 +80,20 @@ def test_ctc_plus_ce_is_the_weighted_sum():
 @pytest.mark.parametrize("loss", ["ce", "ctc"])
 def test_prompt_positions_are_never_masked_nor_scored(loss):
     model = tiny_model()
-    args = args_for(loss=loss, slack_rate=0.1, prompt_len=10)
-    b = train.get_batch(IDS, args, torch.Generator().manual_seed(0), {"truncated": 0}, model)
+    obj = obj_for(loss=loss, slack_rate=0.1, prompt_len=10)
+    b = batch_for(IDS, obj, model)
     assert b["keep"][:, :10].all() and not b["keep"][:, 10:].any()
     assert torch.equal(b["z_t"][:, :10], b["z0"][:, :10])
     # change the prompt's logits only: the loss must not move
     logits = torch.randn(6, 32, mdlm.VOCAB_SIZE, requires_grad=True)
-    out = train.compute_loss(lambda z: logits, b, args).sum()
+    out = objective.compute_loss(lambda z: logits, b, obj).sum()
     out.backward()
     assert logits.grad[:, :10].abs().max() == 0 and logits.grad[:, 10:].abs().max() > 0
 
 
 def test_model_placement_puts_targets_in_order():
     model = tiny_model()
-    args = args_for(loss="ctc", slack_rate=0.25, prompt_len=4, slack_placement="model")
-    b = train.get_batch(IDS, args, torch.Generator().manual_seed(0), {"truncated": 0}, model)
+    b = batch_for(IDS, obj_for(loss="ctc", slack_rate=0.25, prompt_len=4, placement="model"), model)
     for z0, y in zip(b["z0"], b["y"]):
         assert [v for v in z0[4:].tolist() if v != SLACK] == y.tolist()
         assert (z0[4:] == SLACK).sum() == round(0.25 * 28)
@@ -104,11 +107,13 @@ def write_sft(path, records):
 
 def test_sft_reader(tmp_path):
     path = str(tmp_path / "sft.jsonl")
-    write_sft(path, [{"prompt": "Grüß", "response": "日本"}, "", {"prompt": "q", "response": ""}])
+    write_sft(path, [{"prompt": "Grüß", "response": "日本"}, "",
+                     {"prompt": "q", "response": ""}])
     recs = data.read_sft(path)
     assert recs == [(list("Grüß".encode()), list("日本".encode()) + [EOS]), (list(b"q"), [EOS])]
-    for bad, message in [("{not json", ":1: not valid JSON"), ('{"prompt": "x"}', ":1: need an object"),
-                         ('["prompt", "response"]', ":1: need an object")]:
+    for bad, message in [("{not json", ":1: not valid JSON"),
+                         ('{"prompt": "x"}', ":1: need string keys"),
+                         ('["prompt", "response"]', ":1: need string keys")]:
         write_sft(path, [bad])
         with pytest.raises(data.UserError, match=message):
             data.read_sft(path)
@@ -120,24 +125,29 @@ def test_sft_reader(tmp_path):
 def test_sft_batches_truncate_pad_with_eos_and_count():
     records = [(list(b"p" * 5), list(b"r" * 40) + [EOS]), (list(b"q"), list(b"ok") + [EOS])]
     stats = {"truncated": 0}
-    args = args_for(loss="ctc", slack_rate=0.1, sft="x")
-    b = train.get_batch(records, args, torch.Generator().manual_seed(0), stats, None)
+    b = batch_for(records, obj_for(loss="ctc", slack_rate=0.1), None, stats=stats)
     long_rows = (b["P"] == 5).sum().item()
     assert stats["truncated"] == long_rows > 0
     for z0, P, y, U in zip(b["z0"], b["P"], b["y"], b["U"]):
         P, U = int(P), int(U)
         R = 32 - P
         assert R == 32 - P and U == R - round(0.1 * R)  # exactly K = round(rate * R) slacks
-        expect = list(b"r" * U) if P == 5 else list(b"ok") + [EOS] * (U - 2)  # truncated / EOS-padded
+        # truncated / EOS-padded
+        expect = list(b"r" * U) if P == 5 else list(b"ok") + [EOS] * (U - 2)
         assert y[:U].tolist() == expect
         assert [v for v in z0[P:].tolist() if v != SLACK] == expect
         assert (z0[P:] == SLACK).sum() == R - U
 
 
-def run_train(*args):
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True,
-                       cwd=ROOT, timeout=300)
-    return p.returncode, p.stdout, p.stderr
+def run_train(capsys, *args):
+    """train.py's main in this process, as a user runs it: (exit code, stderr)."""
+    capsys.readouterr()
+    try:
+        train.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -163,11 +173,13 @@ def test_ctc_fine_tune_lowers_its_loss_and_learns_slack(pretrained):
     fine = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert fine["meta"]["slack"] is True and fine["meta"]["collapse"] == "surface"
     model = mdlm.model_from_checkpoint(fine)
-    # the fine-tuned model puts real probability on SLACK at masked positions; the pretrained one none
+    # the fine-tuned model puts real probability on SLACK at masked positions;
+    # the pretrained one none
     z = torch.tensor([mdlm.encode("the cat ") + [MASK] * 24])
     with torch.no_grad():
         p_slack = model(z).float().softmax(-1)[0, 8:, SLACK].mean().item()
-        p_before = mdlm.model_from_checkpoint(mdlm.load_checkpoint(ckpt))(z).float().softmax(-1)[0, 8:, SLACK]
+        p_before = (mdlm.model_from_checkpoint(mdlm.load_checkpoint(ckpt))(z)
+                    .float().softmax(-1)[0, 8:, SLACK])
     assert p_slack > 0.05 and p_slack > 10 * p_before.mean().item(), (p_slack, p_before.mean())
     # decoding it uses slack in the canvas, yet the output never contains a SLACK (or MASK) id
     prompt = torch.tensor([mdlm.encode("the cat ")] * 8)
@@ -179,7 +191,7 @@ def test_ctc_fine_tune_lowers_its_loss_and_learns_slack(pretrained):
         assert SLACK not in ids and MASK not in ids and len(ids) > 0
 
 
-def test_fine_tune_bad_input_keeps_files(pretrained, tmp_path):
+def test_fine_tune_bad_input_keeps_files(pretrained, tmp_path, capsys):
     corpus, ckpt, d = pretrained
     model = tiny_model(vocab_size=SLACK)  # a vocabulary without SLACK (and MASK)
     no_slack = str(tmp_path / "noslack.pt")
@@ -189,18 +201,21 @@ def test_fine_tune_bad_input_keeps_files(pretrained, tmp_path):
     write_sft(sft, [{"prompt": "a", "response": "b"}, {"prompt": "a"}])
     out = str(tmp_path / "o")
     cases = [
-        (["--data", corpus, "--init-from", no_slack, "--loss", "ctc"], "no SLACK"),
-        (["--data", corpus, "--init-from", ckpt, "--loss", "ctc", "--slack-rate", "-0.1"], "--slack-rate"),
-        (["--data", corpus, "--init-from", ckpt, "--loss", "ctc", "--prompt-len", "32"], "--prompt-len"),
+        (["--data", corpus, "--init-from", no_slack, "--loss", "ctc"], "ordinary ids"),
+        (["--data", corpus, "--init-from", ckpt, "--loss", "ctc", "--slack-rate", "-0.1"],
+         "--slack-rate"),
+        (["--data", corpus, "--init-from", ckpt, "--loss", "ctc", "--prompt-len", "32"],
+         "--prompt-len"),
         (["--init-from", ckpt, "--loss", "ctc", "--sft", sft], "bad.jsonl:2:"),
         (["--data", corpus, "--init-from", ckpt, "--sft", sft], "not both"),
         (["--data", corpus, "--init-from", ckpt, "--loss", "ctc", "--slack-placement", "mix",
           "--mix-random", "2"], "--mix-random"),
-        (["--data", corpus, "--init-from", ckpt, "--slack-placement", "model", "--collapse", "standard"],
+        (["--data", corpus, "--init-from", ckpt, "--slack-placement", "model",
+          "--collapse", "standard"],
          "needs --collapse surface"),
     ]
     for extra, message in cases:
-        code, _, err = run_train("--out-dir", out, "--steps", "2", *TINY, *extra)
+        code, err = run_train(capsys, "--out-dir", out, "--steps", "2", *TINY, *extra)
         assert code == 1 and message in err and "Traceback" not in err, (extra, err)
         assert not os.path.exists(os.path.join(out, "ckpt.pt"))
 
@@ -212,9 +227,10 @@ def test_mix_placement_rows_are_random_or_aligned():
     kw = dict(loss="ctc", slack_rate=0.25, prompt_len=4)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     st = {"truncated": 0}
-    mix = train.get_batch(IDS, args_for(slack_placement="mix", mix_random=0.5, **kw), g(), st, model, n=64)
-    rnd = train.get_batch(IDS, args_for(slack_placement="random", **kw), g(), st, model, n=64)
-    mod = train.get_batch(IDS, args_for(slack_placement="model", **kw), g(), st, model, n=64)
+    mix = objective.get_batch(IDS, obj_for(placement="mix", mix_random=0.5, **kw), 64, g(), st,
+                              model)
+    rnd = objective.get_batch(IDS, obj_for(placement="random", **kw), 64, g(), st, model)
+    mod = objective.get_batch(IDS, obj_for(placement="model", **kw), 64, g(), st, model)
     is_rnd = (mix["z0"] == rnd["z0"]).all(1)
     is_mod = (mix["z0"] == mod["z0"]).all(1)
     assert (is_rnd | is_mod).all() and 10 < is_rnd.sum() < 54 and is_mod.sum() > 10
@@ -222,13 +238,14 @@ def test_mix_placement_rows_are_random_or_aligned():
 
 
 def test_grad_accum_equals_one_big_batch(tmp_path):
-    """--grad-accum 2 --batch-size 4 takes exactly the step of --batch-size 8: same examples, and the
-    mean of two micro-batch means (each divided by 2) is the mean over the 8."""
+    """--grad-accum 2 --batch-size 4 takes exactly the step of --batch-size 8: same examples, and
+    the mean of two micro-batch means (each divided by 2) is the mean over the 8."""
     corpus = tmp_path / "c.txt"
     corpus.write_text("the cat sat on the mat. " * 300, encoding="utf-8")
     base = ["--data", str(corpus), "--steps", "2", "--ckpt-interval", "2", "--ema", "0", *TINY]
     train.main([*base, "--out-dir", str(tmp_path / "big"), "--batch-size", "8"])
-    train.main([*base, "--out-dir", str(tmp_path / "acc"), "--batch-size", "4", "--grad-accum", "2"])
+    train.main([*base, "--out-dir", str(tmp_path / "acc"), "--batch-size", "4",
+                "--grad-accum", "2"])
     a = mdlm.load_checkpoint(str(tmp_path / "big" / "ckpt.pt"))["model"]
     b = mdlm.load_checkpoint(str(tmp_path / "acc" / "ckpt.pt"))["model"]
     for k in a:

@@ -27,7 +27,8 @@ def test_tokenizer_round_trip_and_specials():
 @pytest.mark.parametrize("schedule", mdlm.SCHEDULES)
 def test_schedule_endpoints_and_weight(schedule):
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    assert torch.allclose(mdlm.alpha_t(t, schedule), torch.tensor([1.0, 0.0], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(mdlm.alpha_t(t, schedule), torch.tensor([1.0, 0.0], dtype=torch.float64),
+                          atol=1e-12)
     # w(t) = -alpha'(t) / (1 - alpha(t)) against a central finite difference
     t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
     h = 1e-6
@@ -174,7 +175,8 @@ def test_tiny_model_overfits_one_batch():
 def test_checkpoint_round_trip_and_errors(tmp_path):
     model = tiny_model()
     path = str(tmp_path / "ckpt.pt")
-    mdlm.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(), "ema": None}, path)
+    mdlm.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(),
+                          "ema": None}, path)
     again = mdlm.model_from_checkpoint(mdlm.load_checkpoint(path))
     x = torch.randint(0, 256, (1, 8))
     with torch.no_grad():
@@ -195,7 +197,8 @@ def test_checkpoint_meta_defaults_and_overrides():
     causal = mdlm.ModelConfig(causal=True).to_dict()
     assert mdlm.checkpoint_meta({"config": causal})["objective"] == "ar"
     plain = mdlm.checkpoint_meta({"config": mdlm.ModelConfig().to_dict()})
-    assert plain == {"objective": "mdlm", "schedule": "linear", "slack": False, "collapse": "surface"}
+    assert plain == {"objective": "mdlm", "schedule": "linear", "slack": False,
+                     "collapse": "surface"}
     stored = {"objective": "mdlm", "slack": True, "collapse": "standard"}
     got = mdlm.checkpoint_meta({"config": mdlm.ModelConfig().to_dict(), "meta": stored})
     assert got["slack"] is True and got["collapse"] == "standard" and got["schedule"] == "linear"

@@ -1,6 +1,7 @@
-"""The README's "Use the slack CTC in your own MDLM" snippet, run as a porter would: ctc_slack.py
-copied alone into an empty folder, the snippet run there with a stand-in model, and its loss
-checked against train.py's loss on the same batch."""
+"""The README's two porting snippets, run as a porter would: ctc_slack.py copied alone into an
+empty folder, each snippet run there as it stands (the training one is complete in itself; the
+decoding one continues it), the training loss checked against the loss train.py computes on the
+same batch, and the decoded outputs checked to be the canvas read through the collapse map."""
 import os
 import re
 import shutil
@@ -9,61 +10,70 @@ import sys
 
 import torch
 
-import train
+import mdlm
+import objective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# What a porter's code would have before the snippet: a batch of LLaDA-style SFT examples (prompt
-# ids, responses padded with EOS) and some model that maps (B, T) ids to (B, T, V) logits.
-PRELUDE = '''
-import torch
-torch.manual_seed(0)
-B, T, V, EOS = 6, 24, 259, 256
-model = torch.nn.Sequential(torch.nn.Embedding(V, 16), torch.nn.Linear(16, V))
-gen = torch.Generator().manual_seed(1)
-prompt_lengths = torch.tensor([3, 5, 4, 3, 6, 5])
-prompt = torch.randint(0, 256, (B, 6), generator=gen)
-responses = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (5, 12, 18, 1, 9, 14)]
-R = T - prompt_lengths                      # response canvas lengths
-U = R - (0.1 * R).round().long()            # target lengths: K = round(0.1 R) slacks per canvas
-targets = torch.tensor([(r + [EOS] * T)[:int(U.max())] for r in responses])  # response, EOS, EOS...
-'''
-
-EPILOGUE = '''
+SAVE = '''
 torch.save({"z0": z0, "z_t": z_t, "t": t, "is_prompt": is_prompt, "loss": loss.detach(),
-            "targets": targets, "U": U, "P": prompt_lengths, "state": model.state_dict()}, "out.pt")
+            "targets": targets, "U": U, "P": prompt_lengths, "state": model.state_dict()},
+           "train.pt")
+'''
+SAVE_DECODE = '''
+torch.save({"canvas": canvas, "outputs": outputs, "P": prompt.shape[1]}, "decode.pt")
 '''
 
 
-def readme_snippet():
+def readme_snippets():
+    """The ```python blocks of the README's porting section: (training, decoding)."""
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    section = text.split("## Use the slack CTC in your own MDLM", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    section = text.split("## Use the slack CTC in your own MDLM", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2, len(blocks)
+    return blocks
 
 
-def test_snippet_is_short_and_uses_only_ctc_slack():
-    code = readme_snippet()
-    lines = [line for line in code.splitlines() if line.strip()]
-    assert 10 <= len(lines) <= 25, len(lines)
-    imports = {m for m in re.findall(r"^\s*(?:from|import) (\w+)", code, re.M)}
-    assert imports <= {"torch", "ctc_slack"}, imports
-
-
-def test_snippet_alone_equals_train_loss(tmp_path):
+def run_alone(tmp_path, code):
+    """Run code in a folder that holds ctc_slack.py and nothing else of this project."""
     shutil.copy(os.path.join(ROOT, "ctc_slack.py"), tmp_path / "ctc_slack.py")
-    assert sorted(os.listdir(tmp_path)) == ["ctc_slack.py"]
-    (tmp_path / "port.py").write_text(PRELUDE + readme_snippet() + EPILOGUE)
-    # -E -s: no PYTHONPATH, no user site; the folder holds ctc_slack.py and nothing else of this project
+    (tmp_path / "port.py").write_text(code)
+    # -E -s: no PYTHONPATH, no user site: only torch and the copied file can be imported
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    p = subprocess.run([sys.executable, "-E", "-s", "port.py"], cwd=tmp_path, capture_output=True, text=True,
-                       env=env, timeout=120)
+    p = subprocess.run([sys.executable, "-E", "-s", "port.py"], cwd=tmp_path, capture_output=True,
+                       text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
-    out = torch.load(tmp_path / "out.pt", weights_only=True)
-    model = torch.nn.Sequential(torch.nn.Embedding(259, 16), torch.nn.Linear(16, 259))
+
+
+def test_snippets_are_short_and_use_only_torch_and_ctc_slack():
+    for code in readme_snippets():
+        lines = [line for line in code.splitlines() if line.strip()]
+        assert 10 <= len(lines) <= 35, len(lines)
+        imports = set(re.findall(r"^\s*(?:from|import) (\w+)", code, re.M))
+        assert imports <= {"torch", "ctc_slack"}, imports
+
+
+def test_training_snippet_alone_equals_the_training_loss(tmp_path):
+    train_code, _ = readme_snippets()
+    run_alone(tmp_path, train_code + SAVE)
+    out = torch.load(tmp_path / "train.pt", weights_only=True)
+    V = mdlm.VOCAB_SIZE
+    model = torch.nn.Sequential(torch.nn.Embedding(V, 32), torch.nn.Linear(32, V))
     model.load_state_dict(out["state"])
-    b = {"z0": out["z0"], "z_t": out["z_t"], "t": out["t"], "keep": out["is_prompt"], "P": out["P"],
-         "y": out["targets"], "U": out["U"]}
-    assert (b["z_t"] == 258).any() and (b["z0"] == 257).any()  # masked, and slack in the canvas
-    args = train.get_args(["--loss", "ctc", "--slack-rate", "0.1", "--seq-len", "24"])
-    expect = train.compute_loss(model, b, args).mean()
+    b = {"z0": out["z0"], "z_t": out["z_t"], "t": out["t"], "keep": out["is_prompt"],
+         "P": out["P"], "y": out["targets"], "U": out["U"]}
+    assert (b["z_t"] == mdlm.MASK).any() and (b["z0"] == mdlm.SLACK).any()  # masked, and slack
+    obj = objective.Objective(seq_len=b["z0"].shape[1], loss="ctc", slack_rate=0.1)
+    expect = objective.compute_loss(model, b, obj).mean()
     assert torch.allclose(out["loss"], expect, rtol=1e-5, atol=1e-6), (out["loss"], expect)
+
+
+def test_decoding_snippet_reads_the_canvas_through_the_collapse_map(tmp_path):
+    train_code, decode_code = readme_snippets()
+    run_alone(tmp_path, train_code + decode_code + SAVE_DECODE)
+    out = torch.load(tmp_path / "decode.pt", weights_only=True)
+    canvas, P = out["canvas"], out["P"]
+    assert not (canvas == mdlm.MASK).any()  # every position was filled
+    for row, got in zip(canvas[:, P:].tolist(), out["outputs"]):
+        want = mdlm.output_ids(row, 0, "surface", slack=True)  # the same map, written again
+        assert got == want and mdlm.SLACK not in got and mdlm.MASK not in got

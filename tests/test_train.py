@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mdlm
+import objective
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,14 +20,24 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--seq-len", "32", 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "corpus.txt"
-    path.write_text("Masked diffusion reads the whole canvas at once. " * 200 + "Ünïcödé ✓\n", encoding="utf-8")
+    path.write_text("Masked diffusion reads the whole canvas at once. " * 200 + "Ünïcödé ✓\n",
+                    encoding="utf-8")
     return str(path)
 
 
-def run_train(*args):
-    """train.py in a fresh process: (exit code, stderr)."""
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True,
-                       cwd=ROOT, timeout=300)
+def run_train(*args, capsys=None):
+    """train.py's main as a user runs it: (exit code, stderr). In this process when capsys is
+    given (fast: no interpreter start), else in a fresh one."""
+    if capsys is not None:
+        capsys.readouterr()  # drop what came before
+        try:
+            train.main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr().err
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300)
     return p.returncode, p.stderr
 
 
@@ -45,16 +56,19 @@ def test_resume_is_bit_identical(tmp_path, corpus):
     ea, eb = weights(os.path.join(a, "ckpt.pt"), "ema"), weights(os.path.join(b, "ckpt.pt"), "ema")
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
     # and the weights did move
-    w0 = mdlm.Transformer(mdlm.ModelConfig.from_dict(mdlm.load_checkpoint(os.path.join(a, "ckpt.pt"))["config"]))
-    assert not torch.equal(w0.state_dict()["blocks.0.attn.qkv.weight"], wa["blocks.0.attn.qkv.weight"])
+    w0 = mdlm.Transformer(mdlm.ModelConfig.from_dict(
+        mdlm.load_checkpoint(os.path.join(a, "ckpt.pt"))["config"]))
+    assert not torch.equal(w0.state_dict()["blocks.0.attn.qkv.weight"],
+                           wa["blocks.0.attn.qkv.weight"])
 
 
 def test_ddp_two_processes_match_one(tmp_path, corpus):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     train.main(["--data", corpus, "--out-dir", one, "--steps", "3", *TINY])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           os.path.join(ROOT, "train.py"), "--data", corpus, "--out-dir", two, "--steps", "3", *TINY]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29533", os.path.join(ROOT, "train.py"), "--data", corpus,
+           "--out-dir", two, "--steps", "3", *TINY]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     w1, w2 = weights(os.path.join(one, "ckpt.pt")), weights(os.path.join(two, "ckpt.pt"))
@@ -69,8 +83,10 @@ def test_log_and_checkpoint_contents(tmp_path, corpus):
     assert [l["step"] for l in lines] == [1, 2, 3, 4]
     assert all(l["tok_per_s"] > 0 for l in lines) and "val_bits" in lines[-1]
     ckpt = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    vocab = {"n_tokens": 256, "tokenizer": "bytes", "words": [], "eos": 256, "slack": 257,
+             "mask": 258}
     assert ckpt["meta"] == {"objective": "mdlm", "schedule": "linear", "loss": "ce", "slack": False,
-                            "collapse": "surface"}
+                            "collapse": "surface", "vocab": vocab}
     assert ckpt["config"]["seq_len"] == 32 and ckpt["step"] == 4
 
 
@@ -78,37 +94,44 @@ def test_log_and_checkpoint_contents(tmp_path, corpus):
     (None, "does not exist"), (b"", "is empty"), (b"\x00\x01binary\x00", "binary"),
     (b"\xff\xfe\xfa not utf8", "not UTF-8"), (b"too short", "too short"), ("dir", "directory"),
 ])
-def test_bad_data(tmp_path, content, message):
+def test_bad_data(tmp_path, content, message, capsys):
     path = tmp_path / "data.txt"
     if content == "dir":
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
-    code, err = run_train("--data", str(path), "--out-dir", str(tmp_path / "o"), "--steps", "2", *TINY)
+    code, err = run_train("--data", str(path), "--out-dir", str(tmp_path / "o"), "--steps", "2",
+                          *TINY, capsys=capsys)
     assert code == 1 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "o" / "ckpt.pt").exists()
 
 
-def test_bad_checkpoints_and_settings_leave_the_checkpoint_intact(tmp_path, corpus):
+def test_bad_checkpoints_and_settings_leave_the_checkpoint_intact(tmp_path, corpus, capsys):
     out = str(tmp_path / "o")
     train.main(["--data", corpus, "--out-dir", out, "--steps", "2", *TINY])
     ckpt = os.path.join(out, "ckpt.pt")
     before = open(ckpt, "rb").read()
     cases = [
         (["--out-dir", out, "--steps", "4"], "exists; pass --resume"),
-        (["--out-dir", out, "--steps", "4", "--resume", "--n-layer", "3"], "differs from the checkpoint"),
-        (["--out-dir", str(tmp_path / "f"), "--init-from", ckpt, "--seq-len", "64"], "longer than the model"),
-        (["--out-dir", str(tmp_path / "f"), "--init-from", ckpt, "--prompt-len", "40"], "--prompt-len"),
-        (["--out-dir", str(tmp_path / "f"), "--init-from", ckpt, "--slack-rate", "1.0"], "--slack-rate"),
-        (["--out-dir", str(tmp_path / "f"), "--init-from", str(tmp_path / "nope.pt")], "does not exist"),
+        (["--out-dir", out, "--steps", "4", "--resume", "--n-layer", "3"],
+         "differs from the checkpoint"),
+        (["--out-dir", str(tmp_path / "f"), "--init-from", ckpt, "--seq-len", "64"],
+         "longer than the model"),
+        (["--out-dir", str(tmp_path / "f"), "--init-from", ckpt, "--prompt-len", "40"],
+         "--prompt-len"),
+        (["--out-dir", str(tmp_path / "f"), "--init-from", ckpt, "--slack-rate", "1.0"],
+         "--slack-rate"),
+        (["--out-dir", str(tmp_path / "f"), "--init-from", str(tmp_path / "nope.pt")],
+         "does not exist"),
     ]
     for extra, message in cases:
         args = ["--data", corpus, "--steps", "2", *TINY]
-        code, err = run_train(*args, *extra)
+        code, err = run_train(*args, *extra, capsys=capsys)
         assert code == 1 and message in err and "Traceback" not in err, (extra, err)
     trunc = str(tmp_path / "trunc.pt")
     open(trunc, "wb").write(before[: len(before) // 3])
-    code, err = run_train("--data", corpus, "--out-dir", str(tmp_path / "g"), "--init-from", trunc, *TINY)
+    code, err = run_train("--data", corpus, "--out-dir", str(tmp_path / "g"), "--init-from", trunc,
+                          *TINY, capsys=capsys)
     assert code == 1 and "corrupted" in err
     assert open(ckpt, "rb").read() == before
     assert not os.path.exists(str(tmp_path / "f" / "ckpt.pt"))
@@ -116,25 +139,27 @@ def test_bad_checkpoints_and_settings_leave_the_checkpoint_intact(tmp_path, corp
 
 def interrupting(exc, at_step):
     """A compute_loss that raises `exc` (or returns NaN) at the given call."""
-    real, calls = train.compute_loss, [0]
+    real, calls = objective.compute_loss, [0]
 
-    def fake(model, b, args):
+    def fake(model, b, obj):
         calls[0] += 1
         if calls[0] == at_step:
             if exc == "nan":
-                return real(model, b, args) * float("nan")
+                return real(model, b, obj) * float("nan")
             raise exc
-        return real(model, b, args)
+        return real(model, b, obj)
     return fake
 
 
-@pytest.mark.parametrize("exc,message", [(KeyboardInterrupt(), "interrupted at step"), ("nan", "loss is nan")])
+@pytest.mark.parametrize("exc,message", [(KeyboardInterrupt(), "interrupted at step"),
+                                         ("nan", "loss is nan")])
 def test_ctrl_c_and_nan_keep_last_checkpoint(tmp_path, corpus, monkeypatch, capsys, exc, message):
     out = str(tmp_path / "o")
     # one compute_loss call per training step (validation of an MDLM scores through loss_terms)
-    monkeypatch.setattr(train, "compute_loss", interrupting(exc, at_step=5))
+    monkeypatch.setattr(objective, "compute_loss", interrupting(exc, at_step=5))
     with pytest.raises(SystemExit) as e:
-        train.main(["--data", corpus, "--out-dir", out, "--steps", "10", "--ckpt-interval", "2", *TINY])
+        train.main(["--data", corpus, "--out-dir", out, "--steps", "10", "--ckpt-interval", "2",
+                    *TINY])
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert message in err and "last good checkpoint" in err, err
@@ -149,10 +174,11 @@ def test_ema_update_is_an_exponential_average_once_per_parameter():
     model, ema = mdlm.Transformer(cfg), mdlm.Transformer(cfg)
     before = {k: v.clone() for k, v in ema.state_dict().items()}
     step, decay = 1000, 0.9
-    train.ema_update(ema, model, step, decay)
+    objective.ema_update(ema, model, step, decay)
     d = min(decay, (1 + step) / (10 + step))
     for k, v in ema.state_dict().items():  # the tied embedding/head included
-        expect = d * before[k] + (1 - d) * model.state_dict()[k] if v.dtype.is_floating_point else before[k]
+        expect = (d * before[k] + (1 - d) * model.state_dict()[k] if v.dtype.is_floating_point
+                  else before[k])
         assert torch.allclose(v, expect, atol=1e-7), k
 
 
@@ -174,8 +200,9 @@ def test_ema_update_is_an_exponential_average_once_per_parameter():
     (["--resume"], "no "),
     (["--out-dir", os.path.abspath(__file__)], "is a file"),
 ])
-def test_every_impossible_flag_is_one_message(tmp_path, corpus, flags, message):
-    code, err = run_train("--data", corpus, "--out-dir", str(tmp_path / "o"), *TINY, "--steps", "2", *flags)
+def test_every_impossible_flag_is_one_message(tmp_path, corpus, flags, message, capsys):
+    code, err = run_train("--data", corpus, "--out-dir", str(tmp_path / "o"), *TINY, "--steps", "2",
+                          *flags, capsys=capsys)
     assert code == 1 and message in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o" / "ckpt.pt").exists()

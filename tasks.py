@@ -1,0 +1,242 @@
+"""
+The two synthetic tasks, whose outputs can be scored exactly, and their checkers. Shared by
+evaluate.py (which writes a task's files and scores decoded outputs) and the tests; no command line.
+
+- The copy task (a string, "=", the same string): a one-slot error costs exactly one edit.
+- The grammar task: open-ended sentences from a small probabilistic context-free grammar with
+  number agreement, whose words range from 1 to 12 bytes. A masked diffusion model that commits a
+  byte far to the right must guess how long the words before it will be, so positional
+  uncertainty arises by itself, and an exact recognizer scores every output.
+
+Papers and references:
+- Ye et al. 2026 (arXiv 2601.22947): the slack CTC fine-tune these tasks are meant to probe.
+- Wagner & Fischer 1974, "The String-to-String Correction Problem": the edit-distance recursion.
+- Graves et al. 2006, "Connectionist Temporal Classification": per-position outputs read out
+  independently, the source of the dropped-and-doubled error pattern measured here.
+"""
+
+import functools
+import itertools
+import random
+import string
+
+
+# ----------------------------------------------------------------------------------------------
+# The copy task. A string s of n letters, n uniform in [min_len, max_len]; prompt s + "=", answer
+# s. The answer is known, so a letter that lands one slot off costs exactly one edit.
+
+ALPHABET = string.ascii_lowercase  # 26 one-byte tokens
+SEP = "="  # ends every prompt: "where the copy starts"
+
+
+def copy_examples(n, min_len, max_len, seed):
+    """n examples {"prompt": s + "=", "response": s}
+    with n distinct strings s, fixed by the seed."""
+    if not 1 <= min_len <= max_len:
+        raise ValueError(f"need 1 <= min_len <= max_len, got {min_len} and {max_len}")
+    # sum of 26^n over the lengths: drawing more distinct strings than exist would never finish
+    if n > sum(len(ALPHABET) ** k for k in range(min_len, max_len + 1)):
+        raise ValueError(f"there are fewer than {n} strings of {min_len}..{max_len} letters")
+    rng, seen, out = random.Random(seed), set(), []
+    while len(out) < n:
+        s = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(min_len, max_len)))
+        if s not in seen:  # distinct, so a test string can never also be a training string
+            seen.add(s)
+            out.append({"prompt": s + SEP, "response": s})
+    return out
+
+
+def levenshtein(a, b):
+    """Fewest insertions, deletions and substitutions that turn sequence a into b (str or list).
+
+        D[i][j] = min(D[i-1][j] + 1, D[i][j-1] + 1, D[i-1][j-1] + [a_i != b_j]),  D[i][0] = i,
+        D[0][j] = j  (Wagner & Fischer 1974), kept one row at a time: O(|a| |b|) time,
+        O(|b|) memory.
+    """
+    prev = list(range(len(b) + 1))  # row i = 0: turning "" into b[:j] takes j insertions
+    for i, x in enumerate(a, 1):
+        cur = [i]  # column j = 0: deleting all i letters of a[:i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+# ----------------------------------------------------------------------------------------------
+# The grammar task. A small probabilistic context-free grammar, n in {sg, pl}:
+#
+#     Text  -> S | S " " S | S " " S " " S              (1, 2 or 3 sentences, uniform)
+#     S     -> NP_n VP_n "."                            (subject and verb agree in number)
+#     NP_n  -> Det_n N_n | Det_n Adj N_n                (Adj with probability 0.4)
+#     VP_n  -> Vt_n NP_m | Vt_n | Vi_n                  (0.45 / 0.15 / 0.4; object number m free)
+#     Det   -> "a" before a consonant letter, "an" before a vowel letter (a, e, i, o, u)
+#
+# Words run from 1 byte ("a") to 12 ("hippopotamus", "caterpillars"), so where the verb starts
+# depends on which noun came first; agreement and a/an make "a valid sentence" much stricter than
+# "lexicon words in a row". Categories are disjoint (only "the" has two numbers), so a sentence
+# has one parse and the left-to-right recognizer below is exact.
+
+DETERMINERS = {"a": ("sg",), "an": ("sg",), "this": ("sg",), "one": ("sg",), "the": ("sg", "pl"),
+               "some": ("pl",), "two": ("pl",), "many": ("pl",), "these": ("pl",)}
+NOUNS = [("ox", "oxen"), ("cat", "cats"), ("eel", "eels"), ("mouse", "mice"), ("badger", "badgers"),
+         ("tortoise", "tortoises"), ("caterpillar", "caterpillars"),
+         ("hippopotamus", "hippopotami")]
+ADJECTIVES = ["red", "old", "tiny", "happy", "striped", "enormous", "invisible", "magnificent"]
+TRANSITIVE = [("sees", "see"), ("chases", "chase"), ("likes", "like"), ("follows", "follow"),
+              ("tickles", "tickle"), ("remembers", "remember")]
+INTRANSITIVE = [("runs", "run"), ("sleeps", "sleep"), ("hides", "hide"),
+                ("disappears", "disappear")]
+VOWELS = "aeiou"  # no lexicon word starts with a silent h or a "you" sound, so letters decide a/an
+P_ADJ, P_VT_OBJ, P_VT = 0.4, 0.45, 0.15  # P(Vi) = 1 - P_VT_OBJ - P_VT = 0.4
+NUMBERS = ("sg", "pl")
+
+# word form -> number, one table per category (sg forms first in each pair above)
+_NOUN_NUM = {w: n for pair in NOUNS for n, w in zip(NUMBERS, pair)}
+_VT_NUM = {w: n for pair in TRANSITIVE for n, w in zip(NUMBERS, pair)}
+_VI_NUM = {w: n for pair in INTRANSITIVE for n, w in zip(NUMBERS, pair)}
+GRAMMAR_LEXICON = frozenset([*DETERMINERS, *_NOUN_NUM, *ADJECTIVES, *_VT_NUM, *_VI_NUM])
+
+
+def _sample_np(rng, num):
+    """Det (Adj) N of number num, as a list of words."""
+    adj = rng.choice(ADJECTIVES) if rng.random() < P_ADJ else None
+    noun = NOUNS[rng.randrange(len(NOUNS))][NUMBERS.index(num)]
+    nxt = adj or noun  # the article agrees with the sound of the word right after it
+    dets = [d for d, nums in DETERMINERS.items() if num in nums and d not in ("a", "an")]
+    if num == "sg":
+        dets.append("an" if nxt[0] in VOWELS else "a")
+    return [rng.choice(dets)] + ([adj] if adj else []) + [noun]
+
+
+def _sample_sentence(rng):
+    """One sentence S as a string ending in "."."""
+    num = rng.choice(NUMBERS)
+    words, u, k = _sample_np(rng, num), rng.random(), NUMBERS.index(num)
+    if u < P_VT_OBJ:
+        words += [rng.choice(TRANSITIVE)[k]] + _sample_np(rng, rng.choice(NUMBERS))
+    elif u < P_VT_OBJ + P_VT:
+        words.append(rng.choice(TRANSITIVE)[k])
+    else:
+        words.append(rng.choice(INTRANSITIVE)[k])
+    return " ".join(words) + "."
+
+
+@functools.lru_cache(maxsize=None)
+def _shortest_sentence():
+    """Bytes of the shortest sentence, Det N V "." (2880 candidates, each checked)."""
+    verbs = [*_VT_NUM, *_VI_NUM]
+    return min(len(" ".join(w)) + 1 for w in itertools.product(DETERMINERS, _NOUN_NUM, verbs)
+               if _is_sentence(list(w)))
+
+
+def grammar_examples(n, seed, prompt_words=1, max_bytes=None):
+    """n examples {"prompt": the first prompt_words words + " ", "response": the rest of a text
+    of 1-3 sentences}, fixed by the seed. max_bytes: texts longer than that (in bytes, prompt and
+    response together) are drawn again, so every example fits a canvas."""
+    if prompt_words < 1 or prompt_words >= 3 * 7:  # 3 sentences of at most 7 words
+        raise ValueError(f"prompt_words must lie in 1..20, got {prompt_words}")
+    if max_bytes is not None and max_bytes < _shortest_sentence():
+        raise ValueError(f"max_bytes {max_bytes} is shorter than the shortest sentence "
+                         f"({_shortest_sentence()} bytes)")
+    # one generator drives every choice, in a fixed order: the same seed, the same examples
+    rng, out, tries = random.Random(seed), [], 0
+    while len(out) < n:
+        text = " ".join(_sample_sentence(rng) for _ in range(rng.randint(1, 3)))
+        words = text.split(" ")
+        fits = max_bytes is None or len(text.encode()) <= max_bytes
+        if fits and len(words) > prompt_words:  # the response must hold at least one word
+            # the prompt keeps its trailing space, so the response starts with a word's first
+            # byte and the model never has to guess the separator after the prompt
+            out.append({"prompt": " ".join(words[:prompt_words]) + " ",
+                        "response": " ".join(words[prompt_words:])})
+            tries = 0
+            continue
+        tries += 1  # rejection sampling; give up when the constraints (nearly) never hold
+        if tries > 100_000:
+            raise ValueError(f"no text of more than {prompt_words} words fits {max_bytes} bytes")
+    return out
+
+
+def _parse_np(words, i):
+    """(end, number) of the noun phrase Det (Adj) N at words[i:], or None."""
+    nums = DETERMINERS.get(words[i]) if i < len(words) else None
+    if nums is None:
+        return None
+    j = i + 1 + (i + 1 < len(words) and words[i + 1] in ADJECTIVES)  # the optional adjective
+    if j >= len(words) or _NOUN_NUM.get(words[j]) not in nums:
+        return None  # no noun, or one whose number the determiner does not allow
+    if words[i] in ("a", "an") and (words[i] == "an") != (words[i + 1][0] in VOWELS):
+        return None  # "a ox", "an cat"
+    return j + 1, _NOUN_NUM[words[j]]
+
+
+def _is_sentence(words):
+    """True when the words (no final ".") are NP_n VP_n exactly."""
+    np_ = _parse_np(words, 0)  # the subject fixes the number the verb must agree with
+    if np_ is None or np_[0] >= len(words):
+        return False
+    j, num = np_
+    verb, rest = words[j], len(words) - j - 1
+    if _VI_NUM.get(verb) == num:
+        return rest == 0
+    if _VT_NUM.get(verb) == num:  # with no object, or with a whole noun phrase of any number
+        return rest == 0 or (_parse_np(words, j + 1) or (0,))[0] == len(words)
+    return False
+
+
+def grammar_words(text):
+    """The words of a text as grammar_check counts them: split at whitespace, a final "." cut off,
+    a lone "." dropped."""
+    return [w for w in (w[:-1] if w.endswith(".") else w for w in text.split()) if w]
+
+
+def grammar_check(text):
+    """Exact counts for a generated text (prompt + continuation):
+    - parses: the text is >= 1 grammatical sentences joined by single spaces, nothing else;
+    - sentences: non-blank pieces of text.split(".") (a trailing unterminated piece included);
+    - valid_sentences: those pieces that end in "." and, stripped of surrounding whitespace, are
+      grammatical words separated by single spaces;
+    - words: whitespace-separated words, a final "." stripped (a lone "." is no word);
+    - lexicon_words: those words that are word forms of GRAMMAR_LEXICON."""
+    # "." only ever ends a sentence here (no abbreviations, no numbers), so splitting at it
+    # recovers the sentences; a model's garbage between periods becomes one invalid piece
+    pieces = text.split(".")
+    ended = [p for p in pieces[:-1] if p.strip()]  # each of these was followed by a "."
+    tail = [pieces[-1]] if pieces[-1].strip() else []  # text after the last ".", if any
+    valid = [p.strip() for p in ended if _is_sentence(p.strip().split(" "))]
+    cores = grammar_words(text)
+    # strict form: the canonical joining of the valid sentences must give back the text exactly
+    canonical = " ".join(s + "." for s in valid)
+    return {"parses": bool(valid) and len(valid) == len(ended) + len(tail) and canonical == text,
+            "sentences": len(ended) + len(tail), "valid_sentences": len(valid),
+            "words": len(cores), "lexicon_words": sum(w in GRAMMAR_LEXICON for w in cores)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The signature of an independent per-position readout. A CTC model predicts every position on
+# its own, so when it is unsure where a token goes, two neighbouring positions can both emit the
+# same token: one token is dropped and its neighbour doubled, the length unchanged ("abcd" ->
+# "accd" or "aacd"). That is exactly one substitution whose new value is the reference's token
+# just to the left or right of it.
+
+
+def dropped_doubled(out, ref):
+    """True when out is ref with one token dropped and a neighbour of it doubled (same length).
+    Strings, bytes and lists all work: only positions and equality are used."""
+    out, ref = list(out), list(ref)
+    if len(out) != len(ref):
+        return False
+    diff = [i for i, (a, b) in enumerate(zip(out, ref)) if a != b]
+    if len(diff) != 1:
+        return False  # identical (nothing dropped), or more than one change
+    i = diff[0]
+    return (i > 0 and out[i] == ref[i - 1]) or (i + 1 < len(ref) and out[i] == ref[i + 1])
+
+
+def dropped_doubled_word(word, lexicon=GRAMMAR_LEXICON):
+    """True when word is not in the lexicon but is a lexicon word of the same length with one
+    character dropped and a neighbour doubled: "badder" (badger, g dropped, d doubled) is;
+    "bader" (another length) and "bodger" (o is no neighbour's letter) are not."""
+    if word in lexicon:
+        return False
+    return any(dropped_doubled(word, w) for w in lexicon if len(w) == len(word))
