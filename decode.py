@@ -12,6 +12,9 @@ checkpoints decode left to right. Optionally displaces freshly committed tokens 
     # a prompts file (JSON lines {"prompt": ...}) at several probe rates -> one JSON line each
     python decode.py --ckpt out-ctc/ckpt.pt --prompts task/test.jsonl --out gens.jsonl \\
         --sampler confidence --block-length 16 --per-step 2 --shift-rates 0 0.01 0.05
+    # several checkpoints, slack rules and positions per step in one go -> gens/ce/ckpt... files
+    python decode.py --ckpt out-ce/ckpt.pt out-ctc/ckpt.pt --prompts task/val.jsonl --out gens \\
+        --sampler confidence --slack-rules plain last --per-steps 1 2
 
 The model config, noise schedule, vocabulary, whether SLACK may be sampled and the collapse map
 are read from the checkpoint, so no flag repeats them. A slack-trained checkpoint decodes with the
@@ -25,7 +28,9 @@ Papers: Sahoo et al. 2024, MDLM (arXiv 2406.07524): ancestral sampling and its c
 """
 
 import argparse
+import itertools
 import json
+import os
 import sys
 
 import torch
@@ -46,13 +51,16 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--ckpt", required=True, help="checkpoint written by train.py")
+    a("--ckpt", nargs="+", required=True,
+      help="checkpoint written by train.py; several, with --prompts: each is decoded into "
+           "--out/NAME.jsonl, NAME the name of the checkpoint's folder")
     a("--prompt", default="", help="text the canvas starts with, kept fixed (default: empty)")
     a("--prompt-ids", type=int, nargs="+", default=None,
       help="the prompt as token ids instead of text (a token model without its tokenizer here)")
     a("--prompts", default=None,
       help="JSON lines {'prompt': text} or {'prompt_ids': [...]}: decode each (with --out)")
-    a("--out", default=None, help="with --prompts: one JSON line per prompt and shift rate here")
+    a("--out", default=None, help="with --prompts: one JSON line per prompt and setting here "
+      "(a folder when there are several checkpoints)")
     a("--length", type=int, default=None,
       help="positions to generate (default: the rest of the model's canvas after the prompt)")
     a("--steps", type=int, default=None,
@@ -70,6 +78,10 @@ def parse_args(argv=None):
            "any token), last (after every real token of the block), threshold (last, unless its "
            f"probability >= --slack-threshold); auto: {SLACK_DEFAULT} for slack-trained "
            "checkpoints, plain otherwise (default: auto)")
+    a("--slack-rules", choices=("auto",) + mdlm.SLACK_RULES, nargs="+", default=None,
+      help="with --prompts: decode every prompt with each of these rules (default: --slack-rule)")
+    a("--per-steps", type=int, nargs="+", default=None,
+      help="with --prompts: decode every prompt with each of these --per-step values")
     a("--slack-threshold", type=float, default=0.9,
       help="the probability above which --slack-rule threshold commits slack early (default: 0.9)")
     a("--temperature", type=float, default=1.0,
@@ -101,7 +113,7 @@ def parse_args(argv=None):
 
 def check_args(args):
     """Refuse flag values that cannot work, before a model is loaded; returns the probe rates."""
-    if args.num_samples < 1 or args.batch_size < 1 or args.per_step < 1:
+    if args.num_samples < 1 or args.batch_size < 1 or min(args.per_steps or [args.per_step]) < 1:
         raise data.UserError("--num-samples, --batch-size and --per-step must be at least 1")
     rates = args.shift_rates if args.shift_rates is not None else [args.shift_rate]
     if not all(0.0 <= r <= 1.0 for r in rates):
@@ -110,8 +122,12 @@ def check_args(args):
     if (args.prompts is None) != (args.out is None):
         raise data.UserError("--prompts and --out go together: decode a file of prompts into a "
                              "file")
-    if args.shift_rates is not None and args.prompts is None:
-        raise data.UserError("--shift-rates needs --prompts/--out; for one prompt use --shift-rate")
+    sweeps = [f for f in ("shift_rates", "slack_rules", "per_steps") if getattr(args, f)]
+    if sweeps and args.prompts is None:
+        raise data.UserError(f"--{sweeps[0].replace('_', '-')} needs --prompts/--out; for one "
+                             f"prompt use --{sweeps[0][:-1].replace('_', '-')}")
+    if len(args.ckpt) > 1 and args.prompts is None:
+        raise data.UserError("several checkpoints need --prompts and an --out folder")
     if args.prompt_ids is not None and args.prompt:
         raise data.UserError("give --prompt (text) or --prompt-ids, not both")
     try:  # command-line bytes that are not UTF-8 arrive as lone surrogates
@@ -193,39 +209,48 @@ def read_prompts(path, vocab):
     return recs, prompts
 
 
-def decode_file(model, meta, vocab, args, rates, device):
-    """Every prompt of --prompts at every rate -> JSON lines in --out. Prompts of equal length
-    share a batch (a canvas is rectangular); each group is seeded with seed + P, so every model
-    and every rate sees the same random stream for a prompt (with temperature 0 the committed
-    positions and the probe's moves then match across models, and comparisons are paired)."""
+def decode_file(model, meta, vocab, args, rates, device, out_path):
+    """Every prompt of --prompts at every setting (slack rule x positions per step x probe rate)
+    -> JSON lines in out_path. Prompts of equal length share a batch (a canvas is rectangular);
+    each group is seeded with seed + P, so every model, setting and rate sees the same random
+    stream for a prompt (with temperature 0 the committed positions and the probe's moves then
+    match across models, and comparisons are paired)."""
     recs, prompts = read_prompts(args.prompts, vocab)
+    settings = [(resolve_rule(rule, meta), ps) for rule in args.slack_rules or [args.slack_rule]
+                for ps in args.per_steps or [args.per_step]]
     out_recs = []
     groups = sorted({len(p) for p in prompts})  # one batch shape per prompt length
-    bar = tqdm(total=len(prompts) * len(rates), desc="decode", leave=False)
-    for rate in rates:
-        for P in groups:
-            idx = [i for i, p in enumerate(prompts) if len(p) == P]  # file order within the group
-            gen = torch.Generator().manual_seed(args.seed + P)  # CPU: same stream on any device
-            for s in range(0, len(idx), args.batch_size):
-                part = idx[s:s + args.batch_size]  # <= --batch-size prompts
-                prompt = torch.tensor([prompts[i] for i in part], dtype=torch.long)
-                out = run_batch(model, meta, prompt.view(len(part), P).to(device), args, rate, gen)
-                for b, i in enumerate(part):
-                    ids, text = output_record(out["canvas"][b].tolist(), P, meta, vocab,
-                                              model.cfg.causal)
-                    out_recs.append({"i": i, "prompt": recs[i].get("prompt"), "output": text,
-                                     "output_ids": ids, "rate": rate,
-                                     "n_committed": int(out["n_committed"][b]),  # plain ints
-                                     "n_shifted": int(out["n_shifted"][b])})
-                bar.update(len(part))
+    bar = tqdm(total=len(prompts) * len(rates) * len(settings), desc="decode", leave=False)
+    for (rule, ps), rate, P in itertools.product(settings, rates, groups):
+        setting = argparse.Namespace(**{**vars(args), "slack_rule": rule, "per_step": ps})
+        idx = [i for i, p in enumerate(prompts) if len(p) == P]  # file order within the group
+        gen = torch.Generator().manual_seed(args.seed + P)  # CPU: the same stream on any device
+        for s in range(0, len(idx), args.batch_size):
+            part = idx[s:s + args.batch_size]  # <= --batch-size prompts
+            prompt = torch.tensor([prompts[i] for i in part], dtype=torch.long)
+            out = run_batch(model, meta, prompt.view(len(part), P).to(device), setting, rate, gen)
+            for b, i in enumerate(part):
+                ids, text = output_record(out["canvas"][b].tolist(), P, meta, vocab,
+                                          model.cfg.causal)
+                out_recs.append({"i": i, "prompt": recs[i].get("prompt"), "output": text,
+                                 "output_ids": ids, "rate": rate, "slack_rule": rule,
+                                 "per_step": ps, "n_committed": int(out["n_committed"][b]),
+                                 "n_shifted": int(out["n_shifted"][b])})  # plain ints: JSON
+            bar.update(len(part))
     bar.close()
-    data.write_jsonl(args.out, out_recs)
+    data.write_jsonl(out_path, out_recs)
     # pooled over prompts as total moves / total commits (not a mean of per-prompt fractions),
     # the realised rate evaluate.py reports; max(1, .) keeps an empty file from dividing by zero
     moved, committed = (sum(r[k] for r in out_recs) for k in ("n_shifted", "n_committed"))
-    shifted = moved / max(1, committed)
-    print(f"{len(out_recs)} outputs ({len(prompts)} prompts x {len(rates)} rates) -> {args.out}; "
-          f"realised shift fraction over all rates {shifted:.4f}")
+    print(f"{len(out_recs)} outputs ({len(prompts)} prompts x {len(rates)} rates x "
+          f"{len(settings)} settings) -> {out_path}; realised shift fraction over all rates "
+          f"{moved / max(1, committed):.4f}")
+
+
+def resolve_rule(rule, meta):
+    """--slack-rule auto: the default for slack-trained checkpoints, LLaDA's plain rule for the
+    rest (they never propose slack, so every rule decodes them alike)."""
+    return (SLACK_DEFAULT if meta["slack"] else "plain") if rule == "auto" else rule
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,25 +297,35 @@ def print_samples(out, args, P, meta, vocab, causal):
         print(args.prompt + shown)  # the prompt as typed, then the output
 
 
+def load(path, device):
+    """(model, meta, vocab) of a checkpoint: its EMA weights in eval mode, how it was trained."""
+    ckpt = mdlm.load_checkpoint(path, map_location="cpu")
+    model = mdlm.model_from_checkpoint(ckpt, device=device)
+    return model, mdlm.checkpoint_meta(ckpt), data.vocab_of(ckpt)
+
+
 def main(argv=None):
-    """Decode --prompt (or every line of --prompts) and print or write the result; returns the exit
-    status: 0, or 1 with a one-line message for anything the user can fix (no traceback)."""
+    """Decode --prompt (or every line of --prompts) and print or write the result; returns the
+    exit status: 0, or 1 with a one-line message for anything the user can fix (no traceback)."""
     args = parse_args(argv)
     try:
         rates = check_args(args)
         device = mdlm.pick_device(args.device)
-        ckpt = mdlm.load_checkpoint(args.ckpt, map_location="cpu")
-        model = mdlm.model_from_checkpoint(ckpt, device=device)  # its EMA weights, eval mode
-        meta, vocab = mdlm.checkpoint_meta(ckpt), data.vocab_of(ckpt)  # how it was trained
-        if args.slack_rule == "auto":
-            args.slack_rule = SLACK_DEFAULT if meta["slack"] else "plain"
-        # an AR model commits one token at the end of its sequence: there is no masked neighbour
-        # to move it into, so a nonzero probe rate would silently measure nothing
-        if model.cfg.causal and max(rates) > 0:
-            raise data.UserError("the shift probe needs a masked diffusion (non-causal) checkpoint")
         if args.prompts:
-            decode_file(model, meta, vocab, args, rates, device)
+            for path in args.ckpt:  # several: each into --out/NAME.jsonl
+                model, meta, vocab = load(path, device)
+                # an AR model commits one token at the end of its sequence: there is no masked
+                # neighbour to move it into, so a nonzero probe rate would measure nothing
+                if model.cfg.causal and max(rates) > 0:
+                    raise data.UserError("the shift probe needs a masked diffusion checkpoint")
+                name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+                out = args.out if len(args.ckpt) == 1 else os.path.join(args.out, f"{name}.jsonl")
+                decode_file(model, meta, vocab, args, rates, device, out)
             return 0
+        model, meta, vocab = load(args.ckpt[0], device)
+        if model.cfg.causal and args.shift_rate > 0:
+            raise data.UserError("the shift probe needs a masked diffusion checkpoint")
+        args.slack_rule = resolve_rule(args.slack_rule, meta)
         ids = args.prompt_ids if args.prompt_ids is not None else vocab.encode(args.prompt,
                                                                                "--prompt")
         data.check_ids(torch.tensor(ids + [0]), vocab, "--prompt-ids")

@@ -254,21 +254,27 @@ def text_metrics(judge, ref, gen):
 
 
 def parse_named(specs, flag):
-    """["NAME=PATH", ...] -> {name: path} in the given order. A name is a label and may hold "/"."""
+    """["NAME=PATH" or "PATH", ...] -> {name: path} in the given order; a bare PATH is named by
+    its file name without the extension. A name is a label and may hold "/"."""
     out = {}
-    for name, sep, path in (spec.partition("=") for spec in specs):
-        if not (name and sep and path) or name in out:
-            raise data.UserError(f"{flag}: need NAME=PATH with a new name each time, got {specs}")
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:  # a bare path
+            name, path = os.path.splitext(os.path.basename(spec))[0], spec
+        if not (name and path) or name in out:
+            raise data.UserError(f"{flag}: need NAME=PATH or PATH with a new name each time, "
+                                 f"got {specs}")
         out[name] = path
     return out
 
 
 def load_gens(name, path, n_refs):
-    """{rate key: {prompt index: record}} of one gens file. A rate is keyed by its shortest
-    spelling ("0", "0.01"): JSON keys must be strings."""
+    """{setting: {rate key: {prompt index: record}}} of one gens file, a setting being the slack
+    rule and positions per step that decode.py recorded ("last/1"; "" when it recorded none). A
+    rate is keyed by its shortest spelling ("0", "0.01"): JSON keys must be strings."""
     if not os.path.isfile(path):
         raise data.UserError(f"gens file {path!r} (for {name!r}) does not exist")
-    by_rate = {}
+    settings = {}
     for n, g in enumerate(data.read_jsonl(path), 1):
         i, rate, counts = g.get("i"), g.get("rate"), [g.get("n_committed"), g.get("n_shifted")]
         if not (type(i) is int and 0 <= i < n_refs and isinstance(rate, (int, float))  # True: no i
@@ -277,12 +283,17 @@ def load_gens(name, path, n_refs):
             raise data.UserError(f"{path}: record {n} needs a prompt index i in 0..{n_refs - 1} "
                                  f"(has {i!r}), a number rate, a string output, counts "
                                  f"n_committed, n_shifted")
-        if i in by_rate.setdefault(f"{float(rate):g}", {}):
-            raise data.UserError(f"{path}: prompt {i} appears twice at shift rate {rate:g}")
-        by_rate[f"{float(rate):g}"][i] = g
-    if "0" not in by_rate:  # robustness is a change from rate 0: without it nothing compares
-        raise data.UserError(f"{path} ({name!r}) has no records at shift rate 0")
-    return by_rate
+        setting = f"{g['slack_rule']}/{g['per_step']}" if "slack_rule" in g else ""
+        by_rate = settings.setdefault(setting, {}).setdefault(f"{float(rate):g}", {})
+        if i in by_rate:
+            raise data.UserError(f"{path}: prompt {i} appears twice at shift rate {rate:g}"
+                                 + (f" and setting {setting}" if setting else ""))
+        by_rate[i] = g
+    for setting, by_rate in settings.items():
+        if "0" not in by_rate:  # robustness is a change from rate 0: without it nothing compares
+            raise data.UserError(f"{path} ({name!r}) has no records at shift rate 0"
+                                 + (f" for setting {setting}" if setting else ""))
+    return settings
 
 
 def align(gens):
@@ -315,8 +326,9 @@ def score_run(metric_fn, metrics, refs, recs, idx):
 
 
 def arm_of(name):
-    """The arm a run belongs to: names "ARM@SEED" are training seeds of one arm."""
-    return name.split("@")[0]
+    """The arm a run belongs to: "ARM@SEED" and "ARM@SEED:SETTING" are training seeds of the arm
+    "ARM" and "ARM:SETTING"."""
+    return re.sub(r"@[^:]*", "", name)
 
 
 def group_seeds(runs, metrics):
@@ -513,16 +525,20 @@ def run_score(args):
     refs, paths = data.read_jsonl(args.refs), parse_named(args.gens, "--gens")
     if not refs or not all(isinstance(r.get(k), str) for r in refs for k in ("prompt", "response")):
         raise data.UserError(f"{args.refs}: need records with string 'prompt' and 'response'")
-    baseline = args.baseline or arm_of(next(iter(paths)))  # default: the first arm
-    if baseline not in map(arm_of, paths):
-        raise data.UserError(f"--baseline {baseline!r} is none of the arms "
-                             f"{list(dict.fromkeys(map(arm_of, paths)))}")
+
     if (args.task == "text") != bool(args.judge):
         raise data.UserError("--judge (an AR checkpoint) is needed with --task text, and only "
                              "there")
-    gens = {name: load_gens(name, path, len(refs)) for name, path in paths.items()}
+    gens = {}  # a file decoded with several settings is one run per setting: NAME:SETTING
+    for name, path in paths.items():
+        settings = load_gens(name, path, len(refs))
+        gens.update({name if len(settings) == 1 else f"{name}:{k}": g for k, g in settings.items()})
     rates, idx, notes = align(gens)  # the notes head results.md, which is printed too
-    res = {"task": args.task, "primary": metrics[0], "metrics": list(metrics), "names": list(paths),
+    baseline = args.baseline or arm_of(next(iter(gens)))  # default: the first arm
+    if baseline not in map(arm_of, gens):
+        raise data.UserError(f"--baseline {baseline!r} is none of the arms "
+                             f"{list(dict.fromkeys(map(arm_of, gens)))}")
+    res = {"task": args.task, "primary": metrics[0], "metrics": list(metrics), "names": list(gens),
            "baseline": baseline, "rates": rates, "n_prompts": len(idx), "prompt_indices": idx,
            "notes": notes, "judge": None}
     metric_fn = {"copy": copy_metrics, "grammar": grammar_metrics}.get(args.task)

@@ -341,11 +341,51 @@ def test_cli_prompts_file_at_several_rates(tmp_path):
     assert sum(r["n_shifted"] for r in recs if r["rate"] == 0.5) > 0
     # "xyz" alone: a group of one, seed 3 + 3, canvas filled to 32 positions, 29 / 2 -> 15 steps
     model = mdlm.model_from_checkpoint(mdlm.load_checkpoint(ckpt))
+    # a slack-trained checkpoint: slack allowed, and decode.py's default rule for such models
     alone = mdlm.generate(model, prompt_of("xyz", 1), 29, steps=4 * 4, sampler="confidence",
-                          block_length=8, temperature=1.0, generator=gen(6))
+                          block_length=8, temperature=1.0, generator=gen(6), allow_slack=True,
+                          slack_rule=decode.SLACK_DEFAULT)
     rec = next(r for r in recs if r["prompt"] == "xyz" and r["rate"] == 0)
     assert rec["output_ids"] == mdlm.output_ids(alone["canvas"][0].tolist(), 3)
     assert rec["output"] == mdlm.to_text(rec["output_ids"])
+
+
+def test_cli_several_checkpoints_and_settings(tmp_path):
+    """Several checkpoints into a folder, one file each named by the checkpoint's folder; every
+    slack rule x positions per step x rate is decoded and recorded, and "auto" resolves to the
+    default rule for a slack-trained checkpoint and to plain for one without slack."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    cks = [write_ckpt(tmp_path / "a" / "ckpt.pt"), write_ckpt(tmp_path / "b" / "ckpt.pt",
+                                                              slack=False)]
+    prompts = write_prompts(tmp_path / "p.jsonl", ["ab", "xyz"])
+    assert decode.main(["--ckpt", *cks, "--prompts", prompts, "--out", str(tmp_path / "g"),
+                        "--sampler", "confidence", "--block-length", "8", "--slack-rules", "auto",
+                        "threshold", "--per-steps", "1", "2", "--shift-rates", "0", "0.1",
+                        "--device", "cpu"]) == 0
+    for name, auto in (("a", decode.SLACK_DEFAULT), ("b", "plain")):
+        recs = [json.loads(line) for line in (tmp_path / "g" / f"{name}.jsonl").open()]
+        settings = {(r["slack_rule"], r["per_step"]) for r in recs}
+        assert settings == {(auto, 1), (auto, 2), ("threshold", 1), ("threshold", 2)}
+        assert len(recs) == 2 * 2 * 2 * 2  # prompts x rules x per-steps x rates
+
+
+def test_slack_rules_order_the_commits():
+    """plain ranks every proposal by its probability; last puts slack proposals after every real
+    one; threshold lets a slack proposal keep its rank when its probability is high enough. The
+    proposals and the number committed are the same under every rule."""
+    V = mdlm.VOCAB_SIZE
+    probs = torch.zeros(1, 4, V)
+    for pos, (tok, p) in enumerate([(SLACK, 0.97), (5, 0.6), (SLACK, 0.8), (7, 0.5)]):
+        probs[0, pos] = (1 - p) / (V - 1)  # the rest of the mass spread over the other ids
+        probs[0, pos, tok] = p
+    log_p = probs.log()
+    region = torch.ones(1, 4, dtype=torch.bool)
+    commits = {}
+    for rule in mdlm.SLACK_RULES:  # 4 masked positions over 2 steps: commit 2 now
+        x, c = mdlm.confidence_commit(log_p, region, 2, 0.0, None, rule, slack_threshold=0.9)
+        assert x.tolist() == [[SLACK, 5, SLACK, 7]] and c.sum() == 2
+        commits[rule] = c[0].nonzero().flatten().tolist()
+    assert commits == {"plain": [0, 2], "last": [1, 3], "threshold": [0, 1]}
 
 
 @pytest.mark.parametrize("flags,message", [

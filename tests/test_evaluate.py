@@ -279,6 +279,43 @@ def test_score_copy_exact_numbers(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["exact.svg", "results.json", "results.md"]
 
 
+def test_score_pools_training_seeds_and_splits_settings(tmp_path, capsys):
+    """Runs named ARM@SEED are seeds of one arm: per prompt the metric is their mean, and the
+    summary is the mean over seeds with their standard deviation; a gens file decoded with
+    several settings (slack rule / positions per step) is one run per setting."""
+    refs = write_jsonl(tmp_path / "refs.jsonl", [{"prompt": f"{w}=", "response": w}
+                                                 for w in ("ab", "cd", "ef", "gh")])
+    outs = {1: ["ab", "cd", "ef", "xx"], 2: ["ab", "cd", "xx", "xx"]}  # 0.75 and 0.5 exact
+    paths = []
+    for seed, words in outs.items():
+        recs = [gen(i, w, r) for r in (0, 0.1) for i, w in enumerate(words)]
+        paths.append(write_jsonl(tmp_path / f"ctc@{seed}.jsonl", recs))
+    base = write_jsonl(tmp_path / "ce.jsonl", [gen(i, w, r) for r in (0, 0.1)
+                                               for i, w in enumerate(("ab", "cd", "ef", "gh"))])
+    out = tmp_path / "eval"
+    status, stdout, err = run(["score", "--task", "copy", "--refs", refs, "--gens", base, *paths,
+                               "--baseline", "ce", "--n-boot", "50", "--out-dir", str(out)], capsys)
+    assert status == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert res["names"] == ["ce", "ctc@1", "ctc@2"] and list(res["arms"]) == ["ce", "ctc"]
+    arm = res["arms"]["ctc"]["0"]
+    assert arm["summary"]["exact"] == 0.625 and arm["by_seed"]["exact"] == [0.75, 0.5]
+    assert arm["seed_sd"]["exact"] == pytest.approx(np.std([0.75, 0.5], ddof=1))
+    assert arm["per_example"]["exact"] == [1.0, 1.0, 0.5, 0.0]  # each prompt: its seed mean
+    (d,) = [d for d in res["differences"] if d["rate"] == "0" and d["metric"] == "exact"]
+    assert d["name"] == "ctc" and d["mean_diff"] == -0.375  # the arm, over both seeds
+    assert "| ctc | 0.625 ± 0.177 |" in (out / "results.md").read_text()
+    # one file, two settings: two runs, NAME:SETTING
+    recs = [{**gen(i, w, 0), "slack_rule": rule, "per_step": 1}
+            for rule, words in (("plain", outs[1]), ("last", outs[2])) for i, w in enumerate(words)]
+    both = write_jsonl(tmp_path / "ctc-rules.jsonl", recs)
+    status, _, err = run(["score", "--task", "copy", "--refs", refs, "--gens", base, both,
+                          "--n-boot", "50", "--out-dir", str(tmp_path / "e2")], capsys)
+    res = json.loads((tmp_path / "e2" / "results.json").read_text())
+    assert status == 0 and res["names"] == ["ce", "ctc-rules:plain/1", "ctc-rules:last/1"], err
+    assert res["arms"]["ctc-rules:last/1"]["0"]["summary"]["exact"] == 0.5
+
+
 def test_score_grammar_exact_numbers(tmp_path, capsys):
     refs = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "the ", "response": "cat runs."},
                                                  {"prompt": "an ", "response": "ox sleeps."}])
