@@ -102,6 +102,7 @@ def parse_args(argv=None):
     a("--show-canvas", action="store_true",
       help="also print the raw final canvas (· SLACK, □ MASK, ⏎ EOS)")
     a("--show-steps", action="store_true", help="print the raw canvas after every step")
+    a("--no-progress", action="store_true", help="no tqdm bar while decoding a prompts file")
     a("--no-cache", action="store_true",
       help="call the network at every step, even if nothing changed (for the benchmark)")
     return p.parse_args(argv)
@@ -220,7 +221,8 @@ def decode_file(model, meta, vocab, args, rates, device, out_path):
                 for ps in args.per_steps or [args.per_step]]
     out_recs = []
     groups = sorted({len(p) for p in prompts})  # one batch shape per prompt length
-    bar = tqdm(total=len(prompts) * len(rates) * len(settings), desc="decode", leave=False)
+    bar = tqdm(total=len(prompts) * len(rates) * len(settings), desc="decode", leave=False,
+               disable=args.no_progress)
     for (rule, ps), rate, P in itertools.product(settings, rates, groups):
         setting = argparse.Namespace(**{**vars(args), "slack_rule": rule, "per_step": ps})
         idx = [i for i, p in enumerate(prompts) if len(p) == P]  # file order within the group

@@ -441,7 +441,7 @@ def markdown_report(res):
         cell = lambda a, r: fmt(a[r]["summary"][m]) + (  # noqa: E731
             f" ± {fmt(a[r]['seed_sd'][m])}" if len(a[r]["seeds"]) > 1 else "")
         rows = [[name] + [cell(runs[name], r) for r in rates] for name in runs]
-        rows += [["held-out text"] + [fmt(ref["summary"][m])] * len(rates)] if ref else []
+        rows += [["true responses"] + [fmt(ref["summary"][m])] * len(rates)] if ref else []
         # shifted / committed tokens, as really moved
         rows += [[f"realised shift: {name}"] + [fmt(runs[name][r]["realised_shift"], 4)
                                                 for r in rates] for name in runs if k == 0]
@@ -549,10 +549,10 @@ def run_score(args):
             raise data.UserError(f"the judge {args.judge!r} is not an autoregressive checkpoint")
         res["judge"] = {"ckpt": args.judge, "step": ckpt.get("step"),
                         "meta": mdlm.checkpoint_meta(ckpt)}
-        metric_fn = lambda ref, gen: text_metrics(judge, ref, gen)
-        # the real continuations under the same judge: the quality a model could aim for
-        true = {i: {"output": refs[i]["response"], "n_committed": 0, "n_shifted": 0} for i in idx}
-        res["reference"] = score_run(metric_fn, metrics, refs, true, idx)
+        metric_fn = lambda ref, gen: text_metrics(judge, ref, gen)  # noqa: E731
+    # the true responses, scored alike: the quality (and the length) a model could aim for
+    true = {i: {"output": refs[i]["response"], "n_committed": 0, "n_shifted": 0} for i in idx}
+    res["reference"] = score_run(metric_fn, metrics, refs, true, idx)
     res["runs"] = runs = {name: {r: score_run(metric_fn, metrics, refs, g[r], idx) for r in rates}
                           for name, g in gens.items()}
     res["arms"] = arms = group_seeds(runs, metrics)
@@ -565,7 +565,7 @@ def run_score(args):
     series = {name: [(float(r), arms[name][r]["summary"][m]) for r in rates] for name in arms}
     svg = svg_plot(series,
                    f"{args.task}: {m} under the shift probe", "nominal shift rate", m,
-                   hline=("held-out text", ref["summary"][m]) if ref else None)
+                   hline=("true responses", ref["summary"][m]) if ref else None)
     files = {"results.json": json_text(res), "results.md": markdown_report(res), f"{m}.svg": svg}
     print(files["results.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
     return res

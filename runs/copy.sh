@@ -1,64 +1,73 @@
 #!/usr/bin/env bash
-# The copy task: prompt = 8 random lowercase letters and "=", answer = the same letters. The right
-# answer is known, so a token that lands one slot off costs exactly one edit. Pretrain an MDLM with
-# CE, fine-tune arms from that one checkpoint (CE with tail slack; CTC and CTC+CE with random and
-# with model-aligned slack; CTC with a per-row mix of both), decode the held-out prompts greedily
-# with the confidence sampler in blocks and with the ancestral one, at shift-probe rates 0..10%,
-# and score exact match, character error rate and the "dropped and doubled" signature.
+# The copy task: prompt = 8 random letters and "=", answer = the same letters. The answer is
+# known, so a letter one slot off costs exactly one edit and the shift probe's effect is exact.
+# Pretrain an MDLM with CE, fine-tune four arms from it with several seeds (CE with tail slack;
+# CTC with random and with model-aligned slack; CTC+CE with model-aligned slack), all for the same
+# steps, and decode the held-out strings greedily, one position per step, at shift-probe rates
+# 0..10%, with decode.py's default slack rule and with LLaDA's plain rule.
 #
-#   bash runs/copy.sh [OUT]          # OUT defaults to exp/copy; ~15 min on 2 CPU cores
-#   bash runs/copy.sh --tiny OUT     # toy sizes, seconds per stage (the tests run this)
+#   bash runs/copy.sh [OUT]                 # OUT = exp/copy; CPU sizes (see the README)
+#   bash runs/copy.sh --tiny OUT            # toy sizes, seconds per stage (the tests run this)
+#   DEVICE=cuda SIZE=gpu bash runs/copy.sh  # the GPU preset: longer strings, a larger model
 #
-# Rerunning skips finished stages (runs/lib.sh). Results: OUT/score-*/results.md and .json, plots
-# OUT/score-*/*.svg; learning curves of every arm: OUT/curves/curves.md.
+# Rerunning skips finished stages (runs/lib.sh). Results: OUT/score-*/results.md and .json,
+# learning curves OUT/curves/; python runs/report.py turns them into results/README.md.
 source "$(dirname "$0")/lib.sh"
 OUT="${OUT:-exp/copy}"
 
-if [ "$TINY" = 1 ]; then
-    TASK="--n-train 200 --n-test 8 --min-len 2 --max-len 4"; SEQ=16
-    MODEL="--n-layer 1 --n-head 2 --n-embd 32"
-    PRE="--steps 20 --eval-interval 10"; FT="--steps 6 --eval-interval 3 --lr 1e-3"; N_BOOT=50
-else
-    TASK="--n-train 20000 --n-test 256 --min-len 8 --max-len 8"; SEQ=32
-    MODEL="--n-layer 4 --n-head 4 --n-embd 128"
-    PRE="--steps 2000 --eval-interval 250"; FT="--steps 500 --eval-interval 100 --lr 5e-4"; N_BOOT=2000
-fi
-COMMON="--seq-len $SEQ --batch-size 64 --seed 1337 --device cpu --no-progress --sample-interval 0"
+case "$SIZE" in
+tiny)
+    TASK="--n-train 200 --n-val 4 --n-test 8 --min-len 2 --max-len 4"; SEQ=16; B=16
+    MODEL="--n-layer 1 --n-head 2 --n-embd 32"; PRE="--steps 20 --eval-interval 10"
+    FT="--steps 6 --eval-interval 3"; SEEDS="1 2"; N_BOOT=50 ;;
+cpu)  # 0.83M parameters; the CTC arms need about 2000 steps to fit (README, learning curves)
+    TASK="--n-train 20000 --n-test 256 --min-len 8 --max-len 8"; SEQ=32; B=64
+    MODEL="--n-layer 4 --n-head 4 --n-embd 128"; PRE="--steps 1000 --eval-interval 250"
+    FT="--steps 2000 --eval-interval 250"; SEEDS="1 2 3"; N_BOOT=2000 ;;
+gpu)  # strings of 16-32 letters, 25M parameters (estimated: 20 minutes on one H100)
+    TASK="--n-train 200000 --n-test 256 --min-len 16 --max-len 32"; SEQ=80; B=256
+    MODEL="--n-layer 8 --n-head 8 --n-embd 512"; PRE="--steps 8000 --eval-interval 1000"
+    FT="--steps 4000 --eval-interval 500"; SEEDS="1 2 3"; N_BOOT=2000 ;;
+esac
+COMMON="--seq-len $SEQ --batch-size $B $TRAIN"
 RATES="0 0.01 0.02 0.05 0.1"
+record_setup "$OUT"
 
-# 1. the task
+# 1. the task (train, and test strings never seen in training)
 stage $OUT/task python evaluate.py task copy --out-dir $OUT/task $TASK --seed 0
 
 # 2. pretrain with CE: slack rate 0, the answer and its EOS padded with EOS (as LLaDA pads)
 stage $OUT/pretrained python train.py --sft $OUT/task/train.jsonl --out-dir $OUT/pretrained \
-    $COMMON $MODEL $PRE --lr 2e-3 --loss ce
+    $COMMON $MODEL $PRE --lr 2e-3 --loss ce --seed 1337
 
-# 3. the arms: same init, data, steps, seed and learning rate; 10% of each canvas is slack
-INIT="--sft $OUT/task/train.jsonl --init-from $OUT/pretrained/ckpt.pt --slack-rate 0.1 $COMMON $FT"
-stage $OUT/ce-ft          python train.py $INIT --out-dir $OUT/ce-ft --loss ce --slack-placement tail
-stage $OUT/ctc-random     python train.py $INIT --out-dir $OUT/ctc-random --loss ctc --slack-placement random
-stage $OUT/ctc-model      python train.py $INIT --out-dir $OUT/ctc-model --loss ctc --slack-placement model
-stage $OUT/ctc-mix        python train.py $INIT --out-dir $OUT/ctc-mix --loss ctc --slack-placement mix
-stage $OUT/ctc+ce-random  python train.py $INIT --out-dir $OUT/ctc+ce-random --loss ctc+ce --slack-placement random
-stage $OUT/ctc+ce-model   python train.py $INIT --out-dir $OUT/ctc+ce-model --loss ctc+ce --slack-placement model
-ARMS="pretrained ce-ft ctc-random ctc-model ctc-mix ctc+ce-random ctc+ce-model"
-
-# 4. decode every held-out prompt with every arm, greedily (temperature 0), one position per step:
-#    the confidence sampler in blocks of 8 positions (the primary rows), and ancestral (one block)
-for arm in $ARMS; do
-    stage $OUT/gens/$arm-confidence python decode.py --ckpt $OUT/$arm/ckpt.pt --prompts $OUT/task/test.jsonl \
-        --out $OUT/gens/$arm-confidence/gens.jsonl --sampler confidence --block-length 8 --per-step 1 \
-        --temperature 0 --shift-rates $RATES --device cpu --batch-size 256
-    stage $OUT/gens/$arm-ancestral python decode.py --ckpt $OUT/$arm/ckpt.pt --prompts $OUT/task/test.jsonl \
-        --out $OUT/gens/$arm-ancestral/gens.jsonl --sampler ancestral --per-step 1 \
-        --temperature 0 --shift-rates $RATES --device cpu --batch-size 256
+# 3. the arms, each with every seed: same init, data, steps and learning rate; 10% slack
+INIT="--sft $OUT/task/train.jsonl --init-from $OUT/pretrained/ckpt.pt $COMMON $FT --lr 5e-4"
+INIT="$INIT --slack-rate 0.1"
+CKPTS="$OUT/pretrained/ckpt.pt"
+for seed in $SEEDS; do
+    stage $OUT/ce-ft@$seed python train.py $INIT --out-dir $OUT/ce-ft@$seed --seed $seed \
+        --loss ce --slack-placement tail
+    stage $OUT/ctc-random@$seed python train.py $INIT --out-dir $OUT/ctc-random@$seed \
+        --seed $seed --loss ctc --slack-placement random
+    stage $OUT/ctc-model@$seed python train.py $INIT --out-dir $OUT/ctc-model@$seed \
+        --seed $seed --loss ctc --slack-placement model
+    stage $OUT/ctc+ce-model@$seed python train.py $INIT --out-dir $OUT/ctc+ce-model@$seed \
+        --seed $seed --loss ctc+ce --slack-placement model
+    CKPTS="$CKPTS $OUT/ce-ft@$seed/ckpt.pt $OUT/ctc-random@$seed/ckpt.pt"
+    CKPTS="$CKPTS $OUT/ctc-model@$seed/ckpt.pt $OUT/ctc+ce-model@$seed/ckpt.pt"
 done
 
-# 5. score: one table per sampler (arms x rates), paired bootstrap intervals against ce-ft
-for sampler in confidence ancestral; do
-    GENS=""; for arm in $ARMS; do GENS="$GENS $arm=$OUT/gens/$arm-$sampler/gens.jsonl"; done
-    python evaluate.py score --task copy --refs $OUT/task/test.jsonl --gens $GENS --baseline ce-ft \
-        --n-boot $N_BOOT --out-dir $OUT/score-$sampler
+# 4. decode every held-out string greedily, one position per step, the confidence sampler in
+#    blocks of 8: with decode.py's default slack rule, and with LLaDA's plain rule
+for rule in auto plain; do
+    stage $OUT/test-$rule python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
+        --out $OUT/test-$rule --sampler confidence --block-length 8 --per-step 1 \
+        --temperature 0 --slack-rule $rule --shift-rates $RATES --batch-size 512 $RUN
+    python evaluate.py score --task copy --refs $OUT/task/test.jsonl --baseline ce-ft \
+        --gens $OUT/test-$rule/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-$rule
 done
-LOGS=""; for arm in $ARMS; do [ "$arm" = pretrained ] || LOGS="$LOGS $arm=$OUT/$arm/log.jsonl"; done
+
+# 5. learning curves of every fine-tune, on the same held-out canvases
+LOGS=""
+for d in "$OUT"/*@*/; do LOGS="$LOGS $(basename "$d")=$d/log.jsonl"; done
 python evaluate.py curves --logs $LOGS --out-dir $OUT/curves

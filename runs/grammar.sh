@@ -1,66 +1,108 @@
 #!/usr/bin/env bash
-# The grammar experiment: open-ended generation from a small stochastic grammar whose words differ
-# in byte length, so a masked diffusion model that commits a byte far to the right must guess how
-# long the words before it will be. Pretrain an MDLM with CE, fine-tune arms from that one
-# checkpoint (CE with tail slack; CTC and CTC+CE with random and with model-aligned slack), decode
-# the held-out prompts with the confidence sampler in blocks (the paper's decoder) and with the
-# ancestral one, at shift-probe rates 0..10%, and score every output exactly with the grammar.
+# The decisive experiment: open-ended sentences from a small grammar whose words differ in
+# length, so a masked diffusion model that commits a byte far to the right must guess how long the
+# words before it will be. Pretrain an MDLM with CE until it writes well, fine-tune four arms
+# from it with several seeds (CE with tail slack; CTC with random and with model-aligned slack;
+# CTC+CE with model-aligned slack), all for the same steps; choose the confidence sampler's slack
+# rule and positions per step on validation prompts; decode the test prompts at shift-probe rates
+# 0..10%; then the slack rate of the CTC arms (0.05, 0.1, 0.2). Every output is scored exactly.
 #
-#   bash runs/grammar.sh [OUT]          # OUT defaults to exp/grammar; ~20 min on 2 CPU cores (measured: see README)
-#   bash runs/grammar.sh --tiny OUT     # toy sizes, seconds per stage (the tests run this)
+#   bash runs/grammar.sh [OUT]                 # OUT = exp/grammar; CPU sizes (see the README)
+#   bash runs/grammar.sh --tiny OUT            # toy sizes, seconds per stage (the tests run this)
+#   DEVICE=cuda SIZE=gpu bash runs/grammar.sh  # the GPU preset (see below)
 #
-# Rerunning skips finished stages (runs/lib.sh). Results: OUT/score-*/results.md and .json, plots
-# OUT/score-*/*.svg; learning curves of every arm: OUT/curves/curves.md.
+# Rerunning skips finished stages (runs/lib.sh). Results: OUT/score-*/results.md and .json,
+# learning curves OUT/curves/; python runs/report.py turns them into results/README.md.
 source "$(dirname "$0")/lib.sh"
 OUT="${OUT:-exp/grammar}"
 
-if [ "$TINY" = 1 ]; then
-    TASK="--n-train 300 --n-test 8"
-    MODEL="--n-layer 1 --n-head 2 --n-embd 32"
-    PRE="--steps 20 --eval-interval 10"; FT="--steps 6 --eval-interval 3 --lr 1e-3"; N_BOOT=50
-else
-    TASK="--n-train 20000 --n-test 320"
-    MODEL="--n-layer 4 --n-head 4 --n-embd 128"
-    PRE="--steps 1500 --eval-interval 250"; FT="--steps 300 --eval-interval 50 --lr 5e-4"; N_BOOT=2000
-fi
-COMMON="--seq-len 48 --batch-size 64 --seed 1337 --device cpu --no-progress --sample-interval 0"
+case "$SIZE" in
+tiny)
+    TASK="--n-train 300 --n-val 6 --n-test 6"; MODEL="--n-layer 1 --n-head 2 --n-embd 32"; B=16
+    PRE="--steps 20 --eval-interval 10"; FT="--steps 6 --eval-interval 3"; SEEDS="1 2"
+    N_BOOT=50 ;;
+cpu)  # 0.83M parameters, 18M pretraining tokens; each fine-tune 3000 steps, 9M tokens
+    TASK="--n-train 20000 --n-val 200 --n-test 320"; MODEL="--n-layer 4 --n-head 4 --n-embd 128"
+    B=64; PRE="--steps 6000 --eval-interval 500"; FT="--steps 3000 --eval-interval 250"
+    SEEDS="1 2 3"; N_BOOT=2000 ;;
+gpu)  # 25M parameters, 590M pretraining tokens: about 30 minutes on one H100 (estimated)
+    TASK="--n-train 200000 --n-val 200 --n-test 320"; MODEL="--n-layer 8 --n-head 8 --n-embd 512"
+    B=512; PRE="--steps 24000 --eval-interval 2000"; FT="--steps 4000 --eval-interval 500"
+    SEEDS="1 2 3"; N_BOOT=2000 ;;
+esac
+COMMON="--seq-len 48 --batch-size $B $TRAIN"
 RATES="0 0.01 0.02 0.05 0.1"
+DECODE="--sampler confidence --block-length 16 --temperature 0.8 --batch-size 512 $RUN"
+record_setup "$OUT"
 
 # 1. the task: prompt = the first word of a text of 1-3 sentences, response = the rest; at most
-#    40 bytes in all, so that prompt + response + EOS + 10% slack fit the 48-position canvas. Short
-#    texts repeat, so about half of the 320 drawn test texts also occur in train.jsonl: those are
-#    dropped (task.json counts them) and every test text is new to the models
+#    40 bytes in all, so that prompt + response + EOS + 10% slack fit the 48-position canvas.
+#    Validation prompts (seed + 2) choose settings; test prompts (seed + 1) only score them.
+#    Texts drawn before are dropped (task.json counts them), so every prompt is new to the models
 stage $OUT/task python evaluate.py task grammar --out-dir $OUT/task $TASK --max-bytes 40 --seed 0
 
 # 2. pretrain with CE: slack rate 0, the response and its EOS padded with EOS (as LLaDA pads)
 stage $OUT/pretrained python train.py --sft $OUT/task/train.jsonl --out-dir $OUT/pretrained \
-    $COMMON $MODEL $PRE --lr 2e-3 --loss ce
+    $COMMON $MODEL $PRE --lr 2e-3 --loss ce --seed 1337
 
-# 3. the arms: same init, data, steps, seed and learning rate; 10% of each canvas is slack
-INIT="--sft $OUT/task/train.jsonl --init-from $OUT/pretrained/ckpt.pt --slack-rate 0.1 $COMMON $FT"
-stage $OUT/ce-ft          python train.py $INIT --out-dir $OUT/ce-ft --loss ce --slack-placement tail
-stage $OUT/ctc-random     python train.py $INIT --out-dir $OUT/ctc-random --loss ctc --slack-placement random
-stage $OUT/ctc-model      python train.py $INIT --out-dir $OUT/ctc-model --loss ctc --slack-placement model
-stage $OUT/ctc+ce-random  python train.py $INIT --out-dir $OUT/ctc+ce-random --loss ctc+ce --slack-placement random
-stage $OUT/ctc+ce-model   python train.py $INIT --out-dir $OUT/ctc+ce-model --loss ctc+ce --slack-placement model
-ARMS="pretrained ce-ft ctc-random ctc-model ctc+ce-random ctc+ce-model"
-
-# 4. decode every held-out prompt with every arm, 2 positions per step, temperature 0.8: the
-#    confidence sampler in 3 blocks of 16 positions (the primary rows), and ancestral (one block)
-for arm in $ARMS; do
-    stage $OUT/gens/$arm-confidence python decode.py --ckpt $OUT/$arm/ckpt.pt --prompts $OUT/task/test.jsonl \
-        --out $OUT/gens/$arm-confidence/gens.jsonl --sampler confidence --block-length 16 --per-step 2 \
-        --temperature 0.8 --shift-rates $RATES --device cpu --batch-size 128
-    stage $OUT/gens/$arm-ancestral python decode.py --ckpt $OUT/$arm/ckpt.pt --prompts $OUT/task/test.jsonl \
-        --out $OUT/gens/$arm-ancestral/gens.jsonl --sampler ancestral --per-step 2 \
-        --temperature 0.8 --shift-rates $RATES --device cpu --batch-size 128
+# 3. the arms, each with every seed: same init, data, steps and learning rate; 10% slack
+INIT="--sft $OUT/task/train.jsonl --init-from $OUT/pretrained/ckpt.pt $COMMON $FT --lr 5e-4"
+arm_flags() {
+    case "$1" in
+        ce-ft) echo "--loss ce --slack-placement tail" ;;
+        ctc-random) echo "--loss ctc --slack-placement random" ;;
+        ctc-model) echo "--loss ctc --slack-placement model" ;;
+        ctc+ce-model) echo "--loss ctc+ce --slack-placement model" ;;
+    esac
+}
+ARMS="ce-ft ctc-random ctc-model ctc+ce-model"
+CKPTS="$OUT/pretrained/ckpt.pt"
+for seed in $SEEDS; do
+    for arm in $ARMS; do
+        stage $OUT/$arm@$seed python train.py $INIT $(arm_flags $arm) --slack-rate 0.1 \
+            --seed $seed --out-dir $OUT/$arm@$seed
+        CKPTS="$CKPTS $OUT/$arm@$seed/ckpt.pt"
+    done
 done
 
-# 5. score: one table per sampler (arms x rates), paired bootstrap intervals against ce-ft
-for sampler in confidence ancestral; do
-    GENS=""; for arm in $ARMS; do GENS="$GENS $arm=$OUT/gens/$arm-$sampler/gens.jsonl"; done
-    python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --gens $GENS --baseline ce-ft \
-        --n-boot $N_BOOT --out-dir $OUT/score-$sampler
+# 4. the decoder, chosen on validation prompts at shift 0: every slack rule, 1 and 2 positions
+#    per step, the same for every arm (decode.py's default for slack-trained checkpoints is the
+#    rule chosen here); and the ancestral sampler, whose lengths show what the model itself wants
+stage $OUT/val-gens python decode.py --ckpt $CKPTS --prompts $OUT/task/val.jsonl \
+    --out $OUT/val-gens --slack-rules plain last threshold --per-steps 1 2 $DECODE
+python evaluate.py score --task grammar --refs $OUT/task/val.jsonl --gens $OUT/val-gens/*.jsonl \
+    --baseline ce-ft:plain/1 --n-boot $N_BOOT --out-dir $OUT/val-score
+stage $OUT/val-ancestral python decode.py --ckpt $CKPTS --prompts $OUT/task/val.jsonl \
+    --out $OUT/val-ancestral --sampler ancestral --per-step 1 --temperature 0.8 $RUN
+python evaluate.py score --task grammar --refs $OUT/task/val.jsonl --baseline ce-ft \
+    --gens $OUT/val-ancestral/*.jsonl --n-boot $N_BOOT --out-dir $OUT/val-score-ancestral
+
+# 5. the test prompts at every probe rate: decode.py's defaults (the rule chosen above, one
+#    position per step as chosen above), and LLaDA's plain rule beside them
+PER_STEP=1
+for rule in auto plain; do
+    stage $OUT/test-$rule python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
+        --out $OUT/test-$rule --slack-rule $rule --per-step $PER_STEP --shift-rates $RATES $DECODE
+    python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline ce-ft \
+        --gens $OUT/test-$rule/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-$rule
 done
-LOGS=""; for arm in $ARMS; do [ "$arm" = pretrained ] || LOGS="$LOGS $arm=$OUT/$arm/log.jsonl"; done
+
+# 6. the slack rate of the CTC fine-tunes: 0.05 and 0.2 beside the arms' 0.1, same seeds
+RATE_CKPTS=""
+for rate in 0.05 0.2; do
+    for seed in $SEEDS; do
+        stage $OUT/ctc-random-$rate@$seed python train.py $INIT $(arm_flags ctc-random) \
+            --slack-rate $rate --seed $seed --out-dir $OUT/ctc-random-$rate@$seed
+        RATE_CKPTS="$RATE_CKPTS $OUT/ctc-random-$rate@$seed/ckpt.pt"
+    done
+done
+stage $OUT/test-rates python decode.py --ckpt $RATE_CKPTS --prompts $OUT/task/test.jsonl \
+    --out $OUT/test-rates --per-step $PER_STEP --shift-rates $RATES $DECODE
+python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline ce-ft \
+    --gens $OUT/test-auto/ce-ft@*.jsonl $OUT/test-auto/ctc-random@*.jsonl \
+    $OUT/test-rates/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-rates
+
+# 7. learning curves of every fine-tune, on the same held-out canvases
+LOGS=""
+for d in "$OUT"/*@*/; do LOGS="$LOGS $(basename "$d")=$d/log.jsonl"; done
 python evaluate.py curves --logs $LOGS --out-dir $OUT/curves

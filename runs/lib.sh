@@ -1,22 +1,45 @@
-# Shared by the experiment scripts in this folder: option parsing and stage skipping. Sourced, not run.
+# Shared by the experiment scripts in this folder: options, sizes, devices, stage skipping.
+# Sourced, not run. Every script takes the same options:
 #
-#   stage DIR COMMAND...   runs COMMAND unless DIR/DONE exists, then writes DIR/DONE. A stage that
-#                          fails (or is interrupted) leaves no DONE and is started afresh next time,
-#                          so rerunning a script redoes only what is missing.
+#   bash runs/NAME.sh [OUT]                    CPU sizes (the README's tables), OUT = exp/NAME
+#   bash runs/NAME.sh --tiny [OUT]             toy sizes, seconds per stage (the tests run this)
+#   DEVICE=cuda SIZE=gpu bash runs/NAME.sh     the GPU preset of the script, on a CUDA device
+#
+#   SIZE     tiny | cpu (default) | gpu: the size preset each script defines
+#   DEVICE   cpu (default) | cuda | mps: where every stage runs
+#   DTYPE    bf16 (default) | fp32: autocast of training (bf16 matmuls; the CTC stays float64)
+#   THREADS  CPU threads per process (default: OMP_NUM_THREADS if set, else 2): results on a CPU
+#            repeat exactly for the same threads, torch version and machine kind
+#
+#   stage DIR COMMAND...   runs COMMAND unless DIR/DONE exists, then writes DIR/DONE holding the
+#                          stage's wall time in seconds. A stage that fails (or is interrupted)
+#                          leaves no DONE and is started afresh next time, so rerunning a script
+#                          redoes only what is missing.
 
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the project root: the scripts call train.py etc. from there
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the project root: the scripts call train.py from there
 
-TINY=0
+SIZE="${SIZE:-cpu}"
+DEVICE="${DEVICE:-cpu}"
+DTYPE="${DTYPE:-bf16}"
+export OMP_NUM_THREADS="${THREADS:-${OMP_NUM_THREADS:-2}}"
 OUT=""
 for arg in "$@"; do
     case "$arg" in
-        --tiny) TINY=1 ;;                 # toy sizes: every stage in seconds (the tests run this)
+        --tiny) SIZE=tiny ;;
         -h|--help) sed -n '2,/^$/p' "$0"; exit 0 ;;
         -*) echo "error: unknown option $arg (use --tiny, or give an output folder)" >&2; exit 2 ;;
         *) OUT="$arg" ;;
     esac
 done
+case "$SIZE" in
+    tiny|cpu|gpu) ;;
+    *) echo "error: SIZE must be tiny, cpu or gpu, not $SIZE" >&2; exit 2 ;;
+esac
+TINY=$([ "$SIZE" = tiny ] && echo 1 || echo 0)
+# every stage: the device, the dtype, no progress bars (the logs are files)
+RUN="--device $DEVICE --no-progress"
+TRAIN="$RUN --dtype $DTYPE --sample-interval 0"
 
 stage() {
     local dir="$1"; shift
@@ -26,5 +49,23 @@ stage() {
     local t0=$SECONDS
     "$@"
     mkdir -p "$dir"
-    echo "$((SECONDS - t0))" > "$dir/DONE"  # the stage's wall time in seconds
+    echo "$((SECONDS - t0))" > "$dir/DONE"
+}
+
+# where and how the results were made: the commit, the machine, threads and sizes, for the report
+record_setup() {
+    mkdir -p "$1"
+    python - "$1/setup.json" "$SIZE" "$DEVICE" "$DTYPE" <<'EOF'
+import json, platform, subprocess, sys
+import torch
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                       capture_output=True, text=True).stdout.strip()
+json.dump({"commit": (commit.stdout.strip() or "unknown") + ("+changes" if dirty else ""),
+           "size": sys.argv[2], "device": sys.argv[3], "dtype": sys.argv[4],
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "python": platform.python_version(), "machine": platform.machine(),
+           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+          open(sys.argv[1], "w"), indent=1)
+EOF
 }

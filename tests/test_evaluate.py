@@ -363,7 +363,7 @@ def test_score_text_with_a_judge(tmp_path, capsys):
     # the held-out continuations, scored by the same judge: the reference row and the dashed line
     nll, n = evaluate.judge_nll(m, mdlm.encode("A dict "), mdlm.encode("maps keys."))
     assert res["reference"]["per_example"]["judge_nll"][1] == pytest.approx(nll / n, rel=1e-5)
-    assert "| held-out text |" in (out / "results.md").read_text()
+    assert "| true responses |" in (out / "results.md").read_text()
     assert all(d["mean_diff"] == 0 for d in res["differences"]
                if d["mean_diff"] is not None)  # b is a
     assert "stroke-dasharray" in (out / "judge_nll.svg").read_text()
