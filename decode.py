@@ -195,16 +195,17 @@ def output_record(canvas_row, P, meta, vocab, causal):
 
 
 def read_prompts(path, vocab):
-    """The prompts of a JSON-lines file as (records, lists of ids): text through the vocabulary's
-    tokenizer, or ids as given."""
+    """The prompts of a JSON-lines file as (records, lists of ids): ids as given, or text through
+    the vocabulary's tokenizer."""
     recs = data.read_jsonl(path)  # [{'prompt': ...}, ...] in file order
     prompts = []
     for n, r in enumerate(recs, 1):
-        if isinstance(r.get("prompt"), str):
-            prompts.append(vocab.encode(r["prompt"], f"{path}:{n}"))
-        elif isinstance(r.get("prompt_ids"), list) and all(type(i) is int for i in r["prompt_ids"]):
+        # ids first: text cut from a tokenized corpus need not encode back to the same ids
+        if isinstance(r.get("prompt_ids"), list) and all(type(i) is int for i in r["prompt_ids"]):
             data.check_ids(torch.tensor(r["prompt_ids"] + [0]), vocab, f"{path}:{n}")
             prompts.append(r["prompt_ids"])
+        elif isinstance(r.get("prompt"), str):
+            prompts.append(vocab.encode(r["prompt"], f"{path}:{n}"))
         else:
             raise data.UserError(f"{path}:{n}: need a string 'prompt' or a list 'prompt_ids'")
     return recs, prompts

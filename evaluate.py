@@ -57,23 +57,6 @@ NAN = float("nan")  # "no value": an empty output has no entropy; JSON writes it
 # test example that also occurs in train is dropped: no model may pass by recalling an answer.
 
 
-def held_out_examples(val_ids, n, prompt_len, length):
-    """n {"prompt", "response"} pairs at evenly spaced offsets of the held-out bytes: prompt_len
-    bytes of prompt, then the `length` true bytes after it (what real text scores)."""
-    span, ids = prompt_len + length, np.asarray(val_ids, dtype=np.uint8)
-    if n < 1 or prompt_len < 1 or length < 1 or len(ids) < span + 3:  # 3: a cut moves <= 3 bytes
-        raise data.UserError(f"need >= 1 prompt and >= {span + 3} held-out bytes, have {len(ids)}")
-    # cuts move forward to the next character start (UTF-8 continuation bytes are 10xxxxxx), so
-    # that prompt and response are whole characters and encode back to exactly these bytes
-    starts = np.append(np.flatnonzero(ids & 0xC0 != 0x80), len(ids))
-    cut = lambda k: int(starts[np.searchsorted(starts, k)])  # first char start >= k
-    text = lambda a, b: ids[a:b].tobytes().decode("utf-8", errors="replace")  # bad bytes: U+FFFD
-    # evenly spaced, not random: the prompts cover the whole split instead of clustering
-    starts_at = (cut(o) for o in np.linspace(0, len(ids) - span - 3, n))
-    cuts = [(a, cut(a + prompt_len)) for a in starts_at]
-    return [{"prompt": text(a, b), "response": text(b, cut(b + length))} for a, b in cuts]
-
-
 def run_task(args):
     """Write out_dir/train.jsonl, val.jsonl (not for text), test.jsonl and task.json. Validation
     prompts are for choosing settings (decoder rules, training length); test prompts only score
@@ -81,9 +64,11 @@ def run_task(args):
     files, dropped = {}, {}
     if args.task == "text":  # text fine-tunes train on the corpus itself: a test set only
         train_ids, val_ids, vocab = data.load_corpus(args.data)
-        if vocab.tokenizer != "bytes":
-            raise data.UserError("the text task reads byte corpora (UTF-8 text files)")
-        files["test"] = held_out_examples(val_ids, args.n_test, args.prompt_len, args.length)
+        if vocab.tokenizer == "bytes":
+            files["test"] = tasks.held_out_examples(val_ids, args.n_test, args.prompt_len, args.length)
+        else:  # a token file: its ids, and their text where the tokenizer is at hand
+            files["test"] = tasks.held_out_token_examples(val_ids, args.n_test, args.prompt_len,
+                                                    args.length, vocab)
     else:
         make = ((lambda n, s: tasks.copy_examples(n, args.min_len, args.max_len, s))
                 if args.task == "copy"
@@ -240,10 +225,12 @@ def grammar_metrics(ref, gen):
 
 
 def text_metrics(judge, ref, gen):
-    """judge_nll (per byte), entropy, distinct_2, length; an empty output: nan but length 0."""
-    ids = gen.get("output_ids") or mdlm.encode(gen["output"])  # the bytes exactly as decoded
-    nll, n = judge_nll(judge, mdlm.encode(ref["prompt"]), ids)
-    # per byte, so that continuations of different lengths are comparable
+    """judge_nll (per token: per byte for a byte model), entropy, distinct_2, length; an empty
+    output: nan but length 0. Ids as decoded (a token model's records carry ids)."""
+    ids = gen.get("output_ids") or mdlm.encode(gen["output"])
+    prompt = ref["prompt_ids"] if "prompt_ids" in ref else mdlm.encode(ref["prompt"])
+    nll, n = judge_nll(judge, prompt, ids)
+    # per token, so that continuations of different lengths are comparable
     return {"judge_nll": nll / n if n else NAN, "entropy": unigram_entropy(ids),
             "distinct_2": distinct_n(ids, 2), "length": float(len(ids))}
 
@@ -523,8 +510,10 @@ def run_score(args):
     """Score every gens file against the refs; write results.json, results.md and PRIMARY.svg."""
     t0, metrics = time.time(), METRICS[args.task]
     refs, paths = data.read_jsonl(args.refs), parse_named(args.gens, "--gens")
-    if not refs or not all(isinstance(r.get(k), str) for r in refs for k in ("prompt", "response")):
-        raise data.UserError(f"{args.refs}: need records with string 'prompt' and 'response'")
+    if not refs or not all(isinstance(r.get(k), str) or isinstance(r.get(k + "_ids"), list)
+                           for r in refs for k in ("prompt", "response")):
+        raise data.UserError(f"{args.refs}: need records with string 'prompt' and 'response' "
+                             f"(or lists 'prompt_ids' and 'response_ids')")
 
     if (args.task == "text") != bool(args.judge):
         raise data.UserError("--judge (an AR checkpoint) is needed with --task text, and only "
@@ -551,7 +540,8 @@ def run_score(args):
                         "meta": mdlm.checkpoint_meta(ckpt)}
         metric_fn = lambda ref, gen: text_metrics(judge, ref, gen)  # noqa: E731
     # the true responses, scored alike: the quality (and the length) a model could aim for
-    true = {i: {"output": refs[i]["response"], "n_committed": 0, "n_shifted": 0} for i in idx}
+    true = {i: {"output": refs[i].get("response") or "", "output_ids": refs[i].get("response_ids"),
+                "n_committed": 0, "n_shifted": 0} for i in idx}
     res["reference"] = score_run(metric_fn, metrics, refs, true, idx)
     res["runs"] = runs = {name: {r: score_run(metric_fn, metrics, refs, g[r], idx) for r in rates}
                           for name, g in gens.items()}

@@ -1,8 +1,9 @@
 """
-The two synthetic tasks, whose outputs can be scored exactly, and their checkers. Shared by
+The tasks every model is scored on: two synthetic ones with exact checkers, and text. Shared by
 evaluate.py (which writes a task's files and scores decoded outputs) and the tests; no command line.
 
 - The copy task (a string, "=", the same string): a one-slot error costs exactly one edit.
+- The text task: held-out prompts of a corpus and their true continuations, scored by a judge.
 - The grammar task: open-ended sentences from a small probabilistic context-free grammar with
   number agreement, whose words range from 1 to 12 bytes. A masked diffusion model that commits a
   byte far to the right must guess how long the words before it will be, so positional
@@ -19,6 +20,10 @@ import functools
 import itertools
 import random
 import string
+
+import numpy as np
+
+import data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,3 +245,38 @@ def dropped_doubled_word(word, lexicon=GRAMMAR_LEXICON):
     if word in lexicon:
         return False
     return any(dropped_doubled(word, w) for w in lexicon if len(w) == len(word))
+
+
+# ----------------------------------------------------------------------------------------------
+# The text task: prompts cut from the held-out part of a corpus, with their true continuations.
+
+
+def held_out_examples(val_ids, n, prompt_len, length):
+    """n {"prompt", "response"} pairs at evenly spaced offsets of the held-out bytes: prompt_len
+    bytes of prompt, then the `length` true bytes after it (what real text scores)."""
+    span, ids = prompt_len + length, np.asarray(val_ids, dtype=np.uint8)
+    if n < 1 or prompt_len < 1 or length < 1 or len(ids) < span + 3:  # 3: a cut moves <= 3 bytes
+        raise data.UserError(f"need >= 1 prompt and >= {span + 3} held-out bytes, have {len(ids)}")
+    # cuts move forward to the next character start (UTF-8 continuation bytes are 10xxxxxx), so
+    # that prompt and response are whole characters and encode back to exactly these bytes
+    starts = np.append(np.flatnonzero(ids & 0xC0 != 0x80), len(ids))
+    cut = lambda k: int(starts[np.searchsorted(starts, k)])  # first char start >= k
+    text = lambda a, b: ids[a:b].tobytes().decode("utf-8", errors="replace")  # bad bytes: U+FFFD
+    # evenly spaced, not random: the prompts cover the whole split instead of clustering
+    starts_at = (cut(o) for o in np.linspace(0, len(ids) - span - 3, n))
+    cuts = [(a, cut(a + prompt_len)) for a in starts_at]
+    return [{"prompt": text(a, b), "response": text(b, cut(b + length))} for a, b in cuts]
+
+
+def held_out_token_examples(val_ids, n, prompt_len, length, vocab):
+    """As held_out_examples, for a token file: prompt_ids and response_ids at evenly spaced
+    offsets, and their text where the vocabulary's tokenizer is at hand (else null)."""
+    span = prompt_len + length
+    if n < 1 or prompt_len < 1 or length < 1 or len(val_ids) < span:
+        raise data.UserError(f"need >= 1 prompt and >= {span} held-out tokens, have "
+                             f"{len(val_ids)}")
+    offsets = np.linspace(0, len(val_ids) - span, n).astype(np.int64)
+    rows = data.windows(val_ids, offsets, span).tolist()
+    return [{"prompt_ids": r[:prompt_len], "response_ids": r[prompt_len:],
+             "prompt": vocab.decode(r[:prompt_len]), "response": vocab.decode(r[prompt_len:])}
+            for r in rows]

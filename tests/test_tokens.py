@@ -10,6 +10,7 @@ import torch
 
 import data
 import decode
+import evaluate
 import mdlm
 import objective
 import prepare
@@ -155,3 +156,18 @@ def test_ids_past_the_vocabulary_deep_in_a_large_file_are_caught_by_the_batch_ch
     with pytest.raises(data.UserError, match="id 77"):
         objective.get_batch(train_ids[(3 << 20) - 8:(3 << 20) + 8], obj, 1,
                             torch.Generator().manual_seed(0), {"truncated": 0})
+
+
+def test_text_task_of_a_token_file_keeps_ids_and_text(corpus, tmp_path):
+    """The text task cuts held-out prompts from the token file itself: ids as the model reads
+    them, and their text where the tokenizer is at hand."""
+    out = tmp_path / "task"
+    assert evaluate.main(["task", "text", "--out-dir", str(out), "--data",
+                          str(corpus / "corpus.bin"), "--n-test", "3", "--prompt-len", "4",
+                          "--length", "6"]) == 0
+    recs = data.read_jsonl(str(out / "test.jsonl"))
+    _, val_ids, vocab = data.load_corpus(str(corpus / "corpus.bin"))
+    assert len(recs) == 3 and recs[0]["prompt_ids"] == val_ids[:4].tolist()
+    for r in recs:
+        assert len(r["prompt_ids"]) == 4 and len(r["response_ids"]) == 6
+        assert r["prompt"] == vocab.decode(r["prompt_ids"])
