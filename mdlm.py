@@ -254,18 +254,21 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def estimate_mfu(self, tokens_per_s, device):
-        """Model FLOPs utilisation: achieved training FLOP/s over the card's peak dense bf16 FLOP/s
-        (None off CUDA or on a card not listed). Training FLOPs per token: 6 N for the matmuls of
-        forward and backward, plus 12 * layers * width * T for attention over the whole canvas
+    def flops_per_token(self):
+        """Training FLOPs per token: 6 N for the matmuls of forward and backward (2 per weight
+        forward, 4 backward), plus 12 * layers * width * T for attention over the whole canvas
         (PaLM, Chowdhery et al. 2022, appendix B; nanoGPT's estimate_mfu)."""
-        if not str(device).startswith("cuda"):
-            return None
-        name = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
         c = self.cfg
-        flops_per_token = 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.seq_len
-        return flops_per_token * tokens_per_s / peak if peak else None
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.seq_len
+
+    def estimate_mfu(self, tokens_per_s, device, peak=None):
+        """Model FLOPs utilisation: achieved training FLOP/s over the card's peak dense bf16
+        FLOP/s (peak, or looked up by the CUDA card's name; None off CUDA or on a card not
+        listed)."""
+        if peak is None and str(device).startswith("cuda"):
+            name = torch.cuda.get_device_name(device)
+            peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        return self.flops_per_token() * tokens_per_s / peak if peak else None
 
 
 # peak dense bf16 tensor-core FLOP/s by GPU name (vendor data sheets, without sparsity)

@@ -118,7 +118,8 @@ def get_args(argv=None):
     a("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default: auto)")
     a("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
       help="bf16: autocast the matmuls to bf16 (fp32 weights; losses and the CTC in fp32/fp64); "
-           "auto: bf16 on CUDA, fp32 elsewhere (default: auto)")
+           "auto: bf16 on CUDA and on CPUs with bf16 units (AVX512-BF16, AMX), else fp32 "
+           "(default: auto)")
     a("--compile", action="store_true", help="torch.compile the model")
     a("--no-progress", action="store_true", help="no tqdm bar (logs still go to log.jsonl)")
     return p.parse_args(argv)
@@ -399,6 +400,15 @@ def train_step(fwd, run, batch, args, obj, rank, world, device, ctx):
     return loss
 
 
+def has_bf16(device):
+    """Whether bf16 matmuls run natively: CUDA, or a CPU with AVX512-BF16 or AMX tiles (the
+    probes are torch.cpu's; a torch without them reports False)."""
+    if device.startswith("cuda"):
+        return True
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return device == "cpu" and any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
 def setup(args):
     """Check the flags, then build (or restore) the run. The order matters: the flags are refused
     before any file is touched, and torch's seed is set after DDP setup and before the model is
@@ -416,9 +426,10 @@ def setup(args):
     if world > 1:  # gradients are averaged over ranks inside backward()
         fwd = torch.nn.parallel.DistributedDataParallel(
             fwd, device_ids=[device] if "cuda" in device else None)  # gloo takes no device ids
-    # bf16 autocast: matmuls in bf16 (on CUDA and on CPUs with bf16 units), the losses in fp32
-    # (they call .float()) and the band CTC in fp64; fp32 weights, so no loss scaling is needed
-    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and "cuda" in device)
+    # bf16 autocast: matmuls in bf16, the losses in fp32 (they call .float()) and the band CTC in
+    # fp64; fp32 weights, so no loss scaling is needed. A CPU without bf16 units would emulate it,
+    # slower than fp32, so auto takes it only where the hardware has it
+    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and has_bf16(device))
     ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else \
         contextlib.nullcontext()
     return run, fwd, (train_split, val_split), objective_of(args, vocab), (rank, world, device), ctx

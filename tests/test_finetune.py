@@ -18,7 +18,8 @@ from mdlm import EOS, MASK, SLACK
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--seq-len", "32", "--batch-size", "8",
         "--eval-interval", "1000", "--eval-batches", "1", "--sample-interval", "0", "--no-progress",
-        "--device", "cpu", "--warmup", "5"]
+        # fp32: these tests compare runs exactly (bf16 against fp32: test_gpu_path.py)
+        "--device", "cpu", "--warmup", "5", "--dtype", "fp32"]
 
 
 def obj_for(**kw):

@@ -14,7 +14,8 @@ import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--seq-len", "32", "--batch-size", "4",
         "--eval-interval", "2", "--eval-batches", "1", "--sample-interval", "0", "--no-progress",
-        "--device", "cpu", "--warmup", "2"]
+        # fp32: these tests compare runs exactly (bf16 against fp32: test_gpu_path.py)
+        "--device", "cpu", "--warmup", "2", "--dtype", "fp32"]
 
 
 @pytest.fixture(scope="module")
