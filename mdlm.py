@@ -409,11 +409,14 @@ def confidence_commit(log_p, region, steps_left, temperature, generator, slack_r
     conf = conf.masked_fill(~region, float("-inf"))
     order = conf.argsort(dim=1, descending=True, stable=True)  # (B, T) most sure first
     if slack_rule != "plain":
-        demote = x == special_ids(log_p.shape[-1])[1]  # (B, T) slack proposals
+        demote = (x == special_ids(log_p.shape[-1])[1]) & region  # (B, T) slack proposals
         if slack_rule == "threshold":
             demote &= conf < math.log(slack_threshold)
-        # a second, stable sort on the demotion flag keeps the confidence order inside each group
-        order = order.gather(1, demote.gather(1, order).byte().argsort(dim=1, stable=True))
+        # a second, stable sort keeps the confidence order inside each group: real proposals
+        # (0), then demoted slack (1), then positions outside the region (2), which must stay
+        # last or they would take commits from the block
+        group = demote.byte() + 2 * (~region).byte()  # (B, T)
+        order = order.gather(1, group.gather(1, order).argsort(dim=1, stable=True))
     rank = order.argsort(dim=1)  # (B, T) 0 = committed first
     k = (region.sum(1) + steps_left - 1) // steps_left  # (B,) ceil division
     return x, region & (rank < k[:, None])

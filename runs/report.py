@@ -85,6 +85,11 @@ def slim(x):
     return x
 
 
+def read_text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def write_text(path, text):
     # "\n" everywhere: the pages must come out byte-identical on every platform
     with open(path, "w", encoding="utf-8", newline="\n") as f:
@@ -101,7 +106,7 @@ def stage_seconds(src):
     for name in sorted(os.listdir(src)):
         done = os.path.join(src, name, "DONE")
         if os.path.isfile(done):
-            text = open(done, encoding="utf-8").read().strip()
+            text = read_text(done).strip()
             if not text.isdigit():
                 raise ReportError(f"{done}: expected the stage's seconds, found {text!r}")
             times[name] = int(text)
@@ -498,10 +503,10 @@ def run_render(results, template, readme):
     if not os.path.isdir(results):
         raise ReportError(f"{results}: no such folder (collect with --collect exp first)")
     rs = Results(results)
-    text = open(template, encoding="utf-8").read()
+    text = read_text(template)
     # every placeholder is filled before anything is written: an error leaves no half-made page
     page, part = split_readme_part(render(text, rs, template), template)
-    readme_text = open(readme, encoding="utf-8").read()
+    readme_text = read_text(readme)
     new_readme = replace_block(readme_text, part) if part is not None else None
     out = os.path.join(results, "README.md")
     write_text(out, GENERATED + page.rstrip("\n") + "\n")

@@ -386,6 +386,20 @@ def test_slack_rules_order_the_commits():
         assert x.tolist() == [[SLACK, 5, SLACK, 7]] and c.sum() == 2
         commits[rule] = c[0].nonzero().flatten().tolist()
     assert commits == {"plain": [0, 2], "last": [1, 3], "threshold": [0, 1]}
+    # positions outside the region never take a commit: the k commits all land inside it
+    region = torch.tensor([[True, False, True, False]])
+    for rule in mdlm.SLACK_RULES:
+        _, c = mdlm.confidence_commit(log_p, region, 1, 0.0, None, rule, slack_threshold=0.9)
+        assert c[0].tolist() == [True, False, True, False], rule
+
+
+@pytest.mark.parametrize("rule", mdlm.SLACK_RULES)
+def test_every_slack_rule_fills_every_block(rule):
+    """A model that proposes slack often, decoded in blocks with each rule: no MASK is left."""
+    model = Wrapped(tiny_model(), token=SLACK, bias=4.0)  # slack proposed most of the time
+    out = mdlm.generate(model, prompt_of("ab", 4), 24, steps=12, sampler="confidence",
+                        block_length=8, allow_slack=True, slack_rule=rule, generator=gen(1))
+    assert not (out["canvas"] == MASK).any() and (out["canvas"] == SLACK).any()
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,7 +41,8 @@ def exp(tmp_path_factory):
 def readme_copy(path):
     """A copy of the project's README at path, given verdict markers if it has none yet; returns
     its text."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
     if START not in text:
         head, rest = text.split("\n\n", 1)  # after the title line
         text = f"{head}\n\n{START}\nstale\n{END}\n\n{rest}"
@@ -101,14 +103,14 @@ def test_placeholders_match_the_experiment_files(exp, tmp_path):
     p = report("--collect", exp, "--results", results, "--template", template, "--readme", readme)
     assert p.returncode == 0, p.stderr
     lines = (results / "README.md").read_text(encoding="utf-8").strip().splitlines()[-6:]
-    res = json.load(open(exp / "copy" / "score-auto" / "results.json", encoding="utf-8"))
+    res = json.loads((exp / "copy" / "score-auto" / "results.json").read_text("utf-8"))
     cell = res["arms"]["ctc-random"]["0.1"]
     mean, sd = cell["summary"]["cer"], cell["seed_sd"]["cer"]
     ci = next(d for d in res["differences"]
               if (d["name"], d["rate"], d["metric"]) == ("ctc-random", "0.1", "cer"))
     sign = lambda x: f"{x:+.3f}".replace("-0.000", "+0.000")  # noqa: E731
-    task = json.load(open(exp / "copy" / "task" / "task.json", encoding="utf-8"))
-    seconds = int(open(exp / "copy" / "pretrained" / "DONE").read())
+    task = json.loads((exp / "copy" / "task" / "task.json").read_text("utf-8"))
+    seconds = int((exp / "copy" / "pretrained" / "DONE").read_text())
     assert lines == [f"{mean:.3f}", f"{mean:.3f} ± {sd:.3f}",
                      f"{res['reference']['summary']['cer']:.3f}",
                      f"{sign(ci['mean_diff'])} [{sign(ci['lo'])}, {sign(ci['hi'])}]",
@@ -234,7 +236,7 @@ def test_committed_results_page_is_current(tmp_path):
     shutil.copyfile(os.path.join(ROOT, "README.md"), readme)
     p = report("--results", results, "--template", TEMPLATE, "--readme", readme)
     assert p.returncode == 0, p.stderr
-    assert (results / "README.md").read_bytes() == open(page, "rb").read(), \
+    assert (results / "README.md").read_bytes() == Path(page).read_bytes(), \
         "results/README.md is stale: run python runs/report.py"
-    assert readme.read_bytes() == open(os.path.join(ROOT, "README.md"), "rb").read(), \
+    assert readme.read_bytes() == Path(ROOT, "README.md").read_bytes(), \
         "README.md's verdict block is stale: run python runs/report.py"
