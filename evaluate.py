@@ -38,6 +38,7 @@ import torch
 
 import data
 import mdlm
+import objective
 import tasks
 
 # ----------------------------------------------------------------------------------------------
@@ -99,43 +100,6 @@ def run_task(args):
 # of this project directly, and it reads as compression: 1 bit per byte codes text in 1/8 its size.
 
 
-@torch.no_grad()
-def bits_per_byte(model, meta, val_ids, seq_len, batch_size, t_samples=8, seed=0, device="cpu",
-                  max_batches=None):
-    """Bits per byte of the held-out bytes `val_ids` (1-D) over non-overlapping windows.
-    AR:   exact  -1/n sum_i log2 p(x_i | x_<i): windows of seq_len + 1 bytes with stride seq_len,
-          so each byte after a window's first is predicted once (mdlm.ar_loss / ln 2).
-    MDLM: the NELBO  E_t[ w(t) sum_{i masked in z_t} -log p(x_i | z_t) ] / T / ln 2 (MDLM eq. 10),
-          an upper bound on the model's bits per byte, estimated with `t_samples` stratified draws
-          of t for every window. The seed fixes t and the masks: the same number on every call."""
-    ar = meta.get("objective") == "ar" or model.cfg.causal
-    if seq_len > model.cfg.seq_len:  # the rotary tables stop at the model's canvas length
-        raise ValueError(f"--seq-len {seq_len} exceeds the model's canvas ({model.cfg.seq_len})")
-    # an AR window needs one extra byte: it reads x_0..x_{T-1} and predicts x_1..x_T
-    width = seq_len + 1 if ar else seq_len
-    n_win = (len(val_ids) - width) // seq_len + 1  # windows that start at 0, T, 2T, ... and fit
-    if n_win < 1:
-        raise ValueError(f"held-out split of {len(val_ids)} tokens is shorter than one window "
-                         f"({width})")
-    # one generator for every draw of t and of the masks: two checkpoints get identical noise
-    gen = torch.Generator(device=device).manual_seed(seed)
-    schedule, total, count = meta.get("schedule", "linear"), 0.0, 0
-    for start in range(0, n_win, batch_size)[:max_batches]:  # max_batches None: every batch
-        # data.windows reads only these bytes of the split (a memmap): the rest stays on disk
-        x = data.windows(val_ids, np.arange(start, min(start + batch_size, n_win)) * seq_len, width)
-        x = x.to(device)  # (B, width)
-        losses = [mdlm.ar_loss(model(x[:, :-1]), x)] if ar else []  # (B,) nats per predicted byte
-        # each MDLM draw is one Monte-Carlo sample of the NELBO per window; stratified t (evenly
-        # spread over (0, 1] across the batch) keeps its variance low with few draws
-        for _ in range(0 if ar else t_samples):
-            t = mdlm.sample_t(len(x), generator=gen, device=device)  # (B,)
-            z_t = mdlm.forward_mask(x, t, schedule, generator=gen)  # (B, T)
-            losses.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, schedule))  # (B,) nats per byte
-        total, count = total + sum(v.sum().item() for v in losses), count + len(x) * len(losses)
-    # nats -> bits: log2 p = ln p / ln 2. For MDLM this bounds -log2 p(x) from above
-    return total / count / math.log(2)
-
-
 def run_bpb(args):
     """Print the held-out bits per token (per byte for byte models) of each checkpoint."""
     device = mdlm.pick_device(args.device)
@@ -145,7 +109,7 @@ def run_bpb(args):
         if data.vocab_of(ckpt).n_tokens != vocab.n_tokens:
             raise data.UserError(f"{path} has another vocabulary than the corpus")
         model, meta = mdlm.model_from_checkpoint(ckpt, device=device), mdlm.checkpoint_meta(ckpt)
-        bpb = bits_per_byte(model, meta, val, args.seq_len or model.cfg.seq_len,
+        bpb = objective.bits_per_token(model, meta, val, args.seq_len or model.cfg.seq_len,
                             args.eval_batch_size, args.t_samples, args.seed, device,
                             args.max_batches or None)
         unit = "byte" if vocab.tokenizer == "bytes" else "token"
@@ -598,6 +562,60 @@ def run_curves(args):
 
 
 # ----------------------------------------------------------------------------------------------
+# `lengths`: does a model know when a text must end? A grammar text of 1-3 sentences is at most
+# --max-bytes long, so after a first sentence of L bytes the data ends the text with probability
+# P(end | L), which reaches 1 once no second sentence fits. Each model reads the first sentence,
+# visible, with the rest of the canvas MASK, and its P(EOS) right after the sentence is set
+# against P(end | L). A model that tracks where it is on the canvas follows the data's curve.
+
+
+@torch.no_grad()
+def end_probability(model, texts, T, per_length=20):
+    """{L: (number of texts, data's P(end | L), model's mean P(EOS) after the first sentence)}.
+    The model's EOS is weighed against every other next token except SLACK, which only defers
+    the choice (a slack-trained model puts mass there when it is unsure of the position)."""
+    eos, slack, mask = mdlm.special_ids(model.cfg.vocab_size)
+    groups = {}
+    for text in texts:
+        groups.setdefault(len(tasks.first_sentence(text).encode()), []).append(text)
+    out = {}
+    for L, group in sorted(groups.items()):
+        if L >= T:
+            continue
+        firsts = [mdlm.encode(tasks.first_sentence(t)) for t in group[:per_length]]
+        canvas = torch.tensor([f + [mask] * (T - L) for f in firsts])  # (n, T)
+        p = model(canvas.to(next(model.parameters()).device)).float().softmax(-1)[:, L]  # (n, V)
+        p_end = (p[:, eos] / (1 - p[:, slack])).mean().item()
+        ends = sum(tasks.first_sentence(t) == t for t in group) / len(group)
+        out[L] = (len(group), ends, p_end)
+    return out
+
+
+def run_lengths(args):
+    """lengths.json and lengths.md: per first-sentence length, the data's P(end) and each arm's
+    (checkpoints named ARM@SEED pooled by their mean)."""
+    refs = data.read_jsonl(args.refs)
+    texts = [r["prompt"] + r["response"] for r in refs]
+    curves = {}
+    for path in args.ckpts:
+        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        model = mdlm.model_from_checkpoint(mdlm.load_checkpoint(path))
+        curves[name] = end_probability(model, texts, model.cfg.seq_len)
+    arms = {}
+    for name, c in curves.items():
+        arms.setdefault(arm_of(name), []).append(c)
+    first = next(iter(curves.values()))
+    lengths = [L for L, (n, _, _) in first.items() if n >= args.min_count]
+    rows = [[L, first[L][0], fmt(first[L][1])] + [fmt(np.mean([c[L][2] for c in cs]))
+                                                  for cs in arms.values()] for L in lengths]
+    md = ["# P(end) after a first sentence of L bytes: the data, and each arm's P(EOS)", ""]
+    md += table(["L", "texts", "data", *arms], rows)
+    files = {"lengths.md": "\n".join(md) + "\n",
+             "lengths.json": json_text({"refs": args.refs, "curves": curves})}
+    print(files["lengths.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line: one subcommand per job above; `evaluate.py MODE --help` lists its flags.
 
 DATA_HELP = "text or token file whose last 5%% is held out (default: the default corpus)"
@@ -659,6 +677,13 @@ def build_parser():
     a("--keys", nargs="+", default=None,
       help="keys to tabulate and plot (default: every val_* key)")
     a("--out-dir", required=True, help="folder for curves.md, curves.json and KEY.svg")
+    a = sub.add_parser("lengths", help="does a model know when a grammar text must end?"
+                       ).add_argument
+    a("--ckpts", nargs="+", required=True, help="checkpoints, named by their folders (ARM@SEED)")
+    a("--refs", required=True, help="grammar texts (train.jsonl of `task grammar`)")
+    a("--min-count", type=int, default=50,
+      help="leave out lengths with fewer texts than this (default: 50)")
+    a("--out-dir", required=True, help="folder for lengths.md and lengths.json")
     return p
 
 
@@ -667,7 +692,8 @@ def main(argv=None):
     error)."""
     args = build_parser().parse_args(argv)
     try:
-        run = {"task": run_task, "bpb": run_bpb, "score": run_score, "curves": run_curves}
+        run = {"task": run_task, "bpb": run_bpb, "score": run_score, "curves": run_curves,
+               "lengths": run_lengths}
         run[args.mode](args)
     except (data.UserError, mdlm.CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)  # an expected failure: a message, no traceback

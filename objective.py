@@ -14,7 +14,10 @@ Imputer-style marginalisation over masked positions (Chan et al. 2020, arXiv 200
 """
 
 import contextlib
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 
@@ -239,3 +242,45 @@ def ema_update(ema, model, step, decay):
     # parameters(), not state_dict(): the tied embedding / output matrix must be updated once
     for e, p in zip(ema.parameters(), model.parameters()):
         e.mul_(d).add_(p.detach(), alpha=1 - d)  # in place: no copy of the weights
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out likelihood: the same losses, averaged over every window of a held-out split.
+
+
+@torch.no_grad()
+def bits_per_token(model, meta, val_ids, seq_len, batch_size, t_samples=8, seed=0, device="cpu",
+                  max_batches=None):
+    """Bits per token (per byte for a byte model) of the held-out ids `val_ids` (1-D) over
+    non-overlapping windows.
+    AR:   exact  -1/n sum_i log2 p(x_i | x_<i): windows of seq_len + 1 bytes with stride seq_len,
+          so each byte after a window's first is predicted once (mdlm.ar_loss / ln 2).
+    MDLM: the NELBO  E_t[ w(t) sum_{i masked in z_t} -log p(x_i | z_t) ] / T / ln 2 (MDLM eq. 10),
+          an upper bound on the model's bits per byte, estimated with `t_samples` stratified draws
+          of t for every window. The seed fixes t and the masks: the same number on every call."""
+    ar = meta.get("objective") == "ar" or model.cfg.causal
+    if seq_len > model.cfg.seq_len:  # the rotary tables stop at the model's canvas length
+        raise ValueError(f"--seq-len {seq_len} exceeds the model's canvas ({model.cfg.seq_len})")
+    # an AR window needs one extra byte: it reads x_0..x_{T-1} and predicts x_1..x_T
+    width = seq_len + 1 if ar else seq_len
+    n_win = (len(val_ids) - width) // seq_len + 1  # windows that start at 0, T, 2T, ... and fit
+    if n_win < 1:
+        raise ValueError(f"held-out split of {len(val_ids)} tokens is shorter than one window "
+                         f"({width})")
+    # one generator for every draw of t and of the masks: two checkpoints get identical noise
+    gen = torch.Generator(device=device).manual_seed(seed)
+    schedule, total, count = meta.get("schedule", "linear"), 0.0, 0
+    for start in range(0, n_win, batch_size)[:max_batches]:  # max_batches None: every batch
+        # data.windows reads only these bytes of the split (a memmap): the rest stays on disk
+        x = data.windows(val_ids, np.arange(start, min(start + batch_size, n_win)) * seq_len, width)
+        x = x.to(device)  # (B, width)
+        losses = [mdlm.ar_loss(model(x[:, :-1]), x)] if ar else []  # (B,) nats per predicted byte
+        # each MDLM draw is one Monte-Carlo sample of the NELBO per window; stratified t (evenly
+        # spread over (0, 1] across the batch) keeps its variance low with few draws
+        for _ in range(0 if ar else t_samples):
+            t = mdlm.sample_t(len(x), generator=gen, device=device)  # (B,)
+            z_t = mdlm.forward_mask(x, t, schedule, generator=gen)  # (B, T)
+            losses.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, schedule))  # (B,) nats per byte
+        total, count = total + sum(v.sum().item() for v in losses), count + len(x) * len(losses)
+    # nats -> bits: log2 p = ln p / ln 2. For MDLM this bounds -log2 p(x) from above
+    return total / count / math.log(2)

@@ -195,6 +195,12 @@ def grammar_words(text):
     return [w for w in (w[:-1] if w.endswith(".") else w for w in text.split()) if w]
 
 
+def first_sentence(text):
+    """The first sentence of a grammar text, its period included."""
+    head = text.split(". ")[0]
+    return head if head.endswith(".") else head + "."
+
+
 def grammar_check(text):
     """Exact counts for a generated text (prompt + continuation):
     - parses: the text is >= 1 grammatical sentences joined by single spaces, nothing else;

@@ -16,6 +16,7 @@ import data
 import evaluate
 import conftest
 import mdlm
+import objective
 import tasks
 
 tiny_model = functools.partial(conftest.tiny_model, n_embd=32)
@@ -134,7 +135,7 @@ def test_grammar_metrics_by_hand():
 # Bits per byte
 
 
-def test_bits_per_byte_ar_matches_ar_loss():
+def test_bits_per_token_ar_matches_ar_loss():
     model = tiny_model(causal=True, seq_len=8)
     # as data.load_corpus
     val = np.random.default_rng(1).integers(0, 256, 8 * 5 + 3).astype(np.uint8)
@@ -143,22 +144,22 @@ def test_bits_per_byte_ar_matches_ar_loss():
     with torch.no_grad():
         ref = mdlm.ar_loss(model(x[:, :-1]), x).mean().item() / math.log(2)
         ref1 = mdlm.ar_loss(model(x[:2, :-1]), x[:2]).mean().item() / math.log(2)
-    assert (evaluate.bits_per_byte(model, {"objective": "ar"}, val, 8, batch_size=2)
+    assert (objective.bits_per_token(model, {"objective": "ar"}, val, 8, batch_size=2)
             == pytest.approx(ref))
     # max_batches caps the windows read: one batch of 2 windows
-    got1 = evaluate.bits_per_byte(model, {"objective": "ar"}, val, 8, batch_size=2, max_batches=1)
+    got1 = objective.bits_per_token(model, {"objective": "ar"}, val, 8, batch_size=2, max_batches=1)
     assert got1 == pytest.approx(ref1, rel=1e-5)
     with pytest.raises(ValueError):  # shorter than one window
-        evaluate.bits_per_byte(model, {"objective": "ar"}, val[:8], 8, 2)
+        objective.bits_per_token(model, {"objective": "ar"}, val[:8], 8, 2)
 
 
-def test_bits_per_byte_mdlm_is_the_written_out_nelbo():
+def test_bits_per_token_mdlm_is_the_written_out_nelbo():
     model = tiny_model(causal=False, seq_len=16)
     val = np.random.default_rng(2).integers(0, 256, 200).astype(np.uint8)
     meta = {"objective": "mdlm", "schedule": "linear"}
-    a = evaluate.bits_per_byte(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
-    assert a == evaluate.bits_per_byte(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
-    assert a != evaluate.bits_per_byte(model, meta, val, 16, batch_size=4, t_samples=3, seed=6)
+    a = objective.bits_per_token(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
+    assert a == objective.bits_per_token(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
+    assert a != objective.bits_per_token(model, meta, val, 16, batch_size=4, t_samples=3, seed=6)
     # the same estimate written out: 12 windows of 16 bytes in one batch, 3 stratified draws of t
     x = torch.from_numpy(val[:192].astype(np.int64)).view(12, 16)
     g, draws = torch.Generator().manual_seed(5), []
@@ -168,7 +169,7 @@ def test_bits_per_byte_mdlm_is_the_written_out_nelbo():
             z_t = mdlm.forward_mask(x, t, "linear", generator=g)
             draws.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, "linear"))
     ref = torch.cat(draws).mean().item() / math.log(2)
-    got = evaluate.bits_per_byte(model, meta, val, 16, batch_size=12, t_samples=3, seed=5)
+    got = objective.bits_per_token(model, meta, val, 16, batch_size=12, t_samples=3, seed=5)
     assert got == pytest.approx(ref)
 
 
