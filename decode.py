@@ -17,10 +17,11 @@ checkpoints decode left to right. Optionally displaces freshly committed tokens 
         --sampler confidence --slack-rules plain last --per-steps 1 2
 
 The model config, noise schedule, vocabulary, whether SLACK may be sampled and the collapse map
-are read from the checkpoint, so no flag repeats them. A slack-trained checkpoint decodes with the
-confidence sampler's "last" slack rule unless --slack-rule says otherwise (`plain` is LLaDA's
-rule); the README's results say why. The samplers themselves live in mdlm.py (`generate`,
-`generate_ar`, `shift_probe`); this script is their command line.
+are read from the checkpoint, so no flag repeats them. --slack-rule picks when the confidence
+sampler commits slack; its default for slack-trained checkpoints (SLACK_DEFAULT) is the rule
+chosen on the grammar task's validation prompts (the README's results say which, and why). The
+samplers themselves live in mdlm.py (`generate`, `generate_ar`, `shift_probe`); this script is
+their command line.
 
 Papers: Sahoo et al. 2024, MDLM (arXiv 2406.07524): ancestral sampling and its cache; Nie et al.
 2025, LLaDA (arXiv 2502.09992): low-confidence remasking in semi-autoregressive blocks; Ye et al.
@@ -39,7 +40,7 @@ from tqdm import tqdm
 import data
 import mdlm
 
-SLACK_DEFAULT = "last"  # the slack rule of slack-trained checkpoints: chosen on validation prompts
+SLACK_DEFAULT = "plain"  # the slack rule of slack-trained checkpoints: chosen on validation prompts
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -76,8 +77,8 @@ def parse_args(argv=None):
     a("--slack-rule", choices=("auto",) + mdlm.SLACK_RULES, default="auto",
       help="confidence sampler: when a slack proposal may be committed; plain (LLaDA's rule: like "
            "any token), last (after every real token of the block), threshold (last, unless its "
-           f"probability >= --slack-threshold); auto: {SLACK_DEFAULT} for slack-trained "
-           "checkpoints, plain otherwise (default: auto)")
+           "probability >= --slack-threshold), first (before every real token); auto: "
+           f"{SLACK_DEFAULT} for slack-trained checkpoints, plain otherwise (default: auto)")
     a("--slack-rules", choices=("auto",) + mdlm.SLACK_RULES, nargs="+", default=None,
       help="with --prompts: decode every prompt with each of these rules (default: --slack-rule)")
     a("--per-steps", type=int, nargs="+", default=None,

@@ -77,7 +77,7 @@ def to_text(ids):
 
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ancestral", "confidence")
-SLACK_RULES = ("plain", "last", "threshold")  # see confidence_commit
+SLACK_RULES = ("plain", "last", "threshold", "first")  # see confidence_commit
 
 
 def alpha_t(t, schedule="linear"):
@@ -405,23 +405,26 @@ def confidence_commit(log_p, region, steps_left, temperature, generator, slack_r
       plain      slack is a token like any other (LLaDA's rule);
       last       a slack proposal ranks below every real proposal of the block, so slack fills only
                  what the step's k cannot fill with real tokens;
-      threshold  as last, except for slack proposed with probability >= slack_threshold.
-    Why: a slack-trained model is often split at a position between "this token here" and "the
-    same token one slot later"; a slack committed there early fixes the split before the
-    neighbours are known, while a real token committed first lets the model re-place the slack.
+      threshold  as last, except for slack proposed with probability >= slack_threshold;
+      first      a slack proposal ranks above every real one: the canvas gets its slack early.
+    Why they differ: a slack-trained model is often split at a position between "this token
+    here" and "the same token one slot later". A slack committed there early fixes the split
+    before the neighbours are known (a letter may be lost); a real token committed first lets
+    the model re-place the slack, but leaves the text denser than any canvas seen in training.
     """
     x = sample_tokens(log_p, temperature, generator)  # (B, T)
     conf = log_p.gather(-1, x[..., None]).squeeze(-1)  # (B, T) log p(x_i | z_t)
     conf = conf.masked_fill(~region, float("-inf"))
     order = conf.argsort(dim=1, descending=True, stable=True)  # (B, T) most sure first
     if slack_rule != "plain":
-        demote = (x == special_ids(log_p.shape[-1])[1]) & region  # (B, T) slack proposals
+        is_slack = (x == special_ids(log_p.shape[-1])[1]) & region  # (B, T) slack proposals
         if slack_rule == "threshold":
-            demote &= conf < math.log(slack_threshold)
-        # a second, stable sort keeps the confidence order inside each group: real proposals
-        # (0), then demoted slack (1), then positions outside the region (2), which must stay
-        # last or they would take commits from the block
-        group = demote.byte() + 2 * (~region).byte()  # (B, T)
+            is_slack &= conf < math.log(slack_threshold)  # confident slack keeps its rank
+        # a second, stable sort keeps the confidence order inside each group: first the group
+        # that goes first (real proposals, or slack under "first"), then the other, then the
+        # positions outside the region, which must stay last or they would take commits away
+        later = (~is_slack & region) if slack_rule == "first" else is_slack
+        group = later.byte() + 2 * (~region).byte()  # (B, T)
         order = order.gather(1, group.gather(1, order).argsort(dim=1, stable=True))
     rank = order.argsort(dim=1)  # (B, T) 0 = committed first
     k = (region.sum(1) + steps_left - 1) // steps_left  # (B,) ceil division

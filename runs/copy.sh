@@ -4,7 +4,7 @@
 # Pretrain an MDLM with CE, fine-tune four arms from it with several seeds (CE with tail slack;
 # CTC with random and with model-aligned slack; CTC+CE with model-aligned slack), all for the same
 # steps, and decode the held-out strings greedily, one position per step, at shift-probe rates
-# 0..10%, with decode.py's default slack rule and with LLaDA's plain rule.
+# 0..10%, with decode.py's default slack rule and with each of the other rules.
 #
 #   bash runs/copy.sh [OUT]                 # OUT = exp/copy; CPU sizes (see the README)
 #   bash runs/copy.sh --tiny OUT            # toy sizes, seconds per stage (the tests run this)
@@ -58,14 +58,17 @@ for seed in $SEEDS; do
 done
 
 # 4. decode every held-out string greedily, one position per step, the confidence sampler in
-#    blocks of 8: with decode.py's default slack rule, and with LLaDA's plain rule
-for rule in auto plain; do
-    stage $OUT/test-$rule python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
-        --out $OUT/test-$rule --sampler confidence --block-length 8 --per-step 1 \
-        --temperature 0 --slack-rule $rule --shift-rates $RATES --batch-size 512 $RUN
-    python evaluate.py score --task copy --refs $OUT/task/test.jsonl --baseline ce-ft \
-        --gens $OUT/test-$rule/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-$rule
-done
+#    blocks of 8: with decode.py's default slack rule (auto), and with the other rules beside it
+stage $OUT/test-auto python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
+    --out $OUT/test-auto --sampler confidence --block-length 8 --per-step 1 --temperature 0 \
+    --slack-rule auto --shift-rates $RATES --batch-size 512 $RUN
+python evaluate.py score --task copy --refs $OUT/task/test.jsonl --baseline ce-ft \
+    --gens $OUT/test-auto/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-auto
+stage $OUT/test-rules python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
+    --out $OUT/test-rules --sampler confidence --block-length 8 --per-step 1 --temperature 0 \
+    --slack-rules plain last first --shift-rates $RATES --batch-size 512 $RUN
+python evaluate.py score --task copy --refs $OUT/task/test.jsonl --baseline ce-ft:plain/1 \
+    --gens $OUT/test-rules/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-rules
 
 # 5. learning curves of every fine-tune, on the same held-out canvases
 LOGS=""

@@ -20,15 +20,15 @@ case "$SIZE" in
 tiny)
     TASK="--n-train 300 --n-val 6 --n-test 6"; MODEL="--n-layer 1 --n-head 2 --n-embd 32"; B=16
     PRE="--steps 20 --eval-interval 10"; FT="--steps 6 --eval-interval 3"; SEEDS="1 2"
-    N_BOOT=50 ;;
-cpu)  # 0.83M parameters, 18M pretraining tokens; each fine-tune 3000 steps, 9M tokens
+    N_BOOT=50; MIN_COUNT=1 ;;
+cpu)  # 0.83M parameters, 18M pretraining tokens; each fine-tune 2000 steps, 6M tokens
     TASK="--n-train 20000 --n-val 200 --n-test 320"; MODEL="--n-layer 4 --n-head 4 --n-embd 128"
-    B=64; PRE="--steps 6000 --eval-interval 500"; FT="--steps 3000 --eval-interval 250"
-    SEEDS="1 2 3"; N_BOOT=2000 ;;
+    B=64; PRE="--steps 6000 --eval-interval 500"; FT="--steps 2000 --eval-interval 250"
+    SEEDS="1 2 3"; N_BOOT=2000; MIN_COUNT=50 ;;
 gpu)  # 25M parameters, 590M pretraining tokens: about 30 minutes on one H100 (estimated)
     TASK="--n-train 200000 --n-val 200 --n-test 320"; MODEL="--n-layer 8 --n-head 8 --n-embd 512"
     B=512; PRE="--steps 24000 --eval-interval 2000"; FT="--steps 4000 --eval-interval 500"
-    SEEDS="1 2 3"; N_BOOT=2000 ;;
+    SEEDS="1 2 3"; N_BOOT=2000; MIN_COUNT=50 ;;
 esac
 COMMON="--seq-len 48 --batch-size $B $TRAIN"
 RATES="0 0.01 0.02 0.05 0.1"
@@ -65,11 +65,13 @@ for seed in $SEEDS; do
     done
 done
 
-# 4. the decoder, chosen on validation prompts at shift 0: every slack rule, 1 and 2 positions
-#    per step, the same for every arm (decode.py's default for slack-trained checkpoints is the
-#    rule chosen here); and the ancestral sampler, whose lengths show what the model itself wants
+# 4. the decoder, chosen on validation prompts at shift 0 and 5%: every slack rule, 1 and 2
+#    positions per step, the same for every arm (decode.py's default for slack-trained
+#    checkpoints is the rule chosen here); and the ancestral sampler, whose lengths show what the
+#    model itself wants
 stage $OUT/val-gens python decode.py --ckpt $CKPTS --prompts $OUT/task/val.jsonl \
-    --out $OUT/val-gens --slack-rules plain last threshold --per-steps 1 2 $DECODE
+    --out $OUT/val-gens --slack-rules plain last threshold first --per-steps 1 2 \
+    --shift-rates 0 0.05 $DECODE
 python evaluate.py score --task grammar --refs $OUT/task/val.jsonl --gens $OUT/val-gens/*.jsonl \
     --baseline ce-ft:plain/1 --n-boot $N_BOOT --out-dir $OUT/val-score
 stage $OUT/val-ancestral python decode.py --ckpt $CKPTS --prompts $OUT/task/val.jsonl \
@@ -77,15 +79,13 @@ stage $OUT/val-ancestral python decode.py --ckpt $CKPTS --prompts $OUT/task/val.
 python evaluate.py score --task grammar --refs $OUT/task/val.jsonl --baseline ce-ft \
     --gens $OUT/val-ancestral/*.jsonl --n-boot $N_BOOT --out-dir $OUT/val-score-ancestral
 
-# 5. the test prompts at every probe rate: decode.py's defaults (the rule chosen above, one
-#    position per step as chosen above), and LLaDA's plain rule beside them
+# 5. the test prompts at every probe rate with decode.py's defaults: the slack rule chosen above
+#    (auto), one position per step as chosen above
 PER_STEP=1
-for rule in auto plain; do
-    stage $OUT/test-$rule python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
-        --out $OUT/test-$rule --slack-rule $rule --per-step $PER_STEP --shift-rates $RATES $DECODE
-    python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline ce-ft \
-        --gens $OUT/test-$rule/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-$rule
-done
+stage $OUT/test-auto python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
+    --out $OUT/test-auto --slack-rule auto --per-step $PER_STEP --shift-rates $RATES $DECODE
+python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline ce-ft \
+    --gens $OUT/test-auto/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-auto
 
 # 6. the slack rate of the CTC fine-tunes: 0.05 and 0.2 beside the arms' 0.1, same seeds
 RATE_CKPTS=""
@@ -102,7 +102,12 @@ python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline c
     --gens $OUT/test-auto/ce-ft@*.jsonl $OUT/test-auto/ctc-random@*.jsonl \
     $OUT/test-rates/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-rates
 
-# 7. learning curves of every fine-tune, on the same held-out canvases
+# 7. does each model know when a text must end? P(EOS) after a first sentence of L bytes, against
+#    the data's P(end | L), for every checkpoint (seeds pooled)
+python evaluate.py lengths --ckpts $CKPTS $RATE_CKPTS --refs $OUT/task/train.jsonl \
+    --min-count $MIN_COUNT --out-dir $OUT/lengths
+
+# 8. learning curves of every fine-tune, on the same held-out canvases
 LOGS=""
 for d in "$OUT"/*@*/; do LOGS="$LOGS $(basename "$d")=$d/log.jsonl"; done
 python evaluate.py curves --logs $LOGS --out-dir $OUT/curves

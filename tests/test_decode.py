@@ -371,8 +371,9 @@ def test_cli_several_checkpoints_and_settings(tmp_path):
 
 def test_slack_rules_order_the_commits():
     """plain ranks every proposal by its probability; last puts slack proposals after every real
-    one; threshold lets a slack proposal keep its rank when its probability is high enough. The
-    proposals and the number committed are the same under every rule."""
+    one; threshold lets a slack proposal keep its rank when its probability is high enough; first
+    puts slack before every real one. The proposals and the number committed are the same under
+    every rule."""
     V = mdlm.VOCAB_SIZE
     probs = torch.zeros(1, 4, V)
     for pos, (tok, p) in enumerate([(SLACK, 0.97), (5, 0.6), (SLACK, 0.8), (7, 0.5)]):
@@ -385,7 +386,7 @@ def test_slack_rules_order_the_commits():
         x, c = mdlm.confidence_commit(log_p, region, 2, 0.0, None, rule, slack_threshold=0.9)
         assert x.tolist() == [[SLACK, 5, SLACK, 7]] and c.sum() == 2
         commits[rule] = c[0].nonzero().flatten().tolist()
-    assert commits == {"plain": [0, 2], "last": [1, 3], "threshold": [0, 1]}
+    assert commits == {"plain": [0, 2], "last": [1, 3], "threshold": [0, 1], "first": [0, 2]}
     # positions outside the region never take a commit: the k commits all land inside it
     region = torch.tensor([[True, False, True, False]])
     for rule in mdlm.SLACK_RULES:
