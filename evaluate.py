@@ -66,7 +66,8 @@ def run_task(args):
     if args.task == "text":  # text fine-tunes train on the corpus itself: a test set only
         train_ids, val_ids, vocab = data.load_corpus(args.data)
         if vocab.tokenizer == "bytes":
-            files["test"] = tasks.held_out_examples(val_ids, args.n_test, args.prompt_len, args.length)
+            files["test"] = tasks.held_out_examples(val_ids, args.n_test, args.prompt_len,
+                                                    args.length)
         else:  # a token file: its ids, and their text where the tokenizer is at hand
             files["test"] = tasks.held_out_token_examples(val_ids, args.n_test, args.prompt_len,
                                                     args.length, vocab)
@@ -569,28 +570,6 @@ def run_curves(args):
 # against P(end | L). A model that tracks where it is on the canvas follows the data's curve.
 
 
-@torch.no_grad()
-def end_probability(model, texts, T, per_length=20):
-    """{L: (number of texts, data's P(end | L), model's mean P(EOS) after the first sentence)}.
-    The model's EOS is weighed against every other next token except SLACK, which only defers
-    the choice (a slack-trained model puts mass there when it is unsure of the position)."""
-    eos, slack, mask = mdlm.special_ids(model.cfg.vocab_size)
-    groups = {}
-    for text in texts:
-        groups.setdefault(len(tasks.first_sentence(text).encode()), []).append(text)
-    out = {}
-    for L, group in sorted(groups.items()):
-        if L >= T:
-            continue
-        firsts = [mdlm.encode(tasks.first_sentence(t)) for t in group[:per_length]]
-        canvas = torch.tensor([f + [mask] * (T - L) for f in firsts])  # (n, T)
-        p = model(canvas.to(next(model.parameters()).device)).float().softmax(-1)[:, L]  # (n, V)
-        p_end = (p[:, eos] / (1 - p[:, slack])).mean().item()
-        ends = sum(tasks.first_sentence(t) == t for t in group) / len(group)
-        out[L] = (len(group), ends, p_end)
-    return out
-
-
 def run_lengths(args):
     """lengths.json and lengths.md: per first-sentence length, the data's P(end) and each arm's
     (checkpoints named ARM@SEED pooled by their mean)."""
@@ -600,7 +579,7 @@ def run_lengths(args):
     for path in args.ckpts:
         name = os.path.basename(os.path.dirname(os.path.abspath(path)))
         model = mdlm.model_from_checkpoint(mdlm.load_checkpoint(path))
-        curves[name] = end_probability(model, texts, model.cfg.seq_len)
+        curves[name] = tasks.end_probability(model, texts, model.cfg.seq_len)
     arms = {}
     for name, c in curves.items():
         arms.setdefault(arm_of(name), []).append(c)
@@ -611,7 +590,8 @@ def run_lengths(args):
     md = ["# P(end) after a first sentence of L bytes: the data, and each arm's P(EOS)", ""]
     md += table(["L", "texts", "data", *arms], rows)
     files = {"lengths.md": "\n".join(md) + "\n",
-             "lengths.json": json_text({"refs": args.refs, "curves": curves})}
+             "lengths.json": json_text({"refs": args.refs, "min_count": args.min_count,
+                                        "curves": curves})}
     print(files["lengths.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
 
 

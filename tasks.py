@@ -22,8 +22,10 @@ import random
 import string
 
 import numpy as np
+import torch
 
 import data
+import mdlm
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,6 +223,28 @@ def grammar_check(text):
     return {"parses": bool(valid) and len(valid) == len(ended) + len(tail) and canonical == text,
             "sentences": len(ended) + len(tail), "valid_sentences": len(valid),
             "words": len(cores), "lexicon_words": sum(w in GRAMMAR_LEXICON for w in cores)}
+
+
+@torch.no_grad()
+def end_probability(model, texts, T, per_length=20):
+    """{L: (number of texts, data's P(end | L), model's mean P(EOS) after the first sentence)}.
+    The model's EOS is weighed against every other next token except SLACK, which only defers
+    the choice (a slack-trained model puts mass there when it is unsure of the position)."""
+    eos, slack, mask = mdlm.special_ids(model.cfg.vocab_size)
+    groups = {}
+    for text in texts:
+        groups.setdefault(len(first_sentence(text).encode()), []).append(text)
+    out = {}
+    for L, group in sorted(groups.items()):
+        if L >= T:
+            continue
+        firsts = [mdlm.encode(first_sentence(t)) for t in group[:per_length]]
+        canvas = torch.tensor([f + [mask] * (T - L) for f in firsts])  # (n, T)
+        p = model(canvas.to(next(model.parameters()).device)).float().softmax(-1)[:, L]  # (n, V)
+        p_end = (p[:, eos] / (1 - p[:, slack])).mean().item()
+        ends = sum(first_sentence(t) == t for t in group) / len(group)
+        out[L] = (len(group), ends, p_end)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ experiment, e.g. exp/grammar, and replaces results/grammar/ with:
                        prompt_indices dropped: the per-prompt values are most of the bytes, and
                        every interval that needs them is already in the file
     SCORE.svg          the plot of its primary metric;  curves.json, curves-KEY.svg: the curves
+    lengths.json       evaluate.py lengths' output, where the experiment has one
     setup.json, task.json, times.json ({stage folder: seconds} from every DONE file)
 Rendering then reads only results/ and the template, never exp/: the committed pages can be
 rebuilt (and checked for staleness) on a machine that never ran an experiment.
@@ -26,11 +27,13 @@ a warning names it); an unknown placeholder or a missing file stops with an erro
                                             FAMILY: robustness, differences or diff_in_diff
     {{table EXP/SCORE METRIC}}              arms x rates, "mean ± sd (n seeds)", the true
                                             responses, the baseline's realised shift (4 decimals)
-    {{settings EXP/SCORE METRIC}}           for names ARM:SETTING (val-score): base arms x settings,
-                                            "mean ± sd" at rate 0
+    {{settings EXP/SCORE METRIC [RATE]}}    for names ARM:SETTING (val-score): base arms x settings,
+                                            "mean ± sd" at RATE (default 0)
     {{diffs EXP/SCORE METRIC RATE...}}      arm - baseline intervals at those rates, then (bold
                                             title) the difference in degradation at the nonzero ones
     {{curves EXP KEY}}                      arms (ARM@SEED pooled) x steps: mean over seeds, 4 dec.
+    {{lengths EXP}}                         P(end) after a first sentence of L bytes: the data's
+                                            and each arm's P(EOS) (seeds pooled), per L
     {{setup EXP}}                           commit, threads, torch, Python, machine, device, dtype
     {{time EXP}}, {{time EXP GLOB}}         wall time of all stages / of those matching the glob
                                             (fnmatch: "ce-ft@*"), "73 min" (seconds under 1 min)
@@ -138,6 +141,9 @@ def collect_experiment(src, dest):
         for f in sorted(os.listdir(curves)):
             if f.endswith(".svg"):
                 shutil.copyfile(os.path.join(curves, f), os.path.join(dest, f"curves-{f}"))
+    lengths = os.path.join(src, "lengths", "lengths.json")
+    if os.path.isfile(lengths):
+        shutil.copyfile(lengths, os.path.join(dest, "lengths.json"))
     write_json(os.path.join(dest, "times.json"), stage_seconds(src))
     return sorted(os.listdir(dest))
 
@@ -301,7 +307,7 @@ def p_table(rs, spec, metric):
     return table([f"{metric} \\ rate"] + [rate_label(r) for r in rates], rows)
 
 
-def p_settings(rs, spec, metric):
+def p_settings(rs, spec, metric, rate="0"):
     res = rs.score(spec)
     grid = {}  # {base arm: {setting: cell}}, both in order of first appearance
     for name, by_rate in res["arms"].items():
@@ -309,7 +315,7 @@ def p_settings(rs, spec, metric):
             raise ReportError(f"{spec}: arm {name!r} carries no setting (ARM:SETTING), so "
                               f"{{{{settings}}}} has nothing to lay out")
         base, setting = name.split(":", 1)
-        grid.setdefault(base, {})[setting] = by_rate.get(rs.rate(res, "0", spec))
+        grid.setdefault(base, {})[setting] = by_rate.get(rs.rate(res, rate, spec))
     settings = list(dict.fromkeys(s for row in grid.values() for s in row))
     rows = [[base] + [mean_sd(row.get(s), metric) for s in settings] for base, row in grid.items()]
     return table([f"{metric} \\ setting"] + settings, rows)
@@ -348,6 +354,19 @@ def p_curves(rs, exp, key):
     rows = [[arm] + [num(sum(v) / len(v), 4) if (v := by_step.get(s)) else "n/a" for s in steps]
             for arm, by_step in pooled.items()]
     return table([f"{key} \\ step"] + [str(s) for s in steps], rows)
+
+
+def p_lengths(rs, exp):
+    doc = rs.load(f"{exp}/lengths.json")
+    pooled = {}  # {arm: [{L: [texts, data, model]} per seed]}
+    for run, by_length in doc["curves"].items():
+        pooled.setdefault(arm_of(run), []).append(by_length)
+    first = next(iter(doc["curves"].values()))
+    lengths = [L for L, (n, _, _) in first.items() if n >= doc.get("min_count", 1)]
+    rows = [[L, first[L][0], num(first[L][1])]
+            + [num(sum(c[L][2] for c in cs) / len(cs)) for cs in pooled.values()]
+            for L in sorted(lengths, key=int)]
+    return table(["L", "texts", "data"] + list(pooled), rows)
 
 
 def p_setup(rs, exp):
@@ -439,9 +458,10 @@ PLACEHOLDERS = {  # name: (function, least and most arguments, usage)
     "ref": (p_ref, 2, 2, "EXP/SCORE METRIC"),
     "ci": (p_ci, 5, 5, "EXP/SCORE FAMILY ARM RATE METRIC"),
     "table": (p_table, 2, 2, "EXP/SCORE METRIC"),
-    "settings": (p_settings, 2, 2, "EXP/SCORE METRIC"),
+    "settings": (p_settings, 2, 3, "EXP/SCORE METRIC [RATE]"),
     "diffs": (p_diffs, 3, 99, "EXP/SCORE METRIC RATE..."),
     "curves": (p_curves, 2, 2, "EXP KEY"),
+    "lengths": (p_lengths, 1, 1, "EXP"),
     "setup": (p_setup, 1, 1, "EXP"),
     "time": (p_time, 1, 2, "EXP [STAGE-GLOB]"),
     "count": (p_count, 2, 2, "EXP KEY"),

@@ -25,3 +25,42 @@ def tiny_model(causal=False, seed=0, seq_len=32, *, n_layer=1, n_embd=16,
             for p in model.parameters():
                 p.normal_()
     return model
+
+
+# ----------------------------------------------------------------------------------------------
+# The experiment scripts at toy sizes, run once per test session and shared (read only) by
+# test_runs.py and test_report.py: each script takes about half a minute, so running them once
+# keeps the suite within its time. No test may change these folders.
+
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ("grammar", "copy", "text")
+
+
+def run_script(name, out, env_extra=None):
+    """bash runs/NAME.sh --tiny OUT, one CPU thread: the CompletedProcess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run(["bash", os.path.join(ROOT, "runs", f"{name}.sh"), "--tiny", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_exp(tmp_path_factory):
+    """A folder holding grammar/, copy/ and text/: each runs/*.sh --tiny, started side by side
+    (two at a time: the machine has two cores)."""
+    out = tmp_path_factory.mktemp("tiny-exp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    pending, logs = list(SCRIPTS), {}
+    while pending:
+        batch, pending = pending[:2], pending[2:]
+        procs = {name: subprocess.Popen(["bash", os.path.join(ROOT, "runs", f"{name}.sh"),
+                                         "--tiny", str(out / name)], cwd=ROOT, env=env, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for name in batch}
+        for name, p in procs.items():
+            logs[name] = p.communicate(timeout=900)[0]
+            assert p.returncode == 0, f"runs/{name}.sh --tiny failed:\n{logs[name][-3000:]}"
+    return out

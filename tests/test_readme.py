@@ -1,26 +1,29 @@
-"""The README's commands, run as written at tiny sizes (later flags override earlier ones)."""
+"""The README's commands, run as written at tiny sizes (later flags override earlier ones), each
+through its script's main() in this process (as a user runs it, minus the interpreter start)."""
+import importlib
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--device", "cpu"]
 TINY = {
-    "train.py": ["--steps", "2", "--seq-len", "96", "--batch-size", "4", "--eval-interval", "2", "--warmup", "1",
-                 "--eval-batches", "1", "--sample-interval", "2", "--no-progress"],
+    "train.py": ["--steps", "2", "--seq-len", "96", "--batch-size", "4", "--eval-interval", "2",
+                 "--warmup", "1", "--eval-batches", "1", "--sample-interval", "2",
+                 "--no-progress"],
     "train.py scratch": ["--n-layer", "1", "--n-head", "2", "--n-embd", "32"],
-    "decode.py": ["--length", "16", "--steps", "4"],
+    "decode.py": ["--length", "16", "--steps", "4", "--no-progress"],
     "evaluate.py bpb": ["--max-batches", "1", "--t-samples", "1", "--eval-batch-size", "2"],
     "evaluate.py task": ["--n-test", "2", "--prompt-len", "8", "--length", "16"],
     "evaluate.py score": ["--n-boot", "50"],
     "evaluate.py curves": [],
-    "bench.py": ["--tiny"],
+    "prepare.py": [],
 }
-NO_DEVICE_FLAG = {"evaluate.py task", "evaluate.py curves", "bench.py"}
+NO_DEVICE_FLAG = {"evaluate.py task", "evaluate.py curves", "prepare.py"}
+# the text prepare.py tokenizes: enough words for a 96-token window in both splits
+CORPUS = "The list type is a mutable sequence; a tuple is not. " * 400
 
 
 def readme_blocks():
@@ -39,7 +42,7 @@ def readme_blocks():
 
 
 def tiny(argv):
-    """The command at toy sizes: the script's TINY flags after the README's (argparse: last wins)."""
+    """The command's arguments at toy sizes: the script's TINY flags after the README's."""
     script = argv[0]
     key = f"{script} {argv[1]}" if script == "evaluate.py" else script
     extra = list(TINY.get(key, []))
@@ -47,18 +50,29 @@ def tiny(argv):
         extra += TINY["train.py scratch"]
     if key not in NO_DEVICE_FLAG:
         extra += SMALL
-    return [sys.executable, os.path.join(ROOT, script), *argv[1:], *extra]
+    return [*argv[1:], *extra]
+
+
+def run(argv):
+    """The script's main(argv) -> exit status (train.py's main exits only on errors)."""
+    main = importlib.import_module(argv[0][:-3]).main
+    try:
+        return main(tiny(argv)) or 0
+    except SystemExit as e:
+        return e.code
 
 
 def test_readme_has_the_commands():
     blocks = readme_blocks()
     scripts = {c[0] for b in blocks for c in b}
-    assert {"train.py", "decode.py", "evaluate.py", "bench.py"} <= scripts
+    assert {"train.py", "decode.py", "evaluate.py", "prepare.py"} <= scripts
     assert blocks[0][0] == ["train.py"]  # the quickstart's main job: the default run
 
 
 @pytest.mark.parametrize("block", range(len(readme_blocks())))
-def test_readme_block_runs(block, tmp_path):
+def test_readme_block_runs(block, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the commands' relative paths land here
+    (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
     for argv in readme_blocks()[block]:
-        p = subprocess.run(tiny(argv), cwd=tmp_path, capture_output=True, text=True, timeout=600)
-        assert p.returncode == 0, f"{' '.join(argv)}\n{p.stderr[-3000:]}"
+        code = run(argv)
+        assert code == 0, f"{' '.join(argv)}\n{capsys.readouterr().err[-3000:]}"
