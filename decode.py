@@ -105,7 +105,8 @@ def parse_args(argv=None):
     a("--show-steps", action="store_true", help="print the raw canvas after every step")
     a("--no-progress", action="store_true", help="no tqdm bar while decoding a prompts file")
     a("--no-cache", action="store_true",
-      help="call the network at every step, even if nothing changed (for the benchmark)")
+      help="call the network at every step, even if nothing changed (to see that the cache "
+           "changes nothing but the time)")
     return p.parse_args(argv)
 
 

@@ -38,6 +38,8 @@ a warning names it); an unknown placeholder or a missing file stops with an erro
     {{time EXP}}, {{time EXP GLOB}}         wall time of all stages / of those matching the glob
                                             (fnmatch: "ce-ft@*"), "73 min" (seconds under 1 min)
     {{count EXP KEY}}                       a value of task.json (n_test)
+    {{json FILE KEY[.KEY...] [DIGITS]}}     a number from results/FILE (a benchmark's --json
+                                            output, say), by its dotted path; 2 decimals
     {{verdict}}                             one row per results/EXP with score-auto.json: the
                                             baseline (CE fine-tune) and the best other arm but
                                             "pretrained" at shift 0 (by mean of the primary
@@ -396,6 +398,21 @@ def p_count(rs, exp, key):
     return num(value) if isinstance(value, float) else "n/a" if value is None else str(value)
 
 
+def p_json(rs, rel, path, digits="2"):
+    value = rs.load(rel)
+    for key in path.split("."):
+        if isinstance(value, list) and key.isdigit():
+            value = value[int(key)] if int(key) < len(value) else None
+        elif isinstance(value, dict):
+            value = value.get(key)
+        else:
+            value = None
+        if value is None:
+            rs.warn(f"{rel}: no {path}")
+            return "n/a"
+    return num(value, int(digits)) if isinstance(value, (int, float)) else str(value)
+
+
 # ----------------------------------------------------------------------------------------------
 # The verdict: per experiment, the CE fine-tune against the best other fine-tune, read by rule.
 
@@ -465,6 +482,7 @@ PLACEHOLDERS = {  # name: (function, least and most arguments, usage)
     "setup": (p_setup, 1, 1, "EXP"),
     "time": (p_time, 1, 2, "EXP [STAGE-GLOB]"),
     "count": (p_count, 2, 2, "EXP KEY"),
+    "json": (p_json, 2, 3, "FILE KEY[.KEY...] [DIGITS]"),
     "verdict": (p_verdict, 0, 0, ""),
 }
 

@@ -216,3 +216,19 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path, corpus, capsys):
     train.main(["--data", corpus, "--out-dir", out, "--steps", "2", "--resume", *TINY])
     assert "nothing to do" in capsys.readouterr().out
     assert open(os.path.join(out, "ckpt.pt"), "rb").read() == before
+
+
+def test_every_optimisation_flag_changes_the_run(tmp_path, corpus):
+    """--dropout, --min-lr-ratio, --weight-decay and --grad-clip appear in no experiment: each is
+    kept for users scaling up, and each really reaches the step (other weights than the
+    default's after a few steps)."""
+    def weights_after(*flags):
+        out = str(tmp_path / "-".join(flags or ("base",)))
+        train.main(["--data", corpus, "--out-dir", out, "--steps", "6", "--lr", "3e-2", *TINY,
+                    *flags])
+        return weights(os.path.join(out, "ckpt.pt"))
+    base = weights_after()
+    for flags in (["--dropout", "0.2"], ["--min-lr-ratio", "0.9"], ["--weight-decay", "0.5"],
+                  ["--grad-clip", "0.01"]):
+        other = weights_after(*flags)
+        assert any(not torch.equal(base[k], other[k]) for k in base), flags
