@@ -260,9 +260,10 @@ def train_stepper(model, obj, ids, B, device, ctx, compile=False):
 
 
 def bench_train(a, device):
-    """Three step-time ratios: MDLM step / AR step (same backbone and batch size), mdlm.Transformer
-    / nn.TransformerEncoder (same size, same loss), slack-CTC / CE fine-tuning step (same model,
-    canvases of the same shape; prompt 64 bytes, slack rate 0.1)."""
+    """Step-time ratios: MDLM step / AR step (same backbone and batch size), mdlm.Transformer /
+    nn.TransformerEncoder (same size, same loss), slack-CTC / CE fine-tuning step (same model,
+    canvases of the same shape; prompt 64 bytes, slack rate 0.1); with --dtype bf16 also the
+    MDLM step under bf16 autocast / in fp32."""
     B, T, P = (2, 32, 8) if a.tiny else (a.batch_size, a.seq_len, min(64, a.seq_len // 2))
     if a.tiny:  # a model of a few thousand parameters: the test checks the plumbing, not speed
         sizes = dict(n_layer=1, n_head=2, n_embd=16)
@@ -306,6 +307,14 @@ def bench_train(a, device):
     results["ctc-vs-ce"] = {"ce_step_s": tce, "ctc_step_s": tctc, "ratio": tctc / tce}
     print(f"fine-tune step: CE {tce * 1e3:.1f} ms, CTC {tctc * 1e3:.1f} ms: "
           f"CTC / CE ratio {tctc / tce:.3f}")
+    if a.dtype == "bf16":  # what autocast buys: the same MDLM step in fp32 and under bf16
+        t32, t16 = round_robin([train_stepper(mdlm.Transformer(cfg).to(device), mdlm_obj, ids, B,
+                                              device, c, a.compile)
+                                for c in (contextlib.nullcontext(), bf16)], steps, device, warmup)
+        results["bf16-vs-fp32"] = {"fp32_step_s": t32, "bf16_step_s": t16, "ratio": t16 / t32,
+                                   "bf16_tok_s": B * T / t16, "fp32_tok_s": B * T / t32}
+        print(f"MDLM step fp32 {t32 * 1e3:.1f} ms ({B * T / t32:.0f} tok/s), bf16 "
+              f"{t16 * 1e3:.1f} ms ({B * T / t16:.0f} tok/s): bf16 / fp32 ratio {t16 / t32:.3f}")
     return results
 
 

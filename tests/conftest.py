@@ -27,6 +27,17 @@ def tiny_model(causal=False, seed=0, seq_len=32, *, n_layer=1, n_embd=16,
     return model
 
 
+
+def run_main(main, argv, capsys):
+    """A script's main(argv) as a user runs it, in this process (no interpreter start): (exit
+    status, stderr). train.py's main returns nothing and exits only on errors."""
+    capsys.readouterr()  # drop what came before
+    try:
+        code = main(list(argv)) or 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
 # ----------------------------------------------------------------------------------------------
 # The experiment scripts at toy sizes, run once per test session and shared (read only) by
 # test_runs.py and test_report.py: each script takes about half a minute, so running them once

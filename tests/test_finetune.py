@@ -140,17 +140,6 @@ def test_sft_batches_truncate_pad_with_eos_and_count():
         assert (z0[P:] == SLACK).sum() == R - U
 
 
-def run_train(capsys, *args):
-    """train.py's main in this process, as a user runs it: (exit code, stderr)."""
-    capsys.readouterr()
-    try:
-        train.main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     d = tmp_path_factory.mktemp("ft")
@@ -216,7 +205,8 @@ def test_fine_tune_bad_input_keeps_files(pretrained, tmp_path, capsys):
          "needs --collapse surface"),
     ]
     for extra, message in cases:
-        code, err = run_train(capsys, "--out-dir", out, "--steps", "2", *TINY, *extra)
+        code, err = conftest.run_main(train.main, ["--out-dir", out, "--steps", "2", *TINY,
+                                                   *extra], capsys)
         assert code == 1 and message in err and "Traceback" not in err, (extra, err)
         assert not os.path.exists(os.path.join(out, "ckpt.pt"))
 

@@ -7,6 +7,8 @@ import shlex
 
 import pytest
 
+import conftest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--device", "cpu"]
 TINY = {
@@ -53,15 +55,6 @@ def tiny(argv):
     return [*argv[1:], *extra]
 
 
-def run(argv):
-    """The script's main(argv) -> exit status (train.py's main exits only on errors)."""
-    main = importlib.import_module(argv[0][:-3]).main
-    try:
-        return main(tiny(argv)) or 0
-    except SystemExit as e:
-        return e.code
-
-
 def test_readme_has_the_commands():
     blocks = readme_blocks()
     scripts = {c[0] for b in blocks for c in b}
@@ -74,5 +67,6 @@ def test_readme_block_runs(block, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the commands' relative paths land here
     (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
     for argv in readme_blocks()[block]:
-        code = run(argv)
-        assert code == 0, f"{' '.join(argv)}\n{capsys.readouterr().err[-3000:]}"
+        main = importlib.import_module(argv[0][:-3]).main  # the script's own entry point
+        code, err = conftest.run_main(main, tiny(argv), capsys)
+        assert code == 0, f"{' '.join(argv)}\n{err[-3000:]}"

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import conftest
 import mdlm
 import objective
 import train
@@ -26,20 +27,16 @@ def corpus(tmp_path_factory):
     return str(path)
 
 
-def run_train(*args, capsys=None):
-    """train.py's main as a user runs it: (exit code, stderr). In this process when capsys is
-    given (fast: no interpreter start), else in a fresh one."""
-    if capsys is not None:
-        capsys.readouterr()  # drop what came before
-        try:
-            train.main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        return code, capsys.readouterr().err
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True,
-                       text=True, cwd=ROOT, timeout=300)
-    return p.returncode, p.stderr
+def run_train(*args, capsys):
+    """train.py's main as a user runs it, in this process: (exit code, stderr)."""
+    return conftest.run_main(train.main, args, capsys)
+
+
+def test_a_bad_flag_in_a_fresh_process_is_one_line():
+    """The command line itself, once, in its own interpreter: one error line, no traceback."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--steps", "0"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 1 and p.stderr.strip() == "error: --steps must be at least 1", p.stderr
 
 
 def weights(path, key="model"):
