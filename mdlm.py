@@ -1,8 +1,9 @@
 """
-Masked diffusion language model (MDLM) in plain PyTorch: a byte tokenizer, the noise schedules, a
-bidirectional Transformer (causal mode = the autoregressive twin), the SUBS parameterization and the
-two training losses, and the samplers (ancestral and confidence, with the shift probe). This file
-imports only torch: copy it alone into another codebase.
+Masked diffusion language model (MDLM) in plain PyTorch: the special ids (after bytes or any
+tokenizer's ids), the noise schedules, a bidirectional Transformer (causal mode = the
+autoregressive twin), the SUBS parameterization and the two training losses, and the samplers
+(ancestral and confidence, with its slack rules and the shift probe). This file imports only
+torch: copy it alone into another codebase.
 
     import mdlm
     model = mdlm.Transformer(mdlm.ModelConfig(seq_len=256))

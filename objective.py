@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 import torch
 
 import ctc_slack

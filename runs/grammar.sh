@@ -27,7 +27,7 @@ cpu)  # 0.83M parameters, 18M pretraining tokens; each fine-tune 2000 steps, 6M 
     SEEDS="1 2 3"; N_BOOT=2000; MIN_COUNT=50 ;;
 gpu)  # 25M parameters, 590M pretraining tokens: about 30 minutes on one H100 (estimated)
     TASK="--n-train 200000 --n-val 200 --n-test 320"; MODEL="--n-layer 8 --n-head 8 --n-embd 512"
-    B=512; PRE="--steps 24000 --eval-interval 2000"; FT="--steps 4000 --eval-interval 500"
+    B=512; PRE="--steps 24000 --eval-interval 2000"; FT="--steps 3000 --eval-interval 500"
     SEEDS="1 2 3"; N_BOOT=2000; MIN_COUNT=50 ;;
 esac
 COMMON="--seq-len 48 --batch-size $B $TRAIN"
