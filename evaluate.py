@@ -340,19 +340,19 @@ def comparisons(runs, baseline, rates, metrics, n_boot, seed):
     """Paired 95% intervals, entries {name, rate, metric, mean_diff, lo, hi}: robustness = a name at
     rate r minus itself at rate 0 (claim a); differences = a name minus the baseline at equal rate;
     diff_in_diff = (name_r - name_0) - (base_r - base_0) (claim b: for a lower-is-better metric,
-    negative = the name degrades less). Robustness and diff_in_diff for the first two metrics."""
+    negative = the name degrades less). Robustness and diff_in_diff for the first three metrics."""
     ci = lambda a, b: dict(zip(("mean_diff", "lo", "hi"), paired_bootstrap(a, b, n_boot, seed)))
     v = lambda name, r, m: np.asarray(runs[name][r]["per_example"][m], dtype=float)  # (n_prompts,)
     others, shifted = [n for n in runs if n != baseline], [r for r in rates if r != "0"]
     # robustness pairs a name with itself: the same prompts, only the probe differs
     robust = [{"name": n, "rate": r, "metric": m, **ci(v(n, "0", m), v(n, r, m))}
-              for m in metrics[:2] for n in runs for r in shifted]
+              for m in metrics[:3] for n in runs for r in shifted]
     diffs = [{"name": n, "baseline": baseline, "rate": r, "metric": m,
               **ci(v(baseline, r, m), v(n, r, m))} for m in metrics for n in others for r in rates]
     # per prompt, each name's own rate-0 quality cancels, leaving how much more (or less) it suffers
     did = [{"name": n, "baseline": baseline, "rate": r, "metric": m,
             **ci(v(baseline, r, m) - v(baseline, "0", m), v(n, r, m) - v(n, "0", m))}
-           for m in metrics[:2] for n in others for r in shifted]
+           for m in metrics[:3] for n in others for r in shifted]
     return {"robustness": robust, "differences": diffs, "diff_in_diff": did}
 
 

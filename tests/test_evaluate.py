@@ -260,7 +260,8 @@ def test_score_copy_exact_numbers(tmp_path, capsys):
     assert d["mean_diff"] == -0.5 and d["lo"] <= -0.5 <= d["hi"]
     (d,) = pick("robustness", name="ctc-random/confidence", rate="0.1", metric="exact")
     assert d["mean_diff"] == d["lo"] == d["hi"] == 0.0
-    assert not pick("robustness", metric="dropped_doubled")  # the first two metrics only
+    # the first three metrics of each name (exact, cer, dropped_doubled), at the one shifted rate
+    assert len(res["robustness"]) == 3 * 2 and len(res["diff_in_diff"]) == 3 * 1
     # (b) each name minus the baseline, every metric, every rate
     assert len(res["differences"]) == 3 * 2
     (d,) = pick("differences", name="ctc-random/confidence", rate="0", metric="exact")

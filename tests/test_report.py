@@ -62,6 +62,7 @@ def test_collect_and_render_the_toy_experiments(exp, tmp_path):
     assert "{{" not in page and "}}" not in page and "readme:start" not in page
     for header in ("| exact \\ rate | shift 0 | 1% | 2% | 5% | 10% |", "| parses \\ setting |",
                    "| val_bits \\ step | 0 | 3 | 6 |", "**difference in degradation**",
+                   "| L | texts | data |",
                    "| realised shift (ce-ft) |", "| true responses |"):
         assert header in page, header
     after = readme.read_text(encoding="utf-8")
@@ -71,8 +72,8 @@ def test_collect_and_render_the_toy_experiments(exp, tmp_path):
     assert "| copy | exact (higher is better) |" in block
     assert "| grammar | parses (higher is better) |" in block
     for task, scores in (("grammar", {"val-score", "val-score-ancestral", "score-auto",
-                                      "score-plain", "score-rates"}),
-                         ("copy", {"score-auto", "score-plain"})):
+                                      "score-rates"}),
+                         ("copy", {"score-auto", "score-rules"})):
         files = set(os.listdir(results / task))
         assert {f"{s}.json" for s in scores} | {f"{s}.svg" for s in scores} <= files
         assert {"setup.json", "task.json", "times.json", "curves.json",
