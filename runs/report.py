@@ -23,6 +23,7 @@ a warning names it); an unknown placeholder or a missing file stops with an erro
     {{value EXP/SCORE ARM RATE METRIC}}     the arm's mean over its seeds, 0.812
     {{valuesd EXP/SCORE ARM RATE METRIC}}   the same, " ± SD" of the seeds added if it has several
     {{ref EXP/SCORE METRIC}}                the true responses' value
+    {{shift EXP/SCORE ARM RATE}}            the fraction of tokens the probe really moved (4 dec.)
     {{ci EXP/SCORE FAMILY ARM RATE METRIC}} a 95% paired bootstrap interval, +0.012 [-0.030, +0.050]
                                             FAMILY: robustness, differences or diff_in_diff
     {{table EXP/SCORE METRIC}}              arms x rates, "mean ± sd (n seeds)", the true
@@ -286,6 +287,11 @@ def p_value(rs, spec, arm, rate, metric, sd=False):
     return mean_sd(cell, metric) if sd else num(cell and cell["summary"].get(metric))
 
 
+def p_shift(rs, spec, arm, rate):
+    cell = rs.cell(rs.score(spec), arm, rate, spec)
+    return num(cell and cell.get("realised_shift"), 4)
+
+
 def p_ref(rs, spec, metric):
     ref = rs.score(spec).get("reference") or {}
     return num(ref.get("summary", {}).get(metric))
@@ -473,6 +479,7 @@ PLACEHOLDERS = {  # name: (function, least and most arguments, usage)
     "value": (p_value, 4, 4, "EXP/SCORE ARM RATE METRIC"),
     "valuesd": (lambda rs, *a: p_value(rs, *a, sd=True), 4, 4, "EXP/SCORE ARM RATE METRIC"),
     "ref": (p_ref, 2, 2, "EXP/SCORE METRIC"),
+    "shift": (p_shift, 3, 3, "EXP/SCORE ARM RATE"),
     "ci": (p_ci, 5, 5, "EXP/SCORE FAMILY ARM RATE METRIC"),
     "table": (p_table, 2, 2, "EXP/SCORE METRIC"),
     "settings": (p_settings, 2, 3, "EXP/SCORE METRIC [RATE]"),
