@@ -5,7 +5,7 @@
 # from it with several seeds (CE with tail slack; CTC with random and with model-aligned slack;
 # CTC+CE with model-aligned slack), all for the same steps; choose the confidence sampler's slack
 # rule and positions per step on validation prompts; decode the test prompts at shift-probe rates
-# 0..10%; then the slack rate of the CTC arms (0.05, 0.1, 0.2). Every output is scored exactly.
+# 0..10%; then the slack rate (0.05, 0.1, 0.2) of two CTC arms. Every output is scored exactly.
 #
 #   bash runs/grammar.sh [OUT]                 # OUT = exp/grammar; CPU sizes (see the README)
 #   bash runs/grammar.sh --tiny OUT            # toy sizes, seconds per stage (the tests run this)
@@ -87,20 +87,23 @@ stage $OUT/test-auto python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jso
 python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline ce-ft \
     --gens $OUT/test-auto/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-auto
 
-# 6. the slack rate of the CTC fine-tunes: 0.05 and 0.2 beside the arms' 0.1, same seeds
+# 6. the slack rate, 0.05 and 0.2 beside the arms' 0.1, same seeds: for the random placement
+#    (slack among the text) and for the best CTC arm on validation prompts (ctc+ce-model)
 RATE_CKPTS=""
-for rate in 0.05 0.2; do
-    for seed in $SEEDS; do
-        stage $OUT/ctc-random-$rate@$seed python train.py $INIT $(arm_flags ctc-random) \
-            --slack-rate $rate --seed $seed --out-dir $OUT/ctc-random-$rate@$seed
-        RATE_CKPTS="$RATE_CKPTS $OUT/ctc-random-$rate@$seed/ckpt.pt"
+for arm in ctc-random ctc+ce-model; do
+    for rate in 0.05 0.2; do
+        for seed in $SEEDS; do
+            stage $OUT/$arm-$rate@$seed python train.py $INIT $(arm_flags $arm) \
+                --slack-rate $rate --seed $seed --out-dir $OUT/$arm-$rate@$seed
+            RATE_CKPTS="$RATE_CKPTS $OUT/$arm-$rate@$seed/ckpt.pt"
+        done
     done
 done
 stage $OUT/test-rates python decode.py --ckpt $RATE_CKPTS --prompts $OUT/task/test.jsonl \
     --out $OUT/test-rates --per-step $PER_STEP --shift-rates $RATES $DECODE
 python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline ce-ft \
-    --gens $OUT/test-auto/ce-ft@*.jsonl $OUT/test-auto/ctc-random@*.jsonl \
-    $OUT/test-rates/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-rates
+    --gens $OUT/test-auto/{ce-ft,ctc-random,ctc+ce-model}@*.jsonl $OUT/test-rates/*.jsonl \
+    --n-boot $N_BOOT --out-dir $OUT/score-rates
 
 # 7. does each model know when a text must end? P(EOS) after a first sentence of L bytes, against
 #    the data's P(end | L), for every checkpoint (seeds pooled)

@@ -34,7 +34,7 @@ def readme_blocks():
     blocks = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         cmds = []
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # continued lines join
             for part in line.split("&&"):
                 argv = shlex.split(part, comments=True)
                 if argv[:1] == ["python"] and argv[1:2] != ["-m"]:
