@@ -45,17 +45,18 @@ INIT="--sft $OUT/task/train.jsonl --init-from $OUT/pretrained/ckpt.pt $COMMON $F
 INIT="$INIT --slack-rate 0.1"
 CKPTS="$OUT/pretrained/ckpt.pt"
 for seed in $SEEDS; do
-    stage $OUT/ce-ft@$seed python train.py $INIT --out-dir $OUT/ce-ft@$seed --seed $seed \
+    spawn $OUT/ce-ft@$seed python train.py $INIT --out-dir $OUT/ce-ft@$seed --seed $seed \
         --loss ce --slack-placement tail
-    stage $OUT/ctc-random@$seed python train.py $INIT --out-dir $OUT/ctc-random@$seed \
+    spawn $OUT/ctc-random@$seed python train.py $INIT --out-dir $OUT/ctc-random@$seed \
         --seed $seed --loss ctc --slack-placement random
-    stage $OUT/ctc-model@$seed python train.py $INIT --out-dir $OUT/ctc-model@$seed \
+    spawn $OUT/ctc-model@$seed python train.py $INIT --out-dir $OUT/ctc-model@$seed \
         --seed $seed --loss ctc --slack-placement model
-    stage $OUT/ctc+ce-model@$seed python train.py $INIT --out-dir $OUT/ctc+ce-model@$seed \
+    spawn $OUT/ctc+ce-model@$seed python train.py $INIT --out-dir $OUT/ctc+ce-model@$seed \
         --seed $seed --loss ctc+ce --slack-placement model
     CKPTS="$CKPTS $OUT/ce-ft@$seed/ckpt.pt $OUT/ctc-random@$seed/ckpt.pt"
     CKPTS="$CKPTS $OUT/ctc-model@$seed/ckpt.pt $OUT/ctc+ce-model@$seed/ckpt.pt"
 done
+settle
 
 # 4. decode every held-out string greedily, one position per step, the confidence sampler in
 #    blocks of 8: with decode.py's default slack rule (auto), and with the other rules beside it

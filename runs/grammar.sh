@@ -59,9 +59,24 @@ ARMS="ce-ft ctc-random ctc-model ctc+ce-model"
 CKPTS="$OUT/pretrained/ckpt.pt"
 for seed in $SEEDS; do
     for arm in $ARMS; do
-        stage $OUT/$arm@$seed python train.py $INIT $(arm_flags $arm) --slack-rate 0.1 \
+        spawn $OUT/$arm@$seed python train.py $INIT $(arm_flags $arm) --slack-rate 0.1 \
             --seed $seed --out-dir $OUT/$arm@$seed
         CKPTS="$CKPTS $OUT/$arm@$seed/ckpt.pt"
+    done
+done
+settle
+
+# the slack rate, 0.05 and 0.2 beside the arms' 0.1, same seeds: for the random placement (slack
+# among the text) and for the best CTC arm on validation prompts (ctc+ce-model). Trained here,
+# in the background when JOBS > 1, while the decoder is chosen; decoded and scored in 6.
+RATE_CKPTS=""
+for arm in ctc-random ctc+ce-model; do
+    for rate in 0.05 0.2; do
+        for seed in $SEEDS; do
+            spawn $OUT/$arm-$rate@$seed python train.py $INIT $(arm_flags $arm) \
+                --slack-rate $rate --seed $seed --out-dir $OUT/$arm-$rate@$seed
+            RATE_CKPTS="$RATE_CKPTS $OUT/$arm-$rate@$seed/ckpt.pt"
+        done
     done
 done
 
@@ -87,18 +102,8 @@ stage $OUT/test-auto python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jso
 python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline ce-ft \
     --gens $OUT/test-auto/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-auto
 
-# 6. the slack rate, 0.05 and 0.2 beside the arms' 0.1, same seeds: for the random placement
-#    (slack among the text) and for the best CTC arm on validation prompts (ctc+ce-model)
-RATE_CKPTS=""
-for arm in ctc-random ctc+ce-model; do
-    for rate in 0.05 0.2; do
-        for seed in $SEEDS; do
-            stage $OUT/$arm-$rate@$seed python train.py $INIT $(arm_flags $arm) \
-                --slack-rate $rate --seed $seed --out-dir $OUT/$arm-$rate@$seed
-            RATE_CKPTS="$RATE_CKPTS $OUT/$arm-$rate@$seed/ckpt.pt"
-        done
-    done
-done
+# 6. the slack rates (trained after 3), on the test prompts with decode.py's defaults
+settle
 stage $OUT/test-rates python decode.py --ckpt $RATE_CKPTS --prompts $OUT/task/test.jsonl \
     --out $OUT/test-rates --per-step $PER_STEP --shift-rates $RATES $DECODE
 python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline ce-ft \
