@@ -61,7 +61,7 @@ stage() {
 # where and how the results were made: the commit, the machine, threads and sizes, for the report
 record_setup() {
     mkdir -p "$1"
-    python - "$1/setup.json" "$SIZE" "$DEVICE" "$DTYPE" <<'EOF'
+    python - "$1/setup.json" "$SIZE" "$DEVICE" "$DTYPE" "$JOBS" <<'EOF'
 import json, platform, subprocess, sys
 import torch
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
@@ -69,7 +69,8 @@ dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                        capture_output=True, text=True).stdout.strip()
 json.dump({"commit": (commit.stdout.strip() or "unknown") + ("+changes" if dirty else ""),
            "size": sys.argv[2], "device": sys.argv[3], "dtype": sys.argv[4],
-           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "jobs": int(sys.argv[5]),
+           "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(),
            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
           open(sys.argv[1], "w"), indent=1)

@@ -381,7 +381,9 @@ def p_setup(rs, exp):
     s = rs.load(f"{exp}/setup.json")
     threads = s.get("threads")
     device = s.get("device") + (f" ({s['cuda']})" if s.get("cuda") else "")
-    return (f"commit {s.get('commit')}, {threads} thread{'s' * (threads != 1)}, "
+    jobs = s.get("jobs", 1)  # fine-tunes trained side by side (runs/lib.sh JOBS)
+    return (f"commit {s.get('commit')}, {threads} thread{'s' * (threads != 1)} per process, "
+            f"{jobs} job{'s' * (jobs != 1)} at once, "
             f"torch {s.get('torch')}, Python {s.get('python')}, {s.get('machine')}, "
             f"device {device}, dtype {s.get('dtype')}")
 

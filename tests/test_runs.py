@@ -48,10 +48,12 @@ def test_a_second_run_skips_finished_stages(tiny_exp, task):
 
 
 def test_a_rerun_reproduces_the_tables(tiny_exp, tmp_path):
-    """The same script from scratch into another folder: every table is the same, byte for byte
-    (the same seeds, threads and code give the same checkpoints and outputs)."""
-    p = run_script("copy", tmp_path / "copy")
+    """The same script from scratch into another folder, its fine-tunes two at a time (JOBS=2):
+    every table is the same, byte for byte (the same seeds, threads and code give the same
+    checkpoints and outputs, whatever runs beside them)."""
+    p = run_script("copy", tmp_path / "copy", {"JOBS": "2"})
     assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("== in the background") == 8  # 4 arms, 2 seeds
     for score in ("score-auto", "score-rules"):
         a = (tiny_exp / "copy" / score / "results.md").read_text()
         b = (tmp_path / "copy" / score / "results.md").read_text()
