@@ -71,13 +71,11 @@ settle
 # among the text, where the rate sets how much of it there is). Trained here, in the background
 # when JOBS > 1, while the decoder is chosen; decoded and scored in 6.
 RATE_CKPTS=""
-for arm in ctc-random; do
-    for rate in 0.05 0.2; do
-        for seed in $SEEDS; do
-            spawn $OUT/$arm-$rate@$seed python train.py $INIT $(arm_flags $arm) \
-                --slack-rate $rate --seed $seed --out-dir $OUT/$arm-$rate@$seed
-            RATE_CKPTS="$RATE_CKPTS $OUT/$arm-$rate@$seed/ckpt.pt"
-        done
+for rate in 0.05 0.2; do
+    for seed in $SEEDS; do
+        spawn $OUT/ctc-random-$rate@$seed python train.py $INIT $(arm_flags ctc-random) \
+            --slack-rate $rate --seed $seed --out-dir $OUT/ctc-random-$rate@$seed
+        RATE_CKPTS="$RATE_CKPTS $OUT/ctc-random-$rate@$seed/ckpt.pt"
     done
 done
 

@@ -10,8 +10,9 @@
 #   DTYPE    bf16 (default) | fp32: autocast of training (bf16 matmuls; the CTC stays float64)
 #   THREADS  CPU threads per process (default: OMP_NUM_THREADS if set, else 2): results on a CPU
 #            repeat exactly for the same threads, torch version and machine kind
-#   JOBS     fine-tunes trained at once (default 1). The models are small, so on 2 cores
-#            JOBS=2 THREADS=1 trains 1.5x the steps per second of one job on 2 threads
+#   JOBS     fine-tunes trained at once (default 1). The CPU models are small, so on 2 cores
+#            JOBS=2 THREADS=1 trained 1.5x the steps per second of one job on 2 threads
+#            (60 slack-CTC steps of the grammar model, timed once on a 2-core machine)
 #
 #   stage DIR COMMAND...   runs COMMAND unless DIR/DONE exists, then writes DIR/DONE holding the
 #                          stage's wall time in seconds. A stage that fails (or is interrupted)
