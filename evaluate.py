@@ -45,11 +45,12 @@ import tasks
 # Settings: each task's per-prompt metrics, the primary one first.
 
 METRICS = {"copy": ("exact", "cer", "dropped_doubled"),
-           "grammar": ("parses", "valid", "lexicon", "dropped_doubled", "length"),
+           "grammar": ("parses", "valid", "lexicon", "dropped_doubled", "length", "sentences",
+                       "words", "word_bytes"),
            "text": ("judge_nll", "entropy", "distinct_2", "length")}
 LOWER = "lower is better"  # table titles say which way is good; other metrics: higher is better
 BETTER = {"cer": LOWER, "dropped_doubled": LOWER, "judge_nll": LOWER, "entropy": "bits",
-          "length": "bytes"}
+          "length": "bytes", "sentences": "per text", "words": "per text", "word_bytes": "bytes"}
 NAN = float("nan")  # "no value": an empty output has no entropy; JSON writes it as null
 
 
@@ -153,8 +154,7 @@ def judge_nll(judge, prompt_ids, cont_ids):
     # Why an AR judge: an MDLM has no exact likelihood of its own samples, and a model should not
     # grade itself; a causal model gives the exact probability of any text, one fixed reader for all
     if len(prompt_ids) == 0:
-        raise ValueError("the judge needs at least one prompt byte to predict the first output "
-                         "byte")
+        raise ValueError("the judge needs a prompt byte to predict the first output byte from")
     prompt = list(prompt_ids)[-judge.cfg.seq_len:]  # the nearest context wins
     cont = list(cont_ids)[:judge.cfg.seq_len + 1 - len(prompt)]  # P + C <= seq_len + 1
     if not cont:
@@ -176,17 +176,21 @@ def copy_metrics(ref, gen):
 
 
 def grammar_metrics(ref, gen):
-    """parses, valid, lexicon, dropped_doubled, length of one grammar output. The parse is of
-    prompt + output (the prompt opens the sentence); the word counts are of the output alone."""
+    """parses, valid, lexicon, dropped_doubled, length of one grammar output, and the length taken
+    apart (few sentences, or short ones of short words?): sentences, words, word_bytes. All of
+    prompt + output (the prompt opens the sentence) but dropped_doubled and length: output alone."""
     out = gen["output"]
     g = tasks.grammar_check(ref["prompt"] + out)
     words = tasks.grammar_words(out)  # the output's words, counted as grammar_check counts them
     g["bad"] = sum(tasks.dropped_doubled_word(w, tasks.GRAMMAR_LEXICON) for w in words)
     share = lambda k, n: g[k] / g[n] if g[n] else 0.0  # 0 if none: an empty output earns nothing
+    text_words = tasks.grammar_words(ref["prompt"] + out)
     return {"parses": float(g["parses"]), "valid": share("valid_sentences", "sentences"),
             "lexicon": share("lexicon_words", "words"),
             "dropped_doubled": g["bad"] / max(len(words), 1),
-            "length": float(len(out.encode("utf-8")))}
+            "length": float(len(out.encode("utf-8"))), "sentences": float(g["sentences"]),
+            "words": float(g["words"]), "word_bytes": float(np.mean(
+                [len(w.encode("utf-8")) for w in text_words])) if text_words else NAN}
 
 
 def text_metrics(judge, ref, gen):
@@ -651,18 +655,15 @@ def build_parser():
     a("--seed", type=int, default=1337, help="seed of the bootstrap (default: 1337)")
     a("--device", default="auto", help="the judge's device: cpu, cuda, mps or auto (default: auto)")
     a("--out-dir", required=True, help="folder for results.json, results.md and PRIMARY.svg")
-    a = sub.add_parser("curves",
-                       help="validation curves of training runs, side by side").add_argument
+    a = sub.add_parser("curves", help="validation curves of training runs").add_argument
     a("--logs", nargs="+", required=True, help="NAME=PATH of each run's log.jsonl")
     a("--keys", nargs="+", default=None,
       help="keys to tabulate and plot (default: every val_* key)")
     a("--out-dir", required=True, help="folder for curves.md, curves.json and KEY.svg")
-    a = sub.add_parser("lengths", help="does a model know when a grammar text must end?"
-                       ).add_argument
+    a = sub.add_parser("lengths", help="does a model know when a text must end?").add_argument
     a("--ckpts", nargs="+", required=True, help="checkpoints, named by their folders (ARM@SEED)")
     a("--refs", required=True, help="grammar texts (train.jsonl of `task grammar`)")
-    a("--min-count", type=int, default=50,
-      help="leave out lengths with fewer texts than this (default: 50)")
+    a("--min-count", type=int, default=50, help="skip lengths of fewer texts (default: 50)")
     a("--out-dir", required=True, help="folder for lengths.md and lengths.json")
     return p
 

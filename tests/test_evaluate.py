@@ -118,17 +118,22 @@ def test_copy_metrics_by_hand():
 
 def test_grammar_metrics_by_hand():
     m = lambda out: evaluate.grammar_metrics({"prompt": "the ", "response": ""}, {"output": out})
+    # "the cat sees the ox.": 1 sentence of 5 words, 3 + 3 + 4 + 3 + 2 = 15 bytes of words
     assert m("cat sees the ox.") == {"parses": 1.0, "valid": 1.0, "lexicon": 1.0,
-                                     "dropped_doubled": 0.0, "length": 16.0}
+                                     "dropped_doubled": 0.0, "length": 16.0, "sentences": 1.0,
+                                     "words": 5.0, "word_bytes": 3.0}
     # "badder" is badger with the g dropped and a d doubled: 1 of the 2 output words; the full text
     # "the badder runs." has 3 words, 2 in the lexicon, and its one sentence is not valid
     assert m("badder runs.") == {"parses": 0.0, "valid": 0.0, "lexicon": pytest.approx(2 / 3),
-                                 "dropped_doubled": 0.5, "length": 12.0}
+                                 "dropped_doubled": 0.5, "length": 12.0, "sentences": 1.0,
+                                 "words": 3.0, "word_bytes": pytest.approx(13 / 3)}
+    assert m("cat sees. an eel runs.")["sentences"] == 2.0  # "the cat sees. an eel runs."
+    assert m("cat sees. an eel runs.")["word_bytes"] == pytest.approx(19 / 6)
     assert (m("cat sees. an eel runs.")["valid"] == 1.0
             and m("cat sees. eel an runs.")["valid"] == 0.5)
     # nothing generated: "the " alone is one invalid sentence of one lexicon word
     assert m("") == {"parses": 0.0, "valid": 0.0, "lexicon": 1.0, "dropped_doubled": 0.0,
-                     "length": 0.0}
+                     "length": 0.0, "sentences": 1.0, "words": 1.0, "word_bytes": 3.0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,13 +335,17 @@ def test_score_grammar_exact_numbers(tmp_path, capsys):
                           "--out-dir", str(out), "--n-boot", "100"], capsys)
     assert status == 0, err
     res = json.loads((out / "results.json").read_text())
+    # "the cat sees the ox." (5 words, 15 bytes) and "an ox sleeps." (3 words, 10 bytes)
     assert res["runs"]["m"]["0"]["summary"] == {"parses": 1.0, "valid": 1.0, "lexicon": 1.0,
-                                                "dropped_doubled": 0.0, "length": 13.0}
+                                                "dropped_doubled": 0.0, "length": 13.0,
+                                                "sentences": 1.0, "words": 4.0,
+                                                "word_bytes": pytest.approx((3 + 10 / 3) / 2)}
     # "the badder runs.": 0 of 1 sentences, 2 of 3 words, 1 of 2 output words dropped/doubled;
     # "an ": 0 of 1 sentence, 1 of 1 word, no output words
     s = res["runs"]["m"]["0.5"]["summary"]
     assert s == {"parses": 0.0, "valid": 0.0, "lexicon": pytest.approx((2 / 3 + 1) / 2),
-                 "dropped_doubled": 0.25, "length": 6.0}
+                 "dropped_doubled": 0.25, "length": 6.0, "sentences": 1.0, "words": 2.0,
+                 "word_bytes": pytest.approx((13 / 3 + 2) / 2)}
     assert res["runs"]["m"]["0.5"]["realised_shift"] == 0.5 and res["differences"] == []
     (d,) = [d for d in res["robustness"] if d["metric"] == "parses"]
     assert d["mean_diff"] == -1.0
