@@ -41,12 +41,13 @@ a warning names it); an unknown placeholder or a missing file stops with an erro
     {{count EXP KEY}}                       a value of task.json (n_test)
     {{json FILE KEY[.KEY...] [DIGITS]}}     a number from results/FILE (a benchmark's --json
                                             output, say), by its dotted path; 2 decimals
-    {{verdict}}                             one row per results/EXP with score-auto.json: the
-                                            baseline (CE fine-tune) and the best other arm but
-                                            "pretrained" at shift 0 (by mean of the primary
-                                            metric), their difference at 0 and in degradation at
-                                            the highest rate, and a reading of the intervals:
-        "CTC better" / "CE better" / "no difference" at shift 0 when the interval of best - CE lies
+    {{verdict}}                             per results/EXP with score-auto.json, one row per
+                                            arm but the baseline (CE fine-tune) and
+                                            "pretrained", best mean of the primary metric at
+                                            shift 0 first: its difference from the baseline at 0
+                                            and in degradation at the highest rate, and a
+                                            reading of the intervals:
+        "CTC better" / "CE better" / "no difference" at shift 0 when the interval of arm - CE lies
         above 0 / below 0 / holds 0, and "degrades less" / "degrades more" / "same" likewise for
         the difference in degradation; for cer, dropped_doubled and judge_nll (lower is better)
         above and below swap.
@@ -422,7 +423,7 @@ def p_json(rs, rel, path, digits="2"):
 
 
 # ----------------------------------------------------------------------------------------------
-# The verdict: per experiment, the CE fine-tune against the best other fine-tune, read by rule.
+# The verdict: per experiment, the CE fine-tune against each other fine-tune, read by rule.
 
 
 def direction(entry, lower_is_better):
@@ -444,7 +445,9 @@ def reading(diff, did, lower_is_better):
             f"{probe[direction(did, lower_is_better)]} under the probe")
 
 
-def verdict_row(rs, exp):
+def verdict_rows(rs, exp):
+    """One row per fine-tune of exp but the baseline and "pretrained", best mean at shift 0
+    first; the task, metric and baseline cells only on the first row."""
     spec = f"{exp}/score-auto"
     res = rs.score(spec)
     metric, base, arms = res["primary"], res["baseline"], res["arms"]
@@ -453,28 +456,29 @@ def verdict_row(rs, exp):
     means = {a: arms[a].get(zero, {}).get("summary", {}).get(metric) for a in arms
              if a not in (base, "pretrained")}
     means = {a: m for a, m in means.items() if isinstance(m, (int, float))}
-    # max/min keep the first of equal means: ties go to the arm listed first in the file
-    best = (min if lower else max)(means, key=means.get) if means else None
+    # a stable sort: arms of equal means keep their order in the file
+    order = sorted(means, key=lambda a: means[a] if lower else -means[a])
     top = max(res["rates"], key=float)
-    diff = did = None
-    if best:
-        diff = rs.entry(res, "differences", best, zero, metric, spec)
-        if float(top) != 0:  # a score file of one rate (no probe) has no degradation to compare
-            did = rs.entry(res, "diff_in_diff", best, top, metric, spec)
-    return [exp, f"{metric} ({'lower' if lower else 'higher'} is better)",
-            f"{base} {mean_sd(arms.get(base, {}).get(zero), metric)}",
-            f"{best} {mean_sd(arms[best].get(zero), metric)}" if best else "n/a",
-            interval(diff), f"{interval(did)} at {rate_label(top)}",
-            reading(diff, did, lower)]
+    first = [exp, f"{metric} ({'lower' if lower else 'higher'} is better)",
+             f"{base} {mean_sd(arms.get(base, {}).get(zero), metric)}"]
+    rows = []
+    for arm in order:
+        diff = rs.entry(res, "differences", arm, zero, metric, spec)
+        # a score file of one rate (no probe) has no degradation to compare
+        did = rs.entry(res, "diff_in_diff", arm, top, metric, spec) if float(top) else None
+        rows.append((first if not rows else ["", "", ""])
+                    + [f"{arm} {mean_sd(arms[arm].get(zero), metric)}", interval(diff),
+                       f"{interval(did)} at {rate_label(top)}", reading(diff, did, lower)])
+    return rows or [first + ["n/a"] * 4]
 
 
 def p_verdict(rs):
     exps = rs.experiments()
     if not exps:
         raise ReportError(f"{rs.root}: no EXP/score-auto.json for {{{{verdict}}}}")
-    head = ["task", "metric", "CE fine-tune, shift 0", "best other fine-tune, shift 0",
+    head = ["task", "metric", "CE fine-tune, shift 0", "slack fine-tune, shift 0",
             "difference at shift 0", "difference in degradation", "reading"]
-    return table(head, [verdict_row(rs, e) for e in exps])
+    return table(head, [row for e in exps for row in verdict_rows(rs, e)])
 
 
 PLACEHOLDERS = {  # name: (function, least and most arguments, usage)

@@ -167,8 +167,8 @@ READINGS = {  # experiment: (primary metric, diff at 0, diff in degradation, the
 
 def test_verdict_reading_rule(tmp_path):
     """The reading comes from the intervals alone: above 0 / below 0 / holding 0 (an end at 0
-    holds it), mirrored for a lower-is-better metric; the best arm is chosen by mean, never
-    "pretrained", and for cer the lowest mean is best."""
+    holds it), mirrored for a lower-is-better metric; every arm but "pretrained" has a row, the
+    best by mean first (for cer the lowest)."""
     results, readme, template = tmp_path / "results", tmp_path / "README.md", tmp_path / "t.md"
     for name, (metric, diff, did, _) in READINGS.items():
         (results / name).mkdir(parents=True)
@@ -180,12 +180,16 @@ def test_verdict_reading_rule(tmp_path):
     assert p.returncode == 0, p.stderr
     rows = [line.split(" | ") for line in readme.read_text(encoding="utf-8").splitlines()
             if line.startswith("| ") and "---" not in line][1:]
-    assert [r[0][2:] for r in rows] == sorted(READINGS)
-    for row in rows:
+    # two rows per experiment: the best arm first, with the task's cells; then the other arm
+    assert [r[0][2:] for r in rows] == [x for name in sorted(READINGS) for x in (name, "")]
+    for row, other in zip(rows[::2], rows[1::2]):
         metric, diff, _, want = READINGS[row[0][2:]]
         assert row[-1] == want + " |", row
-        best = "ctc-model 0.400 ± 0.010" if metric == "cer" else "ctc-random 0.600 ± 0.010"
-        assert row[2] == "ce-ft 0.500 ± 0.010" and row[3] == best, row
+        best, rest = ("ctc-model 0.400", "ctc-random 0.600") if metric == "cer" else (
+            "ctc-random 0.600", "ctc-model 0.400")
+        assert row[2] == "ce-ft 0.500 ± 0.010" and row[3] == best + " ± 0.010", row
+        assert other[1:3] == ["", ""] and other[3] == rest + " ± 0.010", other
+        assert other[-1] == "no difference at shift 0; same under the probe |", other
     assert "+0.100 [+0.050, +0.150]" in rows[0][4] and rows[0][5].endswith(" at 10%")
     assert (results / "README.md").read_text(encoding="utf-8").strip().endswith("# page")
 
