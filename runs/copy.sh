@@ -6,7 +6,8 @@
 # steps, and decode the held-out strings greedily, one position per step, at shift-probe rates
 # 0..10%, with decode.py's default slack rule and with each of the other rules.
 #
-#   bash runs/copy.sh [OUT]                 # OUT = exp/copy; CPU sizes (see the README)
+#   bash runs/copy.sh [OUT]                 # OUT = exp/copy; CPU sizes: its stages took 2 h on
+#                                           # 2 cores, run beside runs/grammar.sh (1 thread each)
 #   bash runs/copy.sh --tiny OUT            # toy sizes, seconds per stage (the tests run this)
 #   DEVICE=cuda SIZE=gpu bash runs/copy.sh  # the GPU preset: longer strings, a larger model
 #

@@ -8,7 +8,8 @@
 # 0..10%; then the slack rate (0.05, 0.1, 0.2) of the random-placement CTC. Every output is
 # scored exactly.
 #
-#   bash runs/grammar.sh [OUT]                 # OUT = exp/grammar; CPU sizes (see the README)
+#   bash runs/grammar.sh [OUT]                 # OUT = exp/grammar; CPU sizes: with JOBS=2
+#                                              # THREADS=1 about 2.5 h on 2 cores beside copy.sh
 #   bash runs/grammar.sh --tiny OUT            # toy sizes, seconds per stage (the tests run this)
 #   DEVICE=cuda SIZE=gpu bash runs/grammar.sh  # the GPU preset (see below)
 #
