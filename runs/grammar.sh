@@ -5,8 +5,8 @@
 # from it with several seeds (CE with tail slack; CTC with random and with model-aligned slack;
 # CTC+CE with model-aligned slack), all for the same steps; choose the confidence sampler's slack
 # rule and positions per step on validation prompts; decode the test prompts at shift-probe rates
-# 0..10%; then the slack rate (0.05, 0.1, 0.2) of the random-placement CTC. Every output is
-# scored exactly.
+# 0..10%; then the slack rate (0.05, 0.1, 0.2) of the random-placement CTC, and CTC+CE with
+# random slack. Every output is scored exactly.
 #
 #   bash runs/grammar.sh [OUT]                 # OUT = exp/grammar; CPU sizes: with JOBS=2
 #                                              # THREADS=1 about 2.5 h on 2 cores beside copy.sh
@@ -79,6 +79,14 @@ for rate in 0.05 0.2; do
         RATE_CKPTS="$RATE_CKPTS $OUT/ctc-random-$rate@$seed/ckpt.pt"
     done
 done
+# the CE term beside random slack (it asks for every token at its place in z0, the CTC term lets
+# it move): does it keep the random placement's robustness and win back its loss at shift 0?
+TERM_CKPTS=""
+for seed in $SEEDS; do
+    spawn $OUT/ctc+ce-random@$seed python train.py $INIT --loss ctc+ce --slack-placement random \
+        --slack-rate 0.1 --seed $seed --out-dir $OUT/ctc+ce-random@$seed
+    TERM_CKPTS="$TERM_CKPTS $OUT/ctc+ce-random@$seed/ckpt.pt"
+done
 
 # 4. the decoder, chosen on validation prompts at shift 0 and 5%: every slack rule, 1 and 2
 #    positions per step, the same for every arm (decode.py's default for slack-trained
@@ -102,7 +110,8 @@ stage $OUT/test-auto python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jso
 python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline ce-ft \
     --gens $OUT/test-auto/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-auto
 
-# 6. the slack rates (trained after 3), on the test prompts with decode.py's defaults
+# 6. the slack rates and the CE term (trained after 3), on the test prompts with decode.py's
+#    defaults
 settle
 stage $OUT/test-rates python decode.py --ckpt $RATE_CKPTS --prompts $OUT/task/test.jsonl \
     --out $OUT/test-rates --per-step $PER_STEP --shift-rates $RATES $DECODE
@@ -110,9 +119,15 @@ python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline c
     --gens $OUT/test-auto/{ce-ft,ctc-random}@*.jsonl $OUT/test-rates/*.jsonl \
     --n-boot $N_BOOT --out-dir $OUT/score-rates
 
+stage $OUT/test-term python decode.py --ckpt $TERM_CKPTS --prompts $OUT/task/test.jsonl \
+    --out $OUT/test-term --per-step $PER_STEP --shift-rates $RATES $DECODE
+python evaluate.py score --task grammar --refs $OUT/task/test.jsonl --baseline ce-ft \
+    --gens $OUT/test-auto/{ce-ft,ctc-random,ctc+ce-model}@*.jsonl $OUT/test-term/*.jsonl \
+    --n-boot $N_BOOT --out-dir $OUT/score-term
+
 # 7. does each model know when a text must end? P(EOS) after a first sentence of L bytes, against
 #    the data's P(end | L), for every checkpoint (seeds pooled)
-python evaluate.py lengths --ckpts $CKPTS $RATE_CKPTS --refs $OUT/task/train.jsonl \
+python evaluate.py lengths --ckpts $CKPTS $RATE_CKPTS $TERM_CKPTS --refs $OUT/task/train.jsonl \
     --min-count $MIN_COUNT --out-dir $OUT/lengths
 
 # 8. learning curves of every fine-tune, on the same held-out canvases
