@@ -4,7 +4,8 @@
 # Pretrain an MDLM with CE, fine-tune four arms from it with several seeds (CE with tail slack;
 # CTC with random and with model-aligned slack; CTC+CE with model-aligned slack), all for the same
 # steps, and decode the held-out strings greedily, one position per step, at shift-probe rates
-# 0..10%, with decode.py's default slack rule and with each of the other rules.
+# 0..10%, with decode.py's default slack rule and with each of the other rules; then CTC+CE with
+# random slack.
 #
 #   bash runs/copy.sh [OUT]                 # OUT = exp/copy; CPU sizes: its stages took 2 h on
 #                                           # 2 cores, run beside runs/grammar.sh (1 thread each)
@@ -32,6 +33,8 @@ gpu)  # strings of 16-32 letters, 25M parameters (estimated: 20 minutes on one H
 esac
 COMMON="--seq-len $SEQ --batch-size $B $TRAIN"
 RATES="0 0.01 0.02 0.05 0.1"
+# greedy, one position per step, the confidence sampler in blocks of 8
+DECODE="--sampler confidence --block-length 8 --per-step 1 --temperature 0 --batch-size 512 $RUN"
 record_setup "$OUT"
 
 # 1. the task (train, and test strings never seen in training)
@@ -59,20 +62,33 @@ for seed in $SEEDS; do
 done
 settle
 
-# 4. decode every held-out string greedily, one position per step, the confidence sampler in
-#    blocks of 8: with decode.py's default slack rule (auto), and with the other rules beside it
+# 4. decode every held-out string ($DECODE): with decode.py's default slack rule (auto), and with
+#    the other rules beside it
 stage $OUT/test-auto python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
-    --out $OUT/test-auto --sampler confidence --block-length 8 --per-step 1 --temperature 0 \
-    --slack-rule auto --shift-rates $RATES --batch-size 512 $RUN
+    --out $OUT/test-auto --slack-rule auto --shift-rates $RATES $DECODE
 python evaluate.py score --task copy --refs $OUT/task/test.jsonl --baseline ce-ft \
     --gens $OUT/test-auto/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-auto
 stage $OUT/test-rules python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
-    --out $OUT/test-rules --sampler confidence --block-length 8 --per-step 1 --temperature 0 \
-    --slack-rules plain last first --shift-rates $RATES --batch-size 512 $RUN
+    --out $OUT/test-rules --slack-rules plain last first --shift-rates $RATES $DECODE
 python evaluate.py score --task copy --refs $OUT/task/test.jsonl --baseline ce-ft:plain/1 \
     --gens $OUT/test-rules/*.jsonl --n-boot $N_BOOT --out-dir $OUT/score-rules
 
-# 5. learning curves of every fine-tune, on the same held-out canvases
+# 5. the CE term beside random slack (as in runs/grammar.sh), trained after the arms, decoded with
+#    decode.py's defaults and scored against ce-ft, ctc-random and ctc+ce-model
+TERM_CKPTS=""
+for seed in $SEEDS; do
+    spawn $OUT/ctc+ce-random@$seed python train.py $INIT --out-dir $OUT/ctc+ce-random@$seed \
+        --seed $seed --loss ctc+ce --slack-placement random
+    TERM_CKPTS="$TERM_CKPTS $OUT/ctc+ce-random@$seed/ckpt.pt"
+done
+settle
+stage $OUT/test-term python decode.py --ckpt $TERM_CKPTS --prompts $OUT/task/test.jsonl \
+    --out $OUT/test-term --slack-rule auto --shift-rates $RATES $DECODE
+python evaluate.py score --task copy --refs $OUT/task/test.jsonl --baseline ce-ft \
+    --gens $OUT/test-auto/{ce-ft,ctc-random,ctc+ce-model}@*.jsonl $OUT/test-term/*.jsonl \
+    --n-boot $N_BOOT --out-dir $OUT/score-term
+
+# 6. learning curves of every fine-tune, on the same held-out canvases
 LOGS=""
 for d in "$OUT"/*@*/; do LOGS="$LOGS $(basename "$d")=$d/log.jsonl"; done
 python evaluate.py curves --logs $LOGS --out-dir $OUT/curves

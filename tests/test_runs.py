@@ -53,8 +53,8 @@ def test_a_rerun_reproduces_the_tables(tiny_exp, tmp_path):
     checkpoints and outputs, whatever runs beside them)."""
     p = run_script("copy", tmp_path / "copy", {"JOBS": "2"})
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.count("== in the background") == 8  # 4 arms, 2 seeds
-    for score in ("score-auto", "score-rules"):
+    assert p.stdout.count("== in the background") == 10  # 4 arms and CTC+CE random, 2 seeds
+    for score in ("score-auto", "score-rules", "score-term"):
         a = (tiny_exp / "copy" / score / "results.md").read_text()
         b = (tmp_path / "copy" / score / "results.md").read_text()
         assert a == b, score
