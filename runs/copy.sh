@@ -7,8 +7,8 @@
 # 0..10%, with decode.py's default slack rule and with each of the other rules; then CTC+CE with
 # random slack.
 #
-#   bash runs/copy.sh [OUT]                 # OUT = exp/copy; CPU sizes: its stages took 2 h on
-#                                           # 2 cores, run beside runs/grammar.sh (1 thread each)
+#   bash runs/copy.sh [OUT]                 # OUT = exp/copy; CPU sizes: its stages took 2 h
+#                                           # 10 min on 2 cores, beside runs/grammar.sh
 #   bash runs/copy.sh --tiny OUT            # toy sizes, seconds per stage (the tests run this)
 #   DEVICE=cuda SIZE=gpu bash runs/copy.sh  # the GPU preset: longer strings, a larger model
 #
