@@ -102,6 +102,22 @@ stage $OUT/val-ancestral python decode.py --ckpt $CKPTS --prompts $OUT/task/val.
 python evaluate.py score --task grammar --refs $OUT/task/val.jsonl --baseline ce-ft \
     --gens $OUT/val-ancestral/*.jsonl --n-boot $N_BOOT --out-dir $OUT/val-score-ancestral
 
+# the block length, on validation prompts at shift 0: if the confidence sampler shortens the CE
+# model's words by committing bytes far to the right first, blocks of 4 and 8 positions (less far
+# to reach) should lengthen them. Fine-tunes only; each file named BLOCK/ARM@SEED
+FT_CKPTS="${CKPTS#"$OUT/pretrained/ckpt.pt "}"
+BLOCK_GENS=""
+for bl in 4 8; do
+    stage $OUT/val-block$bl python decode.py --ckpt $FT_CKPTS --prompts $OUT/task/val.jsonl \
+        --out $OUT/val-block$bl --slack-rule auto --per-step 1 --shift-rates 0 $DECODE \
+        --block-length $bl
+    for f in $OUT/val-block$bl/*.jsonl; do
+        BLOCK_GENS="$BLOCK_GENS b$bl/$(basename "$f" .jsonl)=$f"
+    done
+done
+python evaluate.py score --task grammar --refs $OUT/task/val.jsonl --gens $BLOCK_GENS \
+    --baseline b4/ce-ft --n-boot $N_BOOT --out-dir $OUT/val-score-blocks
+
 # 5. the test prompts at every probe rate with decode.py's defaults: the slack rule chosen above
 #    (auto), one position per step as chosen above
 PER_STEP=1
