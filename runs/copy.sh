@@ -26,7 +26,7 @@ cpu)  # 0.83M parameters; the CTC arms need about 2000 steps to fit (README, lea
     TASK="--n-train 20000 --n-test 256 --min-len 8 --max-len 8"; SEQ=32; B=64
     MODEL="--n-layer 4 --n-head 4 --n-embd 128"; PRE="--steps 1000 --eval-interval 250"
     FT="--steps 2000 --eval-interval 250"; SEEDS="1 2 3"; N_BOOT=2000 ;;
-gpu)  # strings of 16-32 letters, 25M parameters (estimated: 20 minutes on one H100)
+gpu)  # strings of 16-32 letters, 25M parameters (estimated: 25 minutes on one H100)
     TASK="--n-train 200000 --n-test 256 --min-len 16 --max-len 32"; SEQ=80; B=256
     MODEL="--n-layer 8 --n-head 8 --n-embd 512"; PRE="--steps 8000 --eval-interval 1000"
     FT="--steps 4000 --eval-interval 500"; SEEDS="1 2 3"; N_BOOT=2000 ;;
