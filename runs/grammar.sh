@@ -9,7 +9,7 @@
 # random slack at the same rates. Every output is scored exactly.
 #
 #   bash runs/grammar.sh [OUT]                 # OUT = exp/grammar; CPU sizes: with JOBS=2
-#                                              # THREADS=1 2 h 50 min on 2 cores, beside copy.sh
+#                                              # THREADS=1 3 h 10 min on 2 cores, beside copy.sh
 #   bash runs/grammar.sh --tiny OUT            # toy sizes, seconds per stage (the tests run this)
 #   DEVICE=cuda SIZE=gpu bash runs/grammar.sh  # the GPU preset (see below)
 #
