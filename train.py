@@ -486,6 +486,9 @@ def train(args):
         if log:
             log.close()
     if world > 1:
+        # the ranks leave together: one that tears its process group down while rank 0 still
+        # validates and saves can abort in gloo's teardown
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return run.model, run.ema
 

@@ -118,7 +118,8 @@ def test_ddp_with_gradient_accumulation_matches_one_process(tmp_path):
            "--master_port", "29541", os.path.join(ROOT, "train.py"), *common,
            "--out-dir", str(tmp_path / "two"), "--batch-size", "4", "--grad-accum", "2"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
+    # a failing rank's own error comes first in stderr, the launcher's summary last
+    assert p.returncode == 0, p.stderr[:3000] + "\n...\n" + p.stderr[-1000:]
     one = mdlm.load_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
     two = mdlm.load_checkpoint(str(tmp_path / "two" / "ckpt.pt"))["model"]
     for k in one:
