@@ -49,16 +49,11 @@ INIT="--sft $OUT/task/train.jsonl --init-from $OUT/pretrained/ckpt.pt $COMMON $F
 INIT="$INIT --slack-rate 0.1"
 CKPTS="$OUT/pretrained/ckpt.pt"
 for seed in $SEEDS; do
-    spawn $OUT/ce-ft@$seed python train.py $INIT --out-dir $OUT/ce-ft@$seed --seed $seed \
-        --loss ce --slack-placement tail
-    spawn $OUT/ctc-random@$seed python train.py $INIT --out-dir $OUT/ctc-random@$seed \
-        --seed $seed --loss ctc --slack-placement random
-    spawn $OUT/ctc-model@$seed python train.py $INIT --out-dir $OUT/ctc-model@$seed \
-        --seed $seed --loss ctc --slack-placement model
-    spawn $OUT/ctc+ce-model@$seed python train.py $INIT --out-dir $OUT/ctc+ce-model@$seed \
-        --seed $seed --loss ctc+ce --slack-placement model
-    CKPTS="$CKPTS $OUT/ce-ft@$seed/ckpt.pt $OUT/ctc-random@$seed/ckpt.pt"
-    CKPTS="$CKPTS $OUT/ctc-model@$seed/ckpt.pt $OUT/ctc+ce-model@$seed/ckpt.pt"
+    for arm in ce-ft ctc-random ctc-model ctc+ce-model; do  # arm_flags: runs/lib.sh
+        spawn $OUT/$arm@$seed python train.py $INIT $(arm_flags $arm) --seed $seed \
+            --out-dir $OUT/$arm@$seed
+        CKPTS="$CKPTS $OUT/$arm@$seed/ckpt.pt"
+    done
 done
 settle
 
@@ -77,8 +72,8 @@ python evaluate.py score --task copy --refs $OUT/task/test.jsonl --baseline ce-f
 #    decode.py's defaults and scored against ce-ft, ctc-random and ctc+ce-model
 TERM_CKPTS=""
 for seed in $SEEDS; do
-    spawn $OUT/ctc+ce-random@$seed python train.py $INIT --out-dir $OUT/ctc+ce-random@$seed \
-        --seed $seed --loss ctc+ce --slack-placement random
+    spawn $OUT/ctc+ce-random@$seed python train.py $INIT $(arm_flags ctc+ce-random) \
+        --seed $seed --out-dir $OUT/ctc+ce-random@$seed
     TERM_CKPTS="$TERM_CKPTS $OUT/ctc+ce-random@$seed/ckpt.pt"
 done
 settle

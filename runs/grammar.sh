@@ -49,15 +49,6 @@ stage $OUT/pretrained python train.py --sft $OUT/task/train.jsonl --out-dir $OUT
 
 # 3. the arms, each with every seed: same init, data, steps and learning rate; 10% slack
 INIT="--sft $OUT/task/train.jsonl --init-from $OUT/pretrained/ckpt.pt $COMMON $FT --lr 5e-4"
-arm_flags() {
-    case "$1" in
-        ce-ft) echo "--loss ce --slack-placement tail" ;;
-        ctc-random) echo "--loss ctc --slack-placement random" ;;
-        ctc-model) echo "--loss ctc --slack-placement model" ;;
-        ctc+ce-model) echo "--loss ctc+ce --slack-placement model" ;;
-        ctc+ce-random) echo "--loss ctc+ce --slack-placement random" ;;
-    esac
-}
 ARMS="ce-ft ctc-random ctc-model ctc+ce-model"
 CKPTS="$OUT/pretrained/ckpt.pt"
 for seed in $SEEDS; do

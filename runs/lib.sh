@@ -48,6 +48,18 @@ TINY=$([ "$SIZE" = tiny ] && echo 1 || echo 0)
 RUN="--device $DEVICE --no-progress"
 TRAIN="$RUN --dtype $DTYPE --sample-interval 0"
 
+# the train.py flags of each arm the experiments compare, by the name its folders carry
+arm_flags() {
+    case "$1" in
+        ce-ft) echo "--loss ce --slack-placement tail" ;;  # the matched CE baseline
+        ctc-random) echo "--loss ctc --slack-placement random" ;;
+        ctc-model) echo "--loss ctc --slack-placement model" ;;
+        ctc+ce-model) echo "--loss ctc+ce --slack-placement model" ;;
+        ctc+ce-random) echo "--loss ctc+ce --slack-placement random" ;;
+        *) echo "error: unknown arm $1" >&2; exit 2 ;;
+    esac
+}
+
 stage() {
     local dir="$1"; shift
     if [ -f "$dir/DONE" ]; then echo "== done already: $dir"; return 0; fi
