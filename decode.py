@@ -86,6 +86,8 @@ def parse_args(argv=None):
       help="with --prompts: decode every prompt with each of these rules (default: --slack-rule)")
     a("--per-steps", type=int, nargs="+", default=None,
       help="with --prompts: decode every prompt with each of these --per-step values")
+    a("--block-lengths", type=int, nargs="+", default=None,
+      help="with --prompts: decode every prompt with each of these --block-length values")
     a("--slack-threshold", type=float, default=0.9,
       help="the probability above which --slack-rule threshold commits slack early (default: 0.9)")
     a("--temperature", type=float, default=1.0,
@@ -121,6 +123,8 @@ def check_args(args):
     """Refuse flag values that cannot work, before a model is loaded; returns the probe rates."""
     if args.num_samples < 1 or args.batch_size < 1 or min(args.per_steps or [args.per_step]) < 1:
         raise data.UserError("--num-samples, --batch-size and --per-step must be at least 1")
+    if min(args.block_lengths or [args.block_length or 1]) < 1:
+        raise data.UserError("--block-length must be at least 1")
     rates = args.shift_rates if args.shift_rates is not None else [args.shift_rate]
     if not all(0.0 <= r <= 1.0 for r in rates):
         raise data.UserError(f"shift rates must be in [0, 1], got {rates}")
@@ -128,7 +132,8 @@ def check_args(args):
     if (args.prompts is None) != (args.out is None):
         raise data.UserError("--prompts and --out go together: decode a file of prompts into a "
                              "file")
-    sweeps = [f for f in ("shift_rates", "slack_rules", "per_steps") if getattr(args, f)]
+    sweeps = [f for f in ("shift_rates", "slack_rules", "per_steps", "block_lengths")
+              if getattr(args, f)]
     if sweeps and args.prompts is None:
         raise data.UserError(f"--{sweeps[0].replace('_', '-')} needs --prompts/--out; for one "
                              f"prompt use --{sweeps[0][:-1].replace('_', '-')}")
@@ -217,34 +222,36 @@ def read_prompts(path, vocab):
 
 
 def decode_file(model, meta, vocab, args, rates, device, out_path):
-    """Every prompt of --prompts at every setting (slack rule x positions per step x probe rate)
-    -> JSON lines in out_path. Prompts of equal length share a batch (a canvas is rectangular);
-    each group is seeded with seed + P, so every model, setting and rate sees the same random
-    stream for a prompt (with temperature 0 the committed positions and the probe's moves then
-    match across models, and comparisons are paired)."""
+    """Every prompt of --prompts at every setting (slack rule x positions per step x block length
+    x probe rate) -> JSON lines in out_path. Prompts of equal length share a batch (a canvas is
+    rectangular); each group is seeded with seed + P, so every model, setting and rate sees the
+    same random stream for a prompt (with temperature 0 the committed positions and the probe's
+    moves then match across models, and comparisons are paired). A checkpoint that never samples
+    slack decodes alike under every slack rule (no proposal is ever slack, so no rule reorders
+    anything): it is decoded once per setting of the other flags, and recorded under each rule."""
     recs, prompts = read_prompts(args.prompts, vocab)
-    settings = [(resolve_rule(rule, meta), ps) for rule in args.slack_rules or [args.slack_rule]
-                for ps in args.per_steps or [args.per_step]]
-    out_recs = []
+    settings = [(resolve_rule(rule, meta), ps, bl)
+                for rule in args.slack_rules or [args.slack_rule]
+                for ps in args.per_steps or [args.per_step]
+                for bl in args.block_lengths or [args.block_length]]
+    out_recs, done = [], {}  # done: decoded outputs by everything but a rule that cannot matter
     groups = sorted({len(p) for p in prompts})  # one batch shape per prompt length
     bar = tqdm(total=len(prompts) * len(rates) * len(settings), desc="decode", leave=False,
                disable=args.no_progress)
-    for (rule, ps), rate, P in itertools.product(settings, rates, groups):
-        setting = argparse.Namespace(**{**vars(args), "slack_rule": rule, "per_step": ps})
+    for (rule, ps, bl), rate, P in itertools.product(settings, rates, groups):
+        setting = argparse.Namespace(**{**vars(args), "slack_rule": rule, "per_step": ps,
+                                        "block_length": bl})
         idx = [i for i, p in enumerate(prompts) if len(p) == P]  # file order within the group
-        gen = torch.Generator().manual_seed(args.seed + P)  # CPU: the same stream on any device
-        for s in range(0, len(idx), args.batch_size):
-            part = idx[s:s + args.batch_size]  # <= --batch-size prompts
-            prompt = torch.tensor([prompts[i] for i in part], dtype=torch.long)
-            out = run_batch(model, meta, prompt.view(len(part), P).to(device), setting, rate, gen)
-            for b, i in enumerate(part):
-                ids, text = output_record(out["canvas"][b].tolist(), P, meta, vocab,
-                                          model.cfg.causal)
-                out_recs.append({"i": i, "prompt": recs[i].get("prompt"), "output": text,
-                                 "output_ids": ids, "rate": rate, "slack_rule": rule,
-                                 "per_step": ps, "n_committed": int(out["n_committed"][b]),
-                                 "n_shifted": int(out["n_shifted"][b])})  # plain ints: JSON
-            bar.update(len(part))
+        key = (rule if meta["slack"] else None, ps, bl, rate, P)
+        if key not in done:
+            done[key] = decode_group(model, meta, vocab, [prompts[i] for i in idx], P, setting,
+                                     rate, device)
+        for i, (ids, text, n_c, n_s) in zip(idx, done[key]):
+            out_recs.append({"i": i, "prompt": recs[i].get("prompt"), "output": text,
+                             "output_ids": ids, "rate": rate, "slack_rule": rule,
+                             "per_step": ps, "block_length": bl, "n_committed": n_c,
+                             "n_shifted": n_s})
+        bar.update(len(idx))
     bar.close()
     data.write_jsonl(out_path, out_recs)
     # pooled over prompts as total moves / total commits (not a mean of per-prompt fractions),
@@ -253,6 +260,22 @@ def decode_file(model, meta, vocab, args, rates, device, out_path):
     print(f"{len(out_recs)} outputs ({len(prompts)} prompts x {len(rates)} rates x "
           f"{len(settings)} settings) -> {out_path}; realised shift fraction over all rates "
           f"{moved / max(1, committed):.4f}")
+
+
+def decode_group(model, meta, vocab, prompts, P, setting, rate, device):
+    """[(output ids, text, commits, moves)] of prompts that all have P tokens, in batches of
+    --batch-size, from one generator seeded with seed + P (CPU: the same stream on any device)."""
+    gen = torch.Generator().manual_seed(setting.seed + P)
+    out = []
+    for s in range(0, len(prompts), setting.batch_size):
+        part = prompts[s:s + setting.batch_size]
+        prompt = torch.tensor(part, dtype=torch.long).view(len(part), P).to(device)
+        res = run_batch(model, meta, prompt, setting, rate, gen)
+        for b in range(len(part)):
+            ids, text = output_record(res["canvas"][b].tolist(), P, meta, vocab, model.cfg.causal)
+            # plain ints: JSON
+            out.append((ids, text, int(res["n_committed"][b]), int(res["n_shifted"][b])))
+    return out
 
 
 def resolve_rule(rule, meta):

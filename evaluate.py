@@ -75,7 +75,9 @@ def run_task(args):
     else:
         make = ((lambda n, s: tasks.copy_examples(n, args.min_len, args.max_len, s))
                 if args.task == "copy"
-                else (lambda n, s: tasks.grammar_examples(n, s, args.prompt_words, args.max_bytes)))
+                else (lambda n, s: tasks.grammar_examples(
+                    n, s, args.prompt_words, args.max_bytes, min_bytes=args.min_bytes,
+                    sentences=(args.min_sentences, args.max_sentences))))
         files["train"] = make(args.n_train, args.seed)
         seen = {r["prompt"] + r["response"] for r in files["train"]}  # each example's full text
         # test from seed + 1, validation from seed + 2; a text drawn before is dropped, so no
@@ -90,6 +92,11 @@ def run_task(args):
     task = {**{k: v for k, v in vars(args).items() if k not in ("mode", "out_dir")},
             **{f"n_{k}": len(v) for k, v in files.items()},
             **{f"dropped_{k}": v for k, v in dropped.items()}}
+    # what the test examples look like: how long prompts and responses are, in bytes
+    for part in ("prompt", "response"):
+        sizes = [len((r.get(part) or "").encode()) for r in files["test"]]
+        task[f"{part}_bytes_mean"] = float(np.mean(sizes))
+        task[f"{part}_bytes_sd"] = float(np.std(sizes))
     write_files(args.out_dir, {"task.json": json.dumps(task, indent=1) + "\n"})  # makes out_dir
     for split, recs in files.items():
         data.write_jsonl(os.path.join(args.out_dir, f"{split}.jsonl"), recs)
@@ -226,7 +233,8 @@ def parse_named(specs, flag):
 
 def load_gens(name, path, n_refs):
     """{setting: {rate key: {prompt index: record}}} of one gens file, a setting being the slack
-    rule and positions per step that decode.py recorded ("last/1"; "" when it recorded none). A
+    rule, positions per step and block length that decode.py recorded ("last/1/16"; "" when it
+    recorded none). A
     rate is keyed by its shortest spelling ("0", "0.01"): JSON keys must be strings."""
     if not os.path.isfile(path):
         raise data.UserError(f"gens file {path!r} (for {name!r}) does not exist")
@@ -239,7 +247,8 @@ def load_gens(name, path, n_refs):
             raise data.UserError(f"{path}: record {n} needs a prompt index i in 0..{n_refs - 1} "
                                  f"(has {i!r}), a number rate, a string output, counts "
                                  f"n_committed, n_shifted")
-        setting = f"{g['slack_rule']}/{g['per_step']}" if "slack_rule" in g else ""
+        setting = "/".join(str(g[k]) if g[k] is not None else "all"  # all: one block
+                           for k in ("slack_rule", "per_step", "block_length") if k in g)
         by_rate = settings.setdefault(setting, {}).setdefault(f"{float(rate):g}", {})
         if i in by_rate:
             raise data.UserError(f"{path}: prompt {i} appears twice at shift rate {rate:g}"
@@ -496,8 +505,14 @@ def run_score(args):
     if baseline not in map(arm_of, gens):
         raise data.UserError(f"--baseline {baseline!r} is none of the arms "
                              f"{list(dict.fromkeys(map(arm_of, gens)))}")
-    res = {"task": args.task, "primary": metrics[0], "metrics": list(metrics), "names": list(gens),
-           "baseline": baseline, "rates": rates, "n_prompts": len(idx), "prompt_indices": idx,
+    primary = None
+    if args.primary:
+        arm, rate = args.primary
+        if arm not in map(arm_of, gens) or f"{float(rate):g}" not in rates:
+            raise data.UserError(f"--primary {arm} {rate}: no such arm, or no such shift rate")
+        primary = {"arm": arm, "rate": f"{float(rate):g}"}
+    res = {"task": args.task, "primary": metrics[0], "metrics": list(metrics),
+           "primary_comparison": primary, "names": list(gens), "baseline": baseline, "rates": rates, "n_prompts": len(idx), "prompt_indices": idx,
            "notes": notes, "judge": None}
     metric_fn = {"copy": copy_metrics, "grammar": grammar_metrics}.get(args.task)
     if args.task == "text":
@@ -528,6 +543,51 @@ def run_score(args):
     files = {"results.json": json_text(res), "results.md": markdown_report(res), f"{m}.svg": svg}
     print(files["results.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
     return res
+
+
+# ----------------------------------------------------------------------------------------------
+# `choose`: the decoder, fixed on validation prompts before any test prompt is decoded. The rule
+# is declared here, not picked after the fact: among the settings of a validation score (names
+# ARM:SETTING), the one whose primary metric, averaged over the fine-tuned arms (each arm the
+# mean of its seeds, every arm weighted alike) and over the file's shift rates, is best; a tie
+# goes to the setting listed first.
+
+SETTING_FLAGS = ("--slack-rule", "--per-step", "--block-length")  # the parts of "plain/1/16"
+
+
+def run_choose(args):
+    """Write choice.json (the setting, its flags, every candidate's value) and flags.txt (the
+    flags on one line, for a script to pass to decode.py)."""
+    try:
+        res = json.load(open(args.scores, encoding="utf-8"))
+        metric, lower = res["primary"], BETTER.get(res["primary"]) == LOWER
+        values = {}  # {setting: [mean over seeds of one arm at one rate, ...]}
+        for name, by_rate in res["arms"].items():
+            arm, _, setting = name.partition(":")
+            if not setting:
+                raise data.UserError(f"{args.scores}: arm {name!r} carries no setting")
+            if arm not in args.exclude:
+                values.setdefault(setting, []).extend(c["summary"][metric]
+                                                      for c in by_rate.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise data.UserError(f"{args.scores}: not a validation score of decode.py settings "
+                             f"({type(e).__name__}: {e})")
+    if not values:
+        raise data.UserError(f"{args.scores}: no arm left to choose with")
+    means = {s: float(np.nanmean(v)) for s, v in values.items()}
+    best = (min if lower else max)(means, key=means.get)  # the first of equal values wins
+    parts = best.split("/")
+    flags = " ".join(f"{f} {v}" for f, v in zip(SETTING_FLAGS, parts) if v != "all")
+    choice = {"setting": best, "flags": flags, "metric": metric, "scores": args.scores,
+              "rates": res["rates"], "excluded": args.exclude, "candidates": means}
+    rows = [[s, fmt(m)] for s, m in means.items()]
+    md = [f"# The decoder chosen on validation: {best}", "",
+          f"mean {metric} over the arms (but {', '.join(args.exclude)}) and rates "
+          f"{', '.join(res['rates'])}", ""] + table(["setting", metric], rows)
+    files = {"choice.json": json_text(choice), "choice.md": "\n".join(md) + "\n",
+             "flags.txt": flags + "\n"}
+    print(files["choice.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
+    return choice
 
 
 # ----------------------------------------------------------------------------------------------
@@ -606,8 +666,12 @@ DATA_HELP = "text or token file whose last 5%% is held out (default: the default
 TASK_FLAGS = {  # (flag, type, default, help) of each task beyond the common ones
     "copy": [("--min-len", int, 8, "shortest string to copy"),
              ("--max-len", int, 8, "longest one")],
-    "grammar": [("--prompt-words", int, 1, "words of each sentence given as the prompt"),
-                ("--max-bytes", int, None, "longest prompt + response in bytes, None = no limit")],
+    "grammar": [("--prompt-words", int, 1, "words of each text given as the prompt; 0: an empty "
+                 "prompt (unconditional generation)"),
+                ("--max-bytes", int, None, "longest prompt + response in bytes, None = no limit"),
+                ("--min-bytes", int, 0, "shortest prompt + response in bytes"),
+                ("--min-sentences", int, 1, "fewest sentences per text"),
+                ("--max-sentences", int, 3, "most sentences per text")],
     "text": [("--data", str, None, DATA_HELP), ("--prompt-len", int, 32, "bytes per prompt"),
              ("--length", int, 96, "bytes of the true continuation after each prompt")],
 }
@@ -649,12 +713,21 @@ def build_parser():
     a("--refs", required=True, help="the test.jsonl that `task` wrote")
     a("--gens", nargs="+", required=True, help="NAME=PATH per decode.py output (a name may hold /)")
     a("--baseline", default=None, help="the name every other is compared with (default: the first)")
+    a("--primary", nargs=2, default=None, metavar=("ARM", "RATE"),
+      help="the pre-declared primary comparison: ARM - baseline on the primary metric at shift "
+           "rate RATE; every other comparison of the file is exploratory (default: none)")
     a("--judge", default=None,
       help="AR checkpoint (train.py --objective ar) that scores --task text")
     a("--n-boot", type=int, default=2000, help="bootstrap resamples per interval (default: 2000)")
     a("--seed", type=int, default=1337, help="seed of the bootstrap (default: 1337)")
     a("--device", default="auto", help="the judge's device: cpu, cuda, mps or auto (default: auto)")
     a("--out-dir", required=True, help="folder for results.json, results.md and PRIMARY.svg")
+    a = sub.add_parser("choose", help="the decoder setting chosen on validation").add_argument
+    a("--scores", required=True, help="results.json of `score` on validation prompts, its names "
+      "ARM:SETTING (decode.py with --slack-rules, --per-steps, --block-lengths)")
+    a("--exclude", nargs="*", default=["pretrained"],
+      help="arms left out of the average (default: pretrained)")
+    a("--out-dir", required=True, help="folder for choice.json, choice.md and flags.txt")
     a = sub.add_parser("curves", help="validation curves of training runs").add_argument
     a("--logs", nargs="+", required=True, help="NAME=PATH of each run's log.jsonl")
     a("--keys", nargs="+", default=None,
@@ -674,7 +747,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         run = {"task": run_task, "bpb": run_bpb, "score": run_score, "curves": run_curves,
-               "lengths": run_lengths}
+               "lengths": run_lengths, "choose": run_choose}
         run[args.mode](args)
     except (data.UserError, mdlm.CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)  # an expected failure: a message, no traceback

@@ -136,31 +136,38 @@ def _shortest_sentence():
                if _is_sentence(list(w)))
 
 
-def grammar_examples(n, seed, prompt_words=1, max_bytes=None):
+def grammar_examples(n, seed, prompt_words=1, max_bytes=None, *, min_bytes=0, sentences=(1, 3)):
     """n examples {"prompt": the first prompt_words words + " ", "response": the rest of a text
-    of 1-3 sentences}, fixed by the seed. max_bytes: texts longer than that (in bytes, prompt and
-    response together) are drawn again, so every example fits a canvas."""
-    if prompt_words < 1 or prompt_words >= 3 * 7:  # 3 sentences of at most 7 words
-        raise ValueError(f"prompt_words must lie in 1..20, got {prompt_words}")
-    if max_bytes is not None and max_bytes < _shortest_sentence():
-        raise ValueError(f"max_bytes {max_bytes} is shorter than the shortest sentence "
-                         f"({_shortest_sentence()} bytes)")
+    of sentences[0]..sentences[1] sentences (uniform)}, fixed by the seed. prompt_words=0: an
+    empty prompt, the whole text is the response (unconditional generation). Texts of fewer than
+    min_bytes or more than max_bytes bytes (prompt and response together) are drawn again, so
+    that every example fits a canvas and the lengths lie in a chosen band."""
+    lo, hi = sentences
+    if not 1 <= lo <= hi:
+        raise ValueError(f"need 1 <= sentences[0] <= sentences[1], got {sentences}")
+    if not 0 <= prompt_words < lo * 7:  # a sentence has at most 7 words; the response needs one
+        raise ValueError(f"prompt_words must lie in 0..{lo * 7 - 1}, got {prompt_words}")
+    if max_bytes is not None and max_bytes < max(min_bytes, lo * (_shortest_sentence() + 1) - 1):
+        raise ValueError(f"max_bytes {max_bytes} is shorter than min_bytes or than {lo} of the "
+                         f"shortest sentence ({_shortest_sentence()} bytes)")
     # one generator drives every choice, in a fixed order: the same seed, the same examples
     rng, out, tries = random.Random(seed), [], 0
     while len(out) < n:
-        text = " ".join(_sample_sentence(rng) for _ in range(rng.randint(1, 3)))
+        text = " ".join(_sample_sentence(rng) for _ in range(rng.randint(lo, hi)))
         words = text.split(" ")
-        fits = max_bytes is None or len(text.encode()) <= max_bytes
+        size = len(text.encode())
+        fits = min_bytes <= size and (max_bytes is None or size <= max_bytes)
         if fits and len(words) > prompt_words:  # the response must hold at least one word
             # the prompt keeps its trailing space, so the response starts with a word's first
             # byte and the model never has to guess the separator after the prompt
-            out.append({"prompt": " ".join(words[:prompt_words]) + " ",
-                        "response": " ".join(words[prompt_words:])})
+            prompt = " ".join(words[:prompt_words]) + " " if prompt_words else ""
+            out.append({"prompt": prompt, "response": " ".join(words[prompt_words:])})
             tries = 0
             continue
         tries += 1  # rejection sampling; give up when the constraints (nearly) never hold
         if tries > 100_000:
-            raise ValueError(f"no text of more than {prompt_words} words fits {max_bytes} bytes")
+            raise ValueError(f"no text of {lo}..{hi} sentences and {min_bytes}..{max_bytes} "
+                             f"bytes with more than {prompt_words} words was drawn")
     return out
 
 

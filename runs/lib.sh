@@ -21,6 +21,7 @@
 #   spawn DIR COMMAND...   stage, in the background once JOBS > 1, at most JOBS at once, its
 #                          output in DIR.log; settle waits for every spawned stage and stops the
 #                          script if one failed.
+#   decode_all DIR "CKPTS" ARGS...   decode.py ARGS for each checkpoint, spawned, into DIR/*.jsonl
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the project root: the scripts call train.py from there
@@ -71,21 +72,25 @@ stage() {
     echo "$((SECONDS - t0))" > "$dir/DONE"
 }
 
-# where and how the results were made: the commit, the machine, threads and sizes, for the report
+# where and how the results were made: the commit, the machine, threads and sizes, for the report;
+# record_setup DIR [KEY=VALUE...] adds settings of the script's own (seq_len=48), VALUE as JSON
 record_setup() {
-    mkdir -p "$1"
-    python - "$1/setup.json" "$SIZE" "$DEVICE" "$DTYPE" "$JOBS" <<'EOF'
+    local dir=$1
+    shift
+    mkdir -p "$dir"
+    python - "$dir/setup.json" "$SIZE" "$DEVICE" "$DTYPE" "$JOBS" "$@" <<'EOF'
 import json, platform, subprocess, sys
 import torch
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
 dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                        capture_output=True, text=True).stdout.strip()
+extra = {k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[6:])}
 json.dump({"commit": (commit.stdout.strip() or "unknown") + ("+changes" if dirty else ""),
            "size": sys.argv[2], "device": sys.argv[3], "dtype": sys.argv[4],
            "threads": torch.get_num_threads(), "jobs": int(sys.argv[5]),
            "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(),
-           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **extra},
           open(sys.argv[1], "w"), indent=1)
 EOF
 }
@@ -95,6 +100,7 @@ spawn() {
     if [ "$JOBS" -le 1 ]; then stage "$@"; return; fi
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
     echo "== in the background, output in $1.log: ${*:2}"
+    mkdir -p "$(dirname "$1")"
     stage "$@" > "$1.log" 2>&1 &
     SPAWNED="$SPAWNED $!"
 }
@@ -112,3 +118,16 @@ stop_spawned() {
     exit 130
 }
 trap stop_spawned INT TERM
+
+# decode_all DIR "CKPTS" ARGS...: decode.py ARGS for each checkpoint into DIR/NAME.jsonl, NAME the
+# name of the checkpoint's folder (ARM@SEED), each its own stage DIR/NAME, JOBS at once
+decode_all() {
+    local dir=$1 ckpts=$2 ckpt name
+    shift 2
+    mkdir -p "$dir"
+    for ckpt in $ckpts; do
+        name=$(basename "$(dirname "$ckpt")")
+        spawn "$dir/$name" python decode.py --ckpt "$ckpt" --out "$dir/$name.jsonl" "$@"
+    done
+    settle
+}

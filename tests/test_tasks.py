@@ -90,7 +90,18 @@ def test_grammar_examples_prompts_determinism_and_max_bytes():
     with pytest.raises(ValueError):
         tasks.grammar_examples(1, 0, max_bytes=8)  # no sentence is that short
     with pytest.raises(ValueError):
-        tasks.grammar_examples(1, 0, prompt_words=0)
+        tasks.grammar_examples(1, 0, prompt_words=-1)
+    # prompt_words=0: unconditional, the whole text is the response
+    free = tasks.grammar_examples(50, 2, prompt_words=0, max_bytes=40)
+    assert all(r["prompt"] == "" and tasks.grammar_check(r["response"])["parses"] for r in free)
+    # a band of lengths and of sentence counts
+    band = tasks.grammar_examples(100, 3, min_bytes=150, max_bytes=200, sentences=(5, 8))
+    sizes = [len((r["prompt"] + r["response"]).encode()) for r in band]
+    assert min(sizes) >= 150 and max(sizes) <= 200
+    counts = [tasks.grammar_check(r["prompt"] + r["response"])["sentences"] for r in band]
+    assert min(counts) >= 5 and max(counts) <= 8
+    # the default draws are the ones the earlier signature made (seeded task files stay the same)
+    assert tasks.grammar_examples(5, 9) == tasks.grammar_examples(5, 9, sentences=(1, 3))
 
 
 def test_lexicon():
