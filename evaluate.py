@@ -512,7 +512,8 @@ def run_score(args):
             raise data.UserError(f"--primary {arm} {rate}: no such arm, or no such shift rate")
         primary = {"arm": arm, "rate": f"{float(rate):g}"}
     res = {"task": args.task, "primary": metrics[0], "metrics": list(metrics),
-           "primary_comparison": primary, "names": list(gens), "baseline": baseline, "rates": rates, "n_prompts": len(idx), "prompt_indices": idx,
+           "primary_comparison": primary, "names": list(gens), "baseline": baseline,
+           "rates": rates, "n_prompts": len(idx), "prompt_indices": idx,
            "notes": notes, "judge": None}
     metric_fn = {"copy": copy_metrics, "grammar": grammar_metrics}.get(args.task)
     if args.task == "text":
