@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ctc_slack
+import data
 import mdlm
 import objective
 
@@ -67,18 +69,21 @@ def round_robin(fns, rounds, device, warmup=1):
 def ctc_case(B, T, V, rate, visible, device, gen):
     """Random log-probs (a leaf, B x T x V), targets y of U = T - K tokens (K = round(rate * T))
     and, when visible > 0, a canvas that shows that fraction of a reference alignment with the
-    slack at random places. Slack is V - 1, MASK is V - 2. y has no two equal neighbours, so the
-    reference also collapses to y under the standard collapse (a repeat needs a slack between)."""
+    slack at random places. The special ids are V's (mdlm.special_ids); y has no two equal
+    neighbours, so the reference also collapses to y under the standard collapse (a repeat needs
+    a slack between)."""
     K = round(rate * T)
+    _, slack, mask = mdlm.special_ids(V)
     # drawn on the CPU from one generator, then moved: the same case on every device
     lp = torch.randn(B, T, V, generator=gen).log_softmax(-1).to(device).requires_grad_()
-    # steps of 1..V-3 modulo V-2: tokens 0..V-3, never equal to the previous one
-    y = torch.randint(1, V - 2, (B, T - K), generator=gen).cumsum(1) % (V - 2)  # (B, U)
+    # steps of 1..n-1 modulo n (n = V - 3 ordinary ids): tokens 0..n-1, never the previous one
+    n = V - 3
+    y = torch.randint(1, n, (B, T - K), generator=gen).cumsum(1) % n  # (B, U)
     T_b, U_b = torch.full((B,), T), torch.full((B,), T - K)
-    z0 = ctc_slack.place_slack(y, "random", target_lengths=U_b, canvas_lengths=T_b, slack_id=V - 1,
+    z0 = ctc_slack.place_slack(y, "random", target_lengths=U_b, canvas_lengths=T_b, slack_id=slack,
                                generator=gen)  # (B, T)
     # each position visible with probability `visible`, as the forward process would leave it
-    canvas = torch.where(torch.rand(B, T, generator=gen) < visible, z0, V - 2)
+    canvas = torch.where(torch.rand(B, T, generator=gen) < visible, z0, mask)
     return lp, y.to(device), T_b.to(device), U_b.to(device), canvas.to(device) if visible else None
 
 
@@ -137,16 +142,17 @@ def uses_cudnn(out):
 def ctc_cases(a):
     """The (B, T, V, slack rate) shapes to run: the presets, or --shapes x --rates."""
     if a.tiny:
-        return [(2, 24, 7, 0.1)]
+        return [(2, 24, a.vocab_size + 3 if a.vocab_size else 7, 0.1)]
     if a.shapes:  # e.g. --shapes 8x1024x259 --rates 0.05,0.1
         shapes = [tuple(int(n) for n in s.split("x")) for s in a.shapes.split(",")]
-        return [(*s, float(r)) for s in shapes for r in a.rates.split(",")]
-    if a.quick:  # the shapes of the standard collapse's goal: <= 1.2x F.ctc_loss at T = 512, 1024
-        return [(8, T, 259, 0.1) for T in (256, 512, 1024)]
-    # 259 = the byte vocabulary; 32000 = a subword one (there the gather matters, not the DP).
-    # The band's cost grows with K, so slack rates up to 25% show where it stops paying off.
-    cases = [(8, T, 259, r) for T in (256, 512, 1024, 4096) for r in (0.05, 0.1, 0.25)]
-    return cases + [(32, 256, 32000, 0.1)]
+        cases = [(*s, float(r)) for s in shapes for r in a.rates.split(",")]
+    elif a.quick:  # T = 512 and 1024, where the standard collapse should stay near F.ctc_loss
+        cases = [(8, T, 259, 0.1) for T in (256, 512, 1024)]
+    else:  # 259 = the byte vocabulary; 32000 = a subword one (there the gather matters, not the
+        # DP). The band's cost grows with K, so slack rates up to 25% show where it stops paying.
+        cases = [(8, T, 259, r) for T in (256, 512, 1024, 4096) for r in (0.05, 0.1, 0.25)]
+        cases += [(32, 256, 32000, 0.1)]
+    return [(B, T, a.vocab_size + 3 if a.vocab_size else V, r) for B, T, V, r in cases]
 
 
 def ctc_contenders(lp, y, T_b, U_b, canvas, V, cuda):
@@ -154,10 +160,11 @@ def ctc_contenders(lp, y, T_b, U_b, canvas, V, cuda):
     then ours for each (collapse, canvas) run, then cuDNN's CTC when its rules allow it. Also the
     runs and a word on cuDNN: used, or why not."""
     runs = [(c, v) for v in (0.0, 0.5) for c in ("surface", "standard")]  # (collapse, visible)
-    fns = [lambda: F.ctc_loss(lp.transpose(0, 1), y, T_b, U_b, blank=V - 1, reduction="sum")]
+    _, slack, mask = mdlm.special_ids(V)
+    fns = [lambda: F.ctc_loss(lp.transpose(0, 1), y, T_b, U_b, blank=slack, reduction="sum")]
     for collapse, visible in runs:  # default arguments bind this iteration's values
         fns.append(lambda c=collapse, v=visible: ctc_slack.ctc_slack_loss(
-            lp, y, T_b, U_b, slack_id=V - 1, canvas=canvas if v else None, mask_id=V - 2,
+            lp, y, T_b, U_b, slack_id=slack, canvas=canvas if v else None, mask_id=mask,
             collapse=c, reduction="sum"))
     # cuDNN's own rules that a case can break here: a GPU, target length <= 256 (float32 holds).
     B, T, U = lp.shape[0], lp.shape[1], int(U_b[0])
@@ -269,15 +276,17 @@ def bench_train(a, device):
         sizes = dict(n_layer=1, n_head=2, n_embd=16)
     else:  # the sizes given on the command line; mdlm.ModelConfig's defaults for the rest
         sizes = {k: getattr(a, k) for k in ("n_layer", "n_head", "n_embd") if getattr(a, k)}
-    cfg = mdlm.ModelConfig(seq_len=T, **sizes)
+    n = a.vocab_size or 256  # ordinary ids: bytes, or a token vocabulary of that size
+    V = n + 3
+    cfg = mdlm.ModelConfig(vocab_size=V, seq_len=T, **sizes)
     # bf16: matmuls in bf16 under autocast, losses in float32 (they call .float()), as train.py
     bf16 = torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
     ctx = bf16 if a.dtype == "bf16" else contextlib.nullcontext()
     torch.manual_seed(0)
-    ids = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8)  # a byte stream
+    ids = np.random.default_rng(0).integers(0, n, 200_000, dtype=np.int64)  # a token stream
     # the objectives of pretraining (MDLM, AR) and of the two fine-tunes (slack rate 0.1)
-    mdlm_obj, ar_obj = objective.Objective(T), objective.Objective(T, ar=True)
-    ft = dict(slack_rate=0.1, prompt_len=P)
+    mdlm_obj, ar_obj = objective.Objective(T, V), objective.Objective(T, V, ar=True)
+    ft = dict(vocab_size=V, slack_rate=0.1, prompt_len=P)
     ce_obj = objective.Objective(T, loss="ce", placement="tail", **ft)
     ctc_obj = objective.Objective(T, loss="ctc", placement="random", **ft)
     steps, warmup = (2, 1) if a.tiny else (a.steps, 3 if a.compile else 2)  # compiling takes calls
@@ -285,12 +294,13 @@ def bench_train(a, device):
     def timed(models, objs):  # median seconds per step of each (model, objective), interleaved
         return round_robin([train_stepper(m, o, ids, B, device, ctx, a.compile)
                             for m, o in zip(models, objs)], steps, device, warmup)
-    print(f"device {device}, {a.dtype}{', compiled' if a.compile else ''}, B {B}, T {T}, "
+    print(f"device {device}, {a.dtype}{', compiled' if a.compile else ''}, B {B}, T {T}, V {V}, "
           f"{cfg.n_layer} layers x {cfg.n_embd}, median of {steps} steps")
     results = {}
     # The same backbone and batch: the ratio is what masking, the 1/t-weighted loss and
     # bidirectional (instead of causal) attention add to a step.
-    m_ar = mdlm.Transformer(mdlm.ModelConfig(seq_len=T, causal=True, **sizes)).to(device)
+    m_ar = mdlm.Transformer(mdlm.ModelConfig(vocab_size=V, seq_len=T, causal=True,
+                                             **sizes)).to(device)
     tm, ta = timed([mdlm.Transformer(cfg).to(device), m_ar], [mdlm_obj, ar_obj])
     results["mdlm-vs-ar"] = {"mdlm_step_s": tm, "ar_step_s": ta, "ratio": tm / ta}
     print(f"MDLM step {tm * 1e3:.1f} ms, AR step {ta * 1e3:.1f} ms: MDLM / AR ratio {tm / ta:.3f}")
@@ -328,14 +338,19 @@ def bench_cache(a, device):
     and the call can be skipped. Without --ckpt, a random model of the default size (the call
     counts and times do not depend on the weights much)."""
     steps, length = (8, 8) if a.tiny else (a.steps, a.length)
-    prompt = torch.tensor([mdlm.encode(a.prompt)])  # (1, P)
-    if a.ckpt:  # a trained model: its EMA weights, its schedule and whether it may sample slack
-        ckpt = mdlm.load_checkpoint(a.ckpt)
+    ckpt = mdlm.load_checkpoint(a.ckpt) if a.ckpt else None
+    vocab = data.vocab_of(ckpt) if ckpt else data.Vocab(a.vocab_size or 256,
+                                                        "bytes" if not a.vocab_size else "none")
+    # the prompt in the model's own ids: text through its tokenizer, else no prompt at all
+    prompt = torch.tensor([vocab.encode(a.prompt, "--prompt") if vocab.has_text() else []],
+                          dtype=torch.long)  # (1, P)
+    if ckpt:  # a trained model: its EMA weights, its schedule and whether it may sample slack
         model, meta = mdlm.model_from_checkpoint(ckpt, device=device), mdlm.checkpoint_meta(ckpt)
+        length = min(length, model.cfg.seq_len - prompt.shape[1])
     else:  # a random model, long enough for the prompt and the length asked for
         torch.manual_seed(0)
         sizes = dict(n_layer=1, n_head=2, n_embd=16) if a.tiny else {}
-        cfg = mdlm.ModelConfig(seq_len=prompt.shape[1] + length, **sizes)
+        cfg = mdlm.ModelConfig(vocab_size=vocab.size, seq_len=prompt.shape[1] + length, **sizes)
         model, meta = (mdlm.Transformer(cfg).to(device).eval(),
                        {"schedule": "linear", "slack": False})
     outs = {}
@@ -353,7 +368,8 @@ def bench_cache(a, device):
     # token for token.
     same = torch.equal(outs[True]["canvas"], outs[False]["canvas"])
     calls = {k: v["model_calls"] for k, v in outs.items()}  # at most one per step that committed
-    print(f"steps {steps}, length {length}, device {device}, identical canvases: {same}")
+    print(f"steps {steps}, length {length}, prompt {prompt.shape[1]} ids, V {vocab.size}, "
+          f"device {device}, identical canvases: {same}")
     print(f"uncached: {calls[False]:5d} model calls, median {t_plain:.3f} s")
     print(f"cached:   {calls[True]:5d} model calls, median {t_cached:.3f} s")
     print(f"speed-up ratio: {t_plain / t_cached:.2f}x")
@@ -374,6 +390,10 @@ def parse_args(argv=None):
     common.add_argument("--json", default="", help="also write the results to this JSON file")
     common.add_argument("--tiny", action="store_true",
                         help="tiny sizes that run in seconds (tests)")
+    common.add_argument("--vocab-size", type=int, default=0,
+                        help="ordinary ids of the vocabulary (EOS, SLACK and MASK follow them); "
+                             "ctc: replaces V of every shape; cache: ignored with --ckpt, which "
+                             "brings its own (default: 256, bytes)")
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -414,8 +434,13 @@ def main(argv=None):
     a = parse_args(argv)
     if a.threads:  # before any work: torch reads it per op, but a pool started early keeps its size
         torch.set_num_threads(a.threads)
-    device = mdlm.pick_device(a.device)
-    results = {"ctc": bench_ctc, "train": bench_train, "cache": bench_cache}[a.command](a, device)
+    try:
+        device = mdlm.pick_device(a.device)
+        results = {"ctc": bench_ctc, "train": bench_train, "cache": bench_cache}[a.command](a,
+                                                                                        device)
+    except (data.UserError, mdlm.CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     # what a reader of the JSON needs to compare runs: the device by name, torch, the threads
     name = torch.cuda.get_device_name() if device.startswith("cuda") else device
     results.update(command=a.command, device=name, torch=torch.__version__,
@@ -423,7 +448,8 @@ def main(argv=None):
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

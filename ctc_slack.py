@@ -14,29 +14,39 @@ Some canvas positions may be visible (not masked): their token is fixed, so the 
 completions of the masked positions (the Imputer, Chan et al. 2020, arXiv 2002.08926). CTC itself:
 Graves et al. 2006, "Connectionist Temporal Classification" (ICML).
 
-The file, in reading order:
+The file, in reading order (every name is defined before it is used):
     1. the definition: the collapse map and the loss as a plain recursion over time (slow, exact)
-    2. the loss to call, ctc_slack_loss, and the porter API for fine-tuning and decoding an MDLM:
+    2. the fast paths: the surface collapse as a band of K+1 rows with a hand-written backward,
+       and the standard collapse through PyTorch's own CTC kernel
+    3. the most probable alignment (Viterbi), for the "model" placement
+    4. checking what a caller passes: every malformed argument is one error that names it
+    5. the loss to call, ctc_slack_loss (F.ctc_loss's arguments, batch-first), and the alignment
+    6. the porter API, for fine-tuning and decoding an MDLM:
            K = slack_count(R, rate)                  slacks per response canvas of R positions
            place_slack / align_slack                 the reference canvas: slack at random places,
                                                      at the tail, or where the model aligns it
            build_canvas                              prompt + response canvas, and the prompt mask
            slack_ctc_term                            the fine-tuning loss from the model's logits
-           slack_last                                the decoding side: commit slack last
-           collapse_tokens                           read a canvas out: delete slack
-    3. the fast paths: the surface collapse as a band of K+1 rows with a hand-written backward,
-       and the standard collapse through PyTorch's own CTC kernel
-    4. the most probable alignment (Viterbi), for the "model" placement
+           masked_canvas                             decoding: each prompt, then MASK to the end
+           slack_waits / slack_last                  decoding: commit slack last (optional)
+           read_outputs                              decoding: delete slack, cut at EOS
+
+What each function returns for input it cannot score: an infeasible example (T_b < U_b, a visible
+token no alignment can use, too few positions for standard repeats) gives +inf in ctc_slack_loss,
+as in F.ctc_loss, and is a ValueError in slack_ctc_term, whose batch should never hold one (0 in
+both with zero_infinity); a NaN among an example's log-probs gives that example a NaN loss, never
+the +inf of an infeasible one; a malformed argument (a wrong shape, type or id, swapped lengths,
+raw logits where log-probs are due) is a TypeError or ValueError naming it.
 
 Cost (algorithm="band", the default): surface, K+1 sequential steps of O(B * U) vectorized work
 in float64, memory O(B * (K+1) * (U+1)); standard, PyTorch's CTC kernel on edited log-probs, at
-about F.ctc_loss's time and memory. algorithm="time": the slow references of section 1.
-
-    python -m pytest tests/test_ctc_slack.py  # exactness (brute force, F.ctc_loss, gradcheck)
-    python bench.py ctc --quick               # speed and memory against F.ctc_loss
+about F.ctc_loss's time and memory. Tests: tests/test_ctc_slack.py; speed: bench.py ctc.
 
 This file imports only torch; copy it alone into another codebase.
 """
+
+import math
+import operator
 
 import torch
 from torch.nn.functional import pad
@@ -52,10 +62,16 @@ NEG_TIME = -1e30
 
 
 def collapse_tokens(seq, slack_id, collapse="surface"):
-    """The collapse map B on a python list. surface: drop slack. standard: merge runs of equal
-    tokens, then drop slack (so `a a <slack> a` -> `a a`, `a a a` -> `a`)."""
+    """The collapse map B on one sequence of ids (a list, or a 1-D tensor), as a list. surface:
+    drop slack. standard: merge runs of equal tokens, then drop slack (so `a a <slack> a` ->
+    `a a`, `a a a` -> `a`)."""
     if collapse not in ("surface", "standard"):
         raise ValueError(f"unknown collapse {collapse!r}; use 'surface' or 'standard'")
+    if isinstance(seq, torch.Tensor):
+        if seq.dim() != 1:
+            raise ValueError(f"collapse_tokens reads one sequence, got shape {tuple(seq.shape)}")
+        seq = seq.tolist()
+    seq = list(seq)
     if collapse == "standard":
         seq = [x for i, x in enumerate(seq) if i == 0 or x != seq[i - 1]]
     return [x for x in seq if x != slack_id]
@@ -136,215 +152,7 @@ def _standard_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. The loss, and the porter API: the method as functions of tensors, in the order a training
-#    step calls them. A canvas is P_b prompt positions, then R_b = T - P_b positions holding the
-#    U_b targets y and K_b = R_b - U_b slacks:
-#        z0:   T h e _ l i s t | t y p e · i s _ a · m u t a b l e   (place_slack, build_canvas)
-#        z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?     (? = MASK: your forward
-#                                                                       process)
-#    CE scores each masked position against z0; the slack CTC scores z_t against y under every
-#    alignment. Every length argument that is easy to swap is keyword-only (ctc_slack_loss keeps
-#    F.ctc_loss's order), and every malformed argument is a ValueError that says what it expected.
-# ----------------------------------------------------------------------------------------------
-
-
-def _lengths(lengths, name, B, top, device):
-    """A (B,) long tensor of lengths in [0, top], or a ValueError naming the argument."""
-    x = torch.as_tensor(lengths, device=device)
-    if x.dim() != 1 or len(x) != B or x.dtype.is_floating_point or x.dtype == torch.bool:
-        raise ValueError(f"{name} must be {B} integers (one per row), got {tuple(x.shape)} "
-                         f"{x.dtype}")
-    x = x.long()
-    if len(x) and (int(x.min()) < 0 or int(x.max()) > top):
-        raise ValueError(f"{name} must lie in [0, {top}], got {int(x.min())}..{int(x.max())}")
-    return x
-
-
-def _check(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
-           collapse):
-    """Refuse malformed arguments with a ValueError; the lengths as (B,) long tensors on the
-    device of log_probs."""
-    if log_probs.dim() != 3 or not log_probs.dtype.is_floating_point:
-        raise ValueError(f"log_probs must be float (B, T, V), got {tuple(log_probs.shape)} "
-                         f"{log_probs.dtype}")
-    B, T, V = log_probs.shape
-    if targets.dim() != 2 or targets.shape[0] != B or targets.dtype.is_floating_point:
-        raise ValueError(f"targets must be integer ids (B, U_max) = ({B}, U_max), got "
-                         f"{tuple(targets.shape)} {targets.dtype}")
-    if collapse not in ("surface", "standard"):
-        raise ValueError(f"unknown collapse {collapse!r}; use 'surface' or 'standard'")
-    if not 0 <= slack_id < V:
-        raise ValueError(f"slack_id {slack_id} is not an id of the {V}-id vocabulary")
-    if canvas is not None and (canvas.shape != (B, T) or mask_id is None):
-        raise ValueError(f"a canvas must be (B, T) = ({B}, {T}) ids and needs mask_id, got "
-                         f"{tuple(canvas.shape)} and mask_id={mask_id}")
-    T_b = _lengths(input_lengths, "input_lengths", B, T, log_probs.device)
-    U_b = _lengths(target_lengths, "target_lengths", B, targets.shape[1], log_probs.device)
-    inside = torch.arange(targets.shape[1], device=targets.device) < U_b.to(targets.device)[:, None]
-    y = targets[inside]  # the real targets, padding left out
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= V or bool((y == slack_id).any())):
-        raise ValueError(f"targets must be ids in [0, {V}) other than slack_id {slack_id}")
-    return T_b, U_b
-
-
-def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
-                   mask_id=None, collapse="surface", reduction="mean", zero_infinity=False,
-                   algorithm="band"):
-    """-log P(y | canvas) = -log sum over alignments a with B(a) = y that agree with the visible
-    positions of prod_t p_t(a_t). Arguments mirror torch.nn.functional.ctc_loss, batch-first:
-        log_probs (B, T, V) log-softmax outputs; targets (B, U_max) ids, padded (never slack_id);
-        input_lengths T_b, target_lengths U_b (B,); slack_id plays the blank.
-        canvas (B, T) or None: where canvas != mask_id the position is visible, fixed to its token.
-        collapse: "surface" (delete slack) or "standard" (merge repeats, then delete slack).
-        reduction: "none" (B,), "sum", or "mean" (each loss / max(target length, 1), averaged).
-        zero_infinity: infeasible examples give 0 (and zero gradient) instead of +inf.
-        algorithm: "band" (fast: the band for surface, the native CTC kernel for standard) or
-            "time" (the slow references of section 1, float64).
-    Infeasible examples (T_b < U_b, a visible token no alignment can use, too few positions for
-    standard repeats) give +inf, never NaN, and zero gradient. Surface runs in float64, standard
-    in the dtype of log_probs (float32 at least: F.ctc_loss's precision); the result has the dtype
-    of log_probs. The gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0
-    where visible."""
-    if algorithm not in ("band", "time") or reduction not in ("none", "sum", "mean"):
-        raise ValueError(f"algorithm must be 'band' or 'time' and reduction 'none', 'sum' or "
-                         f"'mean', got {algorithm!r} and {reduction!r}")
-    T_b, U_b = _check(log_probs, targets, input_lengths, target_lengths, slack_id, canvas,
-                      mask_id, collapse)
-    args = (log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
-    if algorithm == "time":
-        logz, ok = (_surface_time if collapse == "surface" else _standard_time)(*args)
-    elif collapse == "surface":
-        logz, ok = _BandLogZ.apply(*args)
-    else:
-        logz, ok = _StandardLogZ.apply(*args)
-    bad = 0.0 if zero_infinity else float("inf")
-    nll = torch.where(ok, -logz, bad).to(log_probs.dtype)  # (B,); where() keeps NaN out of grads
-    if reduction == "none":
-        return nll
-    if reduction == "sum":
-        return nll.sum()
-    return (nll / U_b.clamp(min=1).to(nll.dtype)).mean()
-
-
-def slack_count(canvas_lengths, rate):
-    """K = round(rate * R): the slacks of a response canvas of R positions (an int or a tensor of
-    them), rounded half to even as Python's round. The target then has U = R - K tokens."""
-    if not 0 <= rate < 1:
-        raise ValueError(f"the slack rate must lie in [0, 1), got {rate}")
-    return torch.round(torch.as_tensor(canvas_lengths).double() * rate).long()
-
-
-def place_slack(targets, placement="random", *, target_lengths, canvas_lengths, slack_id,
-                generator=None):
-    """Reference response canvas (B, R_max) long: the U_b targets (B, U_max) in order and
-    K_b = R_b - U_b slacks, at random positions ("random") or after the targets ("tail"); slack
-    past R_b. Always draws torch.rand(B, R_max, generator=generator) on CPU, whatever the
-    placement, so that runs differing only in placement see identical noise afterwards."""
-    if placement not in ("random", "tail"):
-        raise ValueError(f"unknown placement {placement!r}: 'random' or 'tail' (the model's own "
-                         f"alignment: align_slack)")
-    dev = targets.device
-    R = _lengths(canvas_lengths, "canvas_lengths", len(targets), float("inf"), dev)
-    U = _lengths(target_lengths, "target_lengths", len(targets), targets.shape[1], dev)
-    if bool((U > R).any()):
-        b = int((U > R).nonzero()[0, 0])
-        raise ValueError(f"row {b} has {int(U[b])} targets for {int(R[b])} canvas positions: "
-                         f"need target_lengths <= canvas_lengths (swapped arguments?)")
-    B, R_max = len(R), int(R.max()) if len(R) else 0
-    pos = torch.arange(R_max, device=dev)[None, :]  # (1, R_max)
-    scores = torch.rand(B, R_max, generator=generator).to(dev).masked_fill(pos >= R[:, None], 2.0)
-    # "random": the K_b lowest of R_b uniform scores (padding, 2.0, ranks last), a uniform subset.
-    rank = scores.argsort(1).argsort(1)  # (B, R_max)
-    is_slack = pos >= U[:, None] if placement == "tail" else rank < (R - U)[:, None]  # (B, R_max)
-    return _fill_canvas(targets, R, U, is_slack | (pos >= R[:, None]), slack_id)  # padding: slack
-
-
-def align_slack(log_probs, targets, *, target_lengths, canvas_lengths, slack_id,
-                collapse="surface"):
-    """The "model" placement (Imputer-style): the most probable alignment of y under log_probs
-    (B, R_max, V), typically response_log_probs of the model on an all-MASK response, as a
-    reference response canvas (B, R_max). A thin wrapper over ctc_slack_align; no gradient. More
-    targets than canvas positions is a ValueError, not a silent fallback."""
-    R = _lengths(canvas_lengths, "canvas_lengths", len(targets), log_probs.shape[1],
-                 log_probs.device)
-    U = _lengths(target_lengths, "target_lengths", len(targets), targets.shape[1], R.device)
-    if bool((U > R).any()):
-        raise ValueError(f"{int((U > R).sum())} rows have more targets than canvas positions: "
-                         f"need target_lengths <= canvas_lengths (swapped arguments?)")
-    return ctc_slack_align(log_probs, targets, R, U, slack_id=slack_id, collapse=collapse)
-
-
-def response_positions(prompt_lengths, R_max, T):
-    """(B, R_max) canvas positions P_b + j of the response region, clamped to T - 1."""
-    j = torch.arange(R_max, device=prompt_lengths.device)
-    return (prompt_lengths[:, None] + j[None, :]).clamp(max=T - 1)
-
-
-def build_canvas(prompt, response, *, prompt_lengths, canvas_length):
-    """prompt (B, P_max) padded, response (B, R_max), prompt lengths P (B,) -> (z0 (B, T) long,
-    is_prompt (B, T) bool: the positions the forward process never masks nor the loss scores),
-    T = canvas_length: row b is its P_b prompt tokens, then its response, cut at T."""
-    B, T = len(prompt), canvas_length
-    P = _lengths(prompt_lengths, "prompt_lengths", B, min(prompt.shape[1], T), response.device)
-    if response.dim() != 2 or len(response) != B or response.shape[1] < 1:
-        raise ValueError(f"response must be (B, R_max) = ({B}, >= 1), got {tuple(response.shape)}")
-    pos = torch.arange(T, device=response.device)[None, :]  # (1, T)
-    is_prompt = pos < P[:, None]  # (B, T)
-    if prompt.shape[1]:
-        from_prompt = prompt.gather(1, pos.clamp(max=prompt.shape[1] - 1).expand(B, -1))
-    else:
-        from_prompt = torch.zeros(B, T, dtype=torch.long, device=response.device)
-    from_resp = response.gather(1, (pos - P[:, None]).clamp(0, response.shape[1] - 1))  # (B, T)
-    return torch.where(is_prompt, from_prompt, from_resp), is_prompt
-
-
-def response_log_probs(logits, R_max, *, prompt_lengths, mask_id):
-    """float32 log p (B, R_max, V) at the response positions, left-aligned so that the CTC sees
-    each response canvas as its own sequence. The MASK logit is -inf (SUBS: the model never
-    predicts MASK). Visible positions need no carry-over: the CTC reads them from the canvas."""
-    mask = torch.tensor([mask_id], device=logits.device)
-    logits = logits.float().index_fill(-1, mask, float("-inf"))
-    idx = response_positions(prompt_lengths, R_max, logits.shape[1])  # (B, R_max)
-    return logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1])).log_softmax(-1)
-
-
-def slack_ctc_term(logits, z_t, targets, *, prompt_lengths, target_lengths, weight, slack_id,
-                   mask_id, collapse="surface"):
-    """Per-example (B,) slack-CTC fine-tuning loss from the model's logits (B, T, V) on z_t (B, T):
-        L_CTC = weight * (-log P(y | z_t)) / R_b,   R_b = T - P_b
-    weight (B,) = each example's NELBO weight w(t) (1/t for the linear schedule): CE's weight and
-    1/R, so that with K = 0 and the surface collapse (one alignment, y) the two are equal. z_t must
-    mask a canvas that collapses to y: then an alignment exists, and the loss is never +inf."""
-    if logits.dim() != 3 or z_t.shape != logits.shape[:2]:
-        raise ValueError(f"need logits (B, T, V) and z_t (B, T), got {tuple(logits.shape)} and "
-                         f"{tuple(z_t.shape)}")
-    B, T = z_t.shape
-    P = _lengths(prompt_lengths, "prompt_lengths", B, T - 1, z_t.device)
-    R = T - P  # (B,) response canvas lengths
-    R_max = int(R.max())
-    log_p = response_log_probs(logits, R_max, prompt_lengths=P, mask_id=mask_id)  # (B, R_max, V)
-    canvas = z_t.gather(1, response_positions(P, R_max, T))  # (B, R_max)
-    nll = ctc_slack_loss(log_p, targets, R, target_lengths, slack_id=slack_id, canvas=canvas,
-                         mask_id=mask_id, collapse=collapse, reduction="none")  # -log P(y | z_t)
-    return weight * nll / R
-
-
-def slack_last(confidence, proposals, *, slack_id, threshold=None):
-    """The decoding side. A low-confidence-remasking sampler (LLaDA's) commits, at each step, the
-    masked positions whose proposed token has the highest probability `confidence` (B, T) in
-    [0, 1]. This returns a confidence under which every slack proposal (proposals == slack_id)
-    ranks below every real one, in its own order, unless its probability is >= threshold: a
-    slack-trained model is often split at a position between "this token here" and "the same
-    token one slot later", and committing the slack first fixes that split before the neighbours
-    are known. Rank by the result; commit the proposals themselves."""
-    demote = proposals == slack_id
-    if threshold is not None:
-        demote &= confidence < threshold
-    return confidence - 2.0 * demote  # slack proposals land in [-2, -1], below all of [0, 1]
-
-
-# ----------------------------------------------------------------------------------------------
-# 3. Fast paths. The surface lattice is a band.
+# 2. The fast paths. Surface: the lattice is a band.
 #
 # With the surface collapse every position either emits the next target token or a slack, and
 # exactly K = T - U positions emit slack. Name a state (u, d): u tokens and d slacks emitted, after
@@ -504,14 +312,14 @@ class _BandLogZ(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Fast paths, continued. The standard collapse is Graves CTC on edited log-probs, so PyTorch's
-# native kernel runs it. A visible position is a one-hot emission row (log 1 = 0 for its token,
-# log 0 for every other), and given such rows F.ctc_loss sums exactly the alignments that agree
-# with the canvas.
+# Standard: Graves CTC on edited log-probs, so PyTorch's native kernel runs it. A visible
+# position is a one-hot emission row (log 1 = 0 for its token, log 0 for every other), and given
+# such rows F.ctc_loss sums exactly the alignments that agree with the canvas.
 # Here log 0 is -inf itself, not a finite stand-in as in the band: the kernel's recursions treat
 # -inf exactly (a forbidden path adds exactly 0, an infeasible row gives nll = +inf), while a
-# finite one makes them 10-25% slower (every forbidden transition underflows exp). -inf does give
-# NaN gradients, but only at the -inf entries themselves, whose gradient is zeroed by selection.
+# finite one slows them (every forbidden transition computes an exp that underflows). -inf does
+# give NaN gradients, but only at the -inf entries themselves, whose gradient is zeroed by
+# selection.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -573,9 +381,8 @@ class _StandardLogZ(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
 
-
 # ----------------------------------------------------------------------------------------------
-# 4. The most probable alignment (Viterbi): the same lattices with max in place of logsumexp.
+# 3. The most probable alignment (Viterbi): the same lattices with max in place of logsumexp.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -625,15 +432,467 @@ def _align_surface(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     return _fill_canvas(targets, T_b, U_b, is_slack, slack_id)
 
 
+# ----------------------------------------------------------------------------------------------
+# 4. Checking what a caller passes. A malformed batch rarely breaks the lattice: a swapped length
+#    or id moves it, and the loss is a plausible number. So every public function checks its
+#    arguments first: a wrong kind of value is a TypeError, a wrong shape or value a ValueError,
+#    and the message names the argument and what was expected.
+# ----------------------------------------------------------------------------------------------
+
+COLLAPSES, REDUCTIONS = ("surface", "standard"), ("none", "sum", "mean")
+
+
+def _choice(value, name, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _int(x, name):
+    """x as a Python int (an int, numpy or one-element tensor integer; not None, bool, float)."""
+    try:
+        if isinstance(x, bool) or (isinstance(x, torch.Tensor) and x.dtype == torch.bool):
+            raise TypeError
+        return operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {x!r}") from None
+
+
+def _ids(x, name, dims, device=None):
+    """x as an integer tensor of `dims` dimensions: a tensor, or (nested) lists of ints of equal
+    lengths; an empty list stands for an empty batch."""
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a tensor or lists of integer ids of equal lengths, "
+                            f"got {type(x).__name__}") from None
+        if x.numel() == 0:  # [] holds no id, so its inferred float dtype means nothing
+            x = x.long().reshape((0,) * dims if x.dim() < dims else x.shape)
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer ids, got {x.dtype}")
+    if x.dim() != dims:
+        raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(x.shape)}")
+    return x if device is None else x.to(device)
+
+
+def _lengths(lengths, name, B, top, device):
+    """A (B,) long tensor of lengths in [0, top], or a ValueError naming the argument."""
+    x = torch.as_tensor(lengths, device=device)
+    x = x.long() if x.numel() == 0 else x  # [] (an empty batch) infers float: no value to check
+    if x.dim() != 1 or len(x) != B or x.dtype.is_floating_point or x.dtype == torch.bool:
+        raise ValueError(f"{name} must be {B} integers (one per row), got {tuple(x.shape)} "
+                         f"{x.dtype}")
+    x = x.long()
+    if len(x) and (int(x.min()) < 0 or int(x.max()) > top):
+        raise ValueError(f"{name} must lie in [0, {top}], got {int(x.min())}..{int(x.max())}")
+    return x
+
+
+def _floats(x, name):
+    """x must be a float tensor (B, T, V)."""
+    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+        what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"{name} must be a float tensor (B, T, V), got {what}")
+    if x.dim() != 3:
+        raise ValueError(f"{name} must be (B, T, V), batch-first, got shape {tuple(x.shape)}")
+
+
+def _rows(bad):
+    """The index of the first True of a (B,) bool tensor, or None."""
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+
+def _check_ids(ids, name, V, other=None):
+    """Every id lies in [0, V), or equals `other` (mask_id at masked positions)."""
+    ids = ids[ids != other] if other is not None else ids
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= V):
+        raise ValueError(f"{name} holds ids {int(ids.min())}..{int(ids.max())}: need ids of the "
+                         f"{V}-id vocabulary" + (f" (or mask_id {other})" if other is not None
+                                                 else ""))
+
+
+def _check_targets(targets, U_b, V, slack_id):
+    """The real targets (inside U_b) are ids of the vocabulary, never slack."""
+    y = targets[torch.arange(targets.shape[1], device=targets.device) < U_b[:, None]]
+    _check_ids(y, "targets (within target_lengths)", V)
+    if bool((y == slack_id).any()):
+        raise ValueError(f"targets hold slack_id {slack_id} within target_lengths")
+
+
+def _check_batch(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
+                 collapse):
+    """ctc_slack_loss's and ctc_slack_align's arguments: (targets, T_b, U_b, slack_id, canvas,
+    mask_id), on the device of log_probs."""
+    _floats(log_probs, "log_probs")
+    (B, T, V), dev = log_probs.shape, log_probs.device
+    targets = _ids(targets, "targets", 2, dev)
+    if targets.shape[0] != B:
+        raise ValueError(f"targets must be (B, U_max) = ({B}, U_max) ids, padded, got "
+                         f"{tuple(targets.shape)}")
+    _choice(collapse, "collapse", COLLAPSES)
+    slack_id = _int(slack_id, "slack_id")
+    if not 0 <= slack_id < V:
+        raise ValueError(f"slack_id {slack_id} is not an id of the {V}-id vocabulary")
+    if canvas is not None:
+        canvas = _ids(canvas, "canvas", 2, dev)
+        if canvas.shape != (B, T):
+            raise ValueError(f"canvas must be (B, T) = ({B}, {T}) ids, got {tuple(canvas.shape)}")
+        if mask_id is None:
+            raise TypeError("a canvas needs mask_id, the id of its masked positions")
+        mask_id = _int(mask_id, "mask_id")
+        if mask_id == slack_id:
+            raise ValueError(f"slack_id and mask_id are both {slack_id}: a masked position and a "
+                             f"visible slack would be one")
+        _check_ids(canvas, "canvas", V, mask_id)
+    T_b = _lengths(input_lengths, "input_lengths", B, T, dev)
+    U_b = _lengths(target_lengths, "target_lengths", B, targets.shape[1], dev)
+    _check_targets(targets, U_b, V, slack_id)
+    return targets, T_b, U_b, slack_id, canvas, mask_id
+
+
+def _check_normalised(log_probs, T_b):
+    """Raw logits are not log-probs: at each row's first and last position, logsumexp over the
+    vocabulary must be 0 (to well above any dtype's rounding). Two positions per row, not every
+    one: a full pass would cost what the loss costs."""
+    pos = torch.stack([torch.zeros_like(T_b), (T_b - 1).clamp(min=0)], 1)  # (B, 2)
+    rows = log_probs.detach().gather(1, pos[..., None].expand(-1, -1, log_probs.shape[2]))
+    lse = rows.float().logsumexp(-1)  # (B, 2): 0 for log-probabilities
+    bad = (T_b > 0)[:, None] & ~torch.isnan(lse) & ~(lse.abs() <= 0.05)
+    if bool(bad.any()):
+        b, k = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"log_probs must be log-probabilities (log_softmax over the last "
+                         f"dimension): at row {b}, position {int(pos[b, k])}, their exps sum to "
+                         f"{float(lse[b, k].exp()):.4g}, not 1 (raw logits?)")
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The loss to call, and the most probable alignment: the arguments of F.ctc_loss, batch-first.
+# ----------------------------------------------------------------------------------------------
+
+
+def _nll(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id, collapse, zero_infinity,
+         algorithm):
+    """-log P(y | canvas) per example (B,), arguments checked."""
+    args = (log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
+    if algorithm == "time":
+        logz, ok = (_surface_time if collapse == "surface" else _standard_time)(*args)
+    elif collapse == "surface":
+        logz, ok = _BandLogZ.apply(*args)
+    else:
+        logz, ok = _StandardLogZ.apply(*args)
+    bad = 0.0 if zero_infinity else float("inf")
+    nll = torch.where(ok, -logz, bad).to(log_probs.dtype)  # (B,); where() keeps NaN out of grads
+    # NaN in, NaN out: the lattices read a NaN as log 0, so it would pass for an infeasible
+    # example (+inf, or 0 with zero_infinity). The NaN is a constant here: no gradient.
+    inside = torch.arange(log_probs.shape[1], device=log_probs.device) < T_b[:, None]  # (B, T)
+    has_nan = (torch.isnan(log_probs.detach()).any(-1) & inside).any(1)  # (B,)
+    return torch.where(has_nan, float("nan"), nll)
+
+
+def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
+                   mask_id=None, collapse="surface", reduction="mean", zero_infinity=False,
+                   algorithm="band"):
+    """-log P(y | canvas) = -log sum over alignments a with B(a) = y that agree with the visible
+    positions of prod_t p_t(a_t). Arguments mirror torch.nn.functional.ctc_loss, batch-first:
+        log_probs (B, T, V) log-softmax outputs (raw logits are refused); targets (B, U_max) ids,
+            a tensor or lists, padded (never slack_id); input_lengths T_b, target_lengths U_b.
+        slack_id: an int in [0, V), the blank. canvas (B, T) or None: where canvas != mask_id
+            the position is visible, fixed to its token; mask_id: an int other than slack_id.
+        collapse: "surface" (delete slack) or "standard" (merge repeats, then delete slack).
+        reduction: "none" (B,), "sum", or "mean" (each loss / max(target length, 1), averaged);
+            an empty batch gives (0,) or 0.
+        zero_infinity: infeasible examples give 0 (and zero gradient) instead of +inf.
+        algorithm: "band" (the band for surface, the native CTC kernel for standard) or "time"
+            (the slow references of section 1, float64).
+    Infeasible examples (T_b < U_b, a visible token no alignment can use, too few positions for
+    standard repeats) give +inf, never NaN, and zero gradient; an example whose log-probs hold a
+    NaN (positions < T_b) gives NaN, never +inf, and a zero gradient. Surface runs in float64,
+    standard in the dtype of log_probs (float32 at least); the result has the dtype of log_probs.
+    The gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0 where
+    visible."""
+    _choice(algorithm, "algorithm", ("band", "time"))
+    _choice(reduction, "reduction", REDUCTIONS)
+    targets, T_b, U_b, slack_id, canvas, mask_id = _check_batch(
+        log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id, collapse)
+    if len(log_probs) == 0:  # an empty batch: nothing to score
+        return log_probs.sum((1, 2)) if reduction == "none" else log_probs.sum()
+    _check_normalised(log_probs, T_b)
+    nll = _nll(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id, collapse, zero_infinity,
+               algorithm)
+    if reduction == "none":
+        return nll
+    return nll.sum() if reduction == "sum" else (nll / U_b.clamp(min=1).to(nll.dtype)).mean()
+
+
 def ctc_slack_align(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
                     mask_id=None, collapse="surface"):
     """The most probable surface alignment consistent with the canvas, a (B, T) LongTensor of
     tokens and slack (T = log_probs.shape[1]; slack_id from input_length on) that collapses to y
     and agrees with every visible position; ties broken arbitrarily. Infeasible rows (T < U, or
     no alignment agrees with the canvas) get the targets first, then slack (the first T targets
-    if T < U). Only the surface map: it is the one the "model" placement trains with."""
+    if T < U). Only the surface map: it is the one the "model" placement trains with. Arguments
+    as ctc_slack_loss's; log-probs holding a NaN are refused (no alignment is best among NaNs)."""
     if collapse != "surface":
         raise ValueError(f"the alignment is implemented for the surface collapse, not {collapse!r}")
-    T_b, U_b = _check(log_probs, targets, input_lengths, target_lengths, slack_id, canvas,
-                      mask_id, collapse)
+    targets, T_b, U_b, slack_id, canvas, mask_id = _check_batch(
+        log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id, collapse)
+    if bool(torch.isnan(log_probs).any()):
+        raise ValueError("log_probs holds NaN: no alignment can be chosen")
     return _align_surface(log_probs.detach(), targets, T_b, U_b, slack_id, canvas, mask_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. The porter API: the method as functions of tensors, in the order a training step calls
+#    them, then what a decoder needs. A canvas is P_b prompt positions, then R_b = T - P_b
+#    positions holding the U_b targets y and K_b = R_b - U_b slacks:
+#        z0:   T h e _ l i s t | t y p e · i s _ a · m u t a b l e   (place_slack, build_canvas)
+#        z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?     (? = MASK: your forward
+#                                                                       process)
+#    CE scores each masked position against z0; the slack CTC scores z_t against y under every
+#    alignment. Every length argument that is easy to swap is keyword-only.
+# ----------------------------------------------------------------------------------------------
+
+
+def slack_count(canvas_lengths, rate):
+    """K = round(rate * R): the slacks of a response canvas of R positions (an int or a tensor of
+    them), rounded half to even as Python's round. The target then has U = R - K tokens."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"the slack rate must be a number in [0, 1), got {rate!r}")
+    R = torch.as_tensor(canvas_lengths)
+    if R.dtype.is_floating_point or R.dtype == torch.bool or (R.numel() and int(R.min()) < 0):
+        raise ValueError(f"canvas_lengths must be integers >= 0, got {canvas_lengths!r}")
+    return torch.round(R.double() * rate).long()
+
+
+def place_slack(targets, placement="random", *, target_lengths, canvas_lengths, slack_id,
+                generator=None):
+    """Reference response canvas (B, R_max) long: the U_b targets (B, U_max) in order and
+    K_b = R_b - U_b slacks, at random positions ("random") or after the targets ("tail"); slack
+    past R_b. Always draws torch.rand(B, R_max, generator=generator) on CPU, whatever the
+    placement, so that runs differing only in placement see identical noise afterwards."""
+    _choice(placement, "placement ('model': align_slack)", ("random", "tail"))
+    targets = _ids(targets, "targets", 2)
+    dev, slack_id = targets.device, _int(slack_id, "slack_id")
+    R = _lengths(canvas_lengths, "canvas_lengths", len(targets), float("inf"), dev)
+    U = _lengths(target_lengths, "target_lengths", len(targets), targets.shape[1], dev)
+    if (b := _rows(U > R)) is not None:
+        raise ValueError(f"row {b} has {int(U[b])} targets for {int(R[b])} canvas positions: "
+                         f"need target_lengths <= canvas_lengths (swapped arguments?)")
+    _check_targets(targets, U, float("inf"), slack_id)
+    B, R_max = len(R), int(R.max()) if len(R) else 0
+    pos = torch.arange(R_max, device=dev)[None, :]  # (1, R_max)
+    scores = torch.rand(B, R_max, generator=generator).to(dev).masked_fill(pos >= R[:, None], 2.0)
+    # "random": the K_b lowest of R_b uniform scores (padding, 2.0, ranks last), a uniform subset.
+    rank = scores.argsort(1).argsort(1)  # (B, R_max)
+    is_slack = pos >= U[:, None] if placement == "tail" else rank < (R - U)[:, None]  # (B, R_max)
+    return _fill_canvas(targets, R, U, is_slack | (pos >= R[:, None]), slack_id)  # padding: slack
+
+
+def align_slack(log_probs, targets, *, target_lengths, canvas_lengths, slack_id,
+                collapse="surface"):
+    """The "model" placement (Imputer-style): the most probable alignment of y under log_probs
+    (B, R_max, V), typically response_log_probs of the model on an all-MASK response, as a
+    reference response canvas (B, R_max). A thin wrapper over ctc_slack_align; no gradient. More
+    targets than canvas positions is a ValueError, not a silent fallback."""
+    _floats(log_probs, "log_probs")
+    R = _lengths(canvas_lengths, "canvas_lengths", len(log_probs), log_probs.shape[1],
+                 log_probs.device)
+    U = _lengths(target_lengths, "target_lengths", len(log_probs), float("inf"), R.device)
+    if bool((U > R).any()):
+        raise ValueError(f"{int((U > R).sum())} rows have more targets than canvas positions: "
+                         f"need target_lengths <= canvas_lengths (swapped arguments?)")
+    return ctc_slack_align(log_probs, targets, R, U, slack_id=slack_id, collapse=collapse)
+
+
+def response_positions(prompt_lengths, R_max, T):
+    """(B, R_max) canvas positions P_b + j of the response region, clamped to T - 1."""
+    j = torch.arange(R_max, device=prompt_lengths.device)
+    return (prompt_lengths[:, None] + j[None, :]).clamp(max=T - 1)
+
+
+def build_canvas(prompt, response, *, prompt_lengths, canvas_length):
+    """prompt (B, P_max) padded, response (B, R_max), prompt lengths P (B,) -> (z0 (B, T) long,
+    is_prompt (B, T) bool: the positions the forward process never masks nor the loss scores),
+    T = canvas_length: row b is its P_b prompt tokens, then its response, cut at T. The response
+    must reach T in every row: R_max >= T - min P_b."""
+    response = _ids(response, "response", 2)
+    prompt, T = _ids(prompt, "prompt", 2, response.device), _int(canvas_length, "canvas_length")
+    B = len(prompt)
+    P = _lengths(prompt_lengths, "prompt_lengths", B, min(prompt.shape[1], T), response.device)
+    need = max(1, T - int(P.min())) if B else 1
+    if T < 1 or len(response) != B or response.shape[1] < need:
+        raise ValueError(f"need canvas_length >= 1 and a response (B, R_max) = ({B}, >= {need}) "
+                         f"that reaches it, got {T} and {tuple(response.shape)}")
+    pos = torch.arange(T, device=response.device)[None, :]  # (1, T)
+    is_prompt = pos < P[:, None]  # (B, T)
+    if prompt.shape[1]:
+        from_prompt = prompt.gather(1, pos.clamp(max=prompt.shape[1] - 1).expand(B, -1))
+    else:
+        from_prompt = torch.zeros(B, T, dtype=torch.long, device=response.device)
+    from_resp = response.gather(1, (pos - P[:, None]).clamp(0, response.shape[1] - 1))  # (B, T)
+    return torch.where(is_prompt, from_prompt, from_resp), is_prompt
+
+
+def response_log_probs(logits, R_max, *, prompt_lengths, mask_id):
+    """float32 log p (B, R_max, V) at the response positions, left-aligned so that the CTC sees
+    each response canvas as its own sequence. SUBS is the model's: its MASK logit must be -inf
+    already (a MASK logit the softmax could give mass to is refused), unless the head has no MASK
+    column (mask_id >= V). Visible positions need no carry-over: the CTC reads them from z_t."""
+    _floats(logits, "logits")
+    mask_id, V = _int(mask_id, "mask_id"), logits.shape[2]
+    if mask_id < 0 or (mask_id < V and not bool((logits[..., mask_id] == -math.inf).all())):
+        raise ValueError(f"logits must have the MASK column (mask_id {mask_id}) at -inf, as SUBS "
+                         f"sets it (the model never predicts MASK), or no MASK column "
+                         f"(mask_id >= {V})")
+    P = _lengths(prompt_lengths, "prompt_lengths", len(logits), logits.shape[1], logits.device)
+    idx = response_positions(P, _int(R_max, "R_max"), logits.shape[1])  # (B, R_max)
+    return logits.float().gather(1, idx[..., None].expand(-1, -1, V)).log_softmax(-1)
+
+
+def _check_term(logits, z_t, targets, prompt_lengths, target_lengths, weight, slack_id, mask_id):
+    """slack_ctc_term's arguments: (z_t, targets, P, R, U, weight (B,), slack_id, mask_id)."""
+    _floats(logits, "logits")
+    (B, T, V), dev = logits.shape, logits.device
+    z_t, targets = _ids(z_t, "z_t", 2, dev), _ids(targets, "targets", 2, dev)
+    if z_t.shape != (B, T) or len(targets) != B:
+        raise ValueError(f"need logits (B, T, V) batch-first, as the model returns them (time-"
+                         f"first: transpose), z_t (B, T) and targets (B, U_max), got "
+                         f"{tuple(logits.shape)}, {tuple(z_t.shape)} and {tuple(targets.shape)}")
+    slack_id, mask_id = _int(slack_id, "slack_id"), _int(mask_id, "mask_id")
+    if not 0 <= slack_id < V or mask_id < 0 or mask_id == slack_id:
+        raise ValueError(f"need slack_id in [0, {V}) and mask_id >= 0, different (mask_id >= {V}: "
+                         f"a head without a MASK column), got {slack_id} and {mask_id}")
+    P = _lengths(prompt_lengths, "prompt_lengths", B, T - 1, dev)
+    U = _lengths(target_lengths, "target_lengths", B, targets.shape[1], dev)
+    if (b := _rows(U > T - P)) is not None:
+        raise ValueError(f"row {b}: {int(U[b])} targets for its T - P_b = {int(T - P[b])} response "
+                         f"positions; need target_lengths <= T - prompt_lengths (swapped?)")
+    _check_targets(targets, U, V, slack_id)
+    _check_ids(z_t, "z_t", V, mask_id)
+    w = torch.as_tensor(weight, device=dev)
+    w = w.expand(B) if w.dim() == 0 else w
+    if w.shape != (B,) or w.dtype == torch.bool:
+        raise ValueError(f"weight must be a number or a (B,) = ({B},) tensor, each example's "
+                         f"w(t), got shape {tuple(w.shape)}")
+    return z_t, targets, P, T - P, U, w, slack_id, mask_id
+
+
+def _check_room(canvas, targets, R, U, slack_id, mask_id, collapse):
+    """A response canvas (B, R_max) must be able to hold y: no more visible slacks than K_b, no
+    more visible tokens than U_b, and (standard) room for a slack between repeats."""
+    inside = torch.arange(canvas.shape[1], device=canvas.device) < R[:, None]  # (B, R_max)
+    slacks = ((canvas == slack_id) & inside).sum(1)
+    tokens = ((canvas != slack_id) & (canvas != mask_id) & inside).sum(1)
+    if (b := _rows(slacks > R - U)) is not None:
+        raise ValueError(f"row {b} of z_t shows {int(slacks[b])} slacks (slack_id {slack_id}) "
+                         f"where its canvas holds K_b = R_b - U_b = {int(R[b] - U[b])}: slack_id "
+                         f"and mask_id swapped, or target_lengths too long?")
+    if (b := _rows(tokens > U)) is not None:
+        raise ValueError(f"row {b} of z_t shows {int(tokens[b])} tokens in its response canvas, "
+                         f"more than its U_b = {int(U[b])} targets: wrong lengths?")
+    if collapse == "standard":  # y_i = y_{i-1} needs a slack between the two
+        j = torch.arange(1, targets.shape[1], device=targets.device)
+        repeats = ((targets[:, 1:] == targets[:, :-1]) & (j < U[:, None])).sum(1)
+        if (b := _rows(U + repeats > R)) is not None:
+            raise ValueError(f"collapse 'standard' merges repeats: row {b}'s targets need "
+                             f"{int(U[b] + repeats[b])} positions, R_b is {int(R[b])}; end them "
+                             f"at their first EOS (no EOS padding), or use 'surface'")
+
+
+def slack_ctc_term(logits, z_t, targets, *, prompt_lengths, target_lengths, weight, slack_id,
+                   mask_id, collapse="surface", reduction="none", zero_infinity=False):
+    """The slack-CTC fine-tuning loss from the model's logits on the noised canvas z_t:
+        L_CTC(b) = weight_b * (-log P(y_b | z_t[b])) / R_b,    R_b = T - P_b
+    CE's weight w(t) and its 1/R: at K = 0 (target_lengths = R) and the surface collapse y is
+    the one alignment, and this equals MDLM's masked CE over the vocabulary without the MASK
+    column (SUBS), not a CE over every logit.
+        logits (B, T, V) float, batch-first as the model returns them, MASK column at -inf (see
+            response_log_probs). A time-first tensor is refused when B != T; at B == T no check
+            can tell, so mind the layout.
+        z_t (B, T) ids: P_b prompt tokens, then the response canvas, each position mask_id or
+            visible; it must mask a canvas holding y_b in order and K_b = R_b - U_b slacks, so
+            more visible slacks than K_b or tokens than U_b is an error (ids swapped? lengths?).
+        targets (B, U_max) ids (tensor or lists), padded past U_b, never slack_id.
+        prompt_lengths P_b in [0, T - 1]; target_lengths U_b <= R_b (more: swapped?).
+        weight: a number or (B,), w(t) per example. slack_id, mask_id: different ints.
+        collapse "surface" or "standard". Standard merges equal neighbours, so each repeat in y
+            needs a slack between: EOS-padded targets rarely fit, and a row that cannot is an
+            error (end such targets at their first EOS).
+        reduction "none" (B,), "sum" or "mean" over rows; an empty batch gives (0,) or 0.
+        zero_infinity: how to score a row that no alignment agrees with (z_t does not mask a
+            canvas holding y: lengths swapped, visible tokens out of order): False, the default,
+            makes it a ValueError (ctc_slack_loss would give +inf); True scores it 0, no gradient.
+    Returns float32 (wider if logits or weight are), never +inf; NaN for a row whose response
+    logits hold a NaN (NaN in, NaN out)."""
+    _choice(reduction, "reduction", REDUCTIONS)
+    _choice(collapse, "collapse", COLLAPSES)
+    z_t, targets, P, R, U, w, slack_id, mask_id = _check_term(
+        logits, z_t, targets, prompt_lengths, target_lengths, weight, slack_id, mask_id)
+    if len(z_t) == 0:  # an empty batch: nothing to score
+        return logits.sum((1, 2)) if reduction == "none" else logits.sum()
+    R_max = int(R.max())
+    canvas = z_t.gather(1, response_positions(P, R_max, z_t.shape[1]))  # (B, R_max)
+    _check_room(canvas, targets, R, U, slack_id, mask_id, collapse)
+    log_p = response_log_probs(logits, R_max, prompt_lengths=P, mask_id=mask_id)  # (B, R_max, V)
+    nll = _nll(log_p, targets, R, U, slack_id, canvas, mask_id, collapse, zero_infinity,
+               "band")  # -log P(y | z_t), (B,)
+    if (b := _rows(nll == math.inf)) is not None:  # z_t masks no canvas that holds y
+        raise ValueError(f"row {b}: no alignment of its targets agrees with the visible tokens "
+                         f"of z_t, which must mask a canvas holding y in order: prompt_lengths "
+                         f"and target_lengths swapped, or targets not those of z_t? "
+                         f"(zero_infinity=True scores such a row 0)")
+    per = w * nll / R
+    return per if reduction == "none" else per.sum() if reduction == "sum" else per.mean()
+
+
+def masked_canvas(prompt, *, prompt_lengths, canvas_length, mask_id):
+    """Where decoding starts: (canvas (B, T), is_prompt (B, T)), row b its P_b prompt tokens
+    (prompt (B, P_max), padded) and MASK from P_b to T. As in training, each response canvas runs
+    to the end, R_b = T - P_b: prompts of different lengths share a batch, and the padding of a
+    short prompt is never read as prompt."""
+    prompt = _ids(prompt, "prompt", 2)
+    T, mask_id = _int(canvas_length, "canvas_length"), _int(mask_id, "mask_id")
+    P = _lengths(prompt_lengths, "prompt_lengths", len(prompt), min(prompt.shape[1], T - 1),
+                 prompt.device)
+    response = torch.full((len(prompt), T - int(P.min()) if len(P) else 1), mask_id,
+                          dtype=torch.long, device=prompt.device)
+    return build_canvas(prompt, response, prompt_lengths=P, canvas_length=T)
+
+
+def slack_waits(confidence, proposals, *, slack_id, threshold=None):
+    """The slack-last rule, for a low-confidence-remasking sampler (LLaDA's): which proposals
+    (B, T) are slack that waits, ranked below every real proposal, because its confidence (any
+    scale; threshold on the same scale) is under the threshold, or always without one. A
+    slack-trained model is often split at a position between "this token here" and "the same
+    token one slot later"; committing the slack first fixes that split before the neighbours are
+    known."""
+    proposals = _ids(proposals, "proposals", confidence.dim(), confidence.device)
+    if proposals.shape != confidence.shape:
+        raise ValueError(f"confidence {tuple(confidence.shape)} and proposals "
+                         f"{tuple(proposals.shape)} must have one shape")
+    waits = proposals == _int(slack_id, "slack_id")
+    return waits if threshold is None else waits & (confidence < threshold)
+
+
+def slack_last(confidence, proposals, *, slack_id, threshold=None):
+    """The confidence (B, T) in [0, 1] to rank by: the probability of each proposal, less 2 where
+    slack waits (slack_waits), so those rank below every real one, in their own order. Commit the
+    proposals themselves."""
+    if not isinstance(confidence, torch.Tensor) or not confidence.dtype.is_floating_point:
+        raise TypeError("confidence must be a float tensor of probabilities in [0, 1]")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+    waits = slack_waits(confidence, proposals, slack_id=slack_id, threshold=threshold)
+    return confidence - 2.0 * waits  # slack that waits lands in [-2, -1], below all of [0, 1]
+
+
+def read_outputs(canvas, *, prompt_lengths, slack_id, eos_id, collapse="surface"):
+    """The outputs of decoded canvases (B, T) as B lists of ids: each row from its P_b on, read
+    through the collapse map the model was trained with, cut at the first EOS."""
+    canvas = _ids(canvas, "canvas", 2)
+    P = _lengths(prompt_lengths, "prompt_lengths", len(canvas), canvas.shape[1], canvas.device)
+    eos_id, out = _int(eos_id, "eos_id"), []
+    for row, p in zip(canvas.tolist(), P.tolist()):
+        ids = collapse_tokens(row[p:], slack_id, collapse)
+        out.append(ids[:ids.index(eos_id)] if eos_id in ids else ids)
+    return out

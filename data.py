@@ -101,7 +101,9 @@ class Vocab:
 
     def encode(self, text, what="text"):
         """Text -> ordinary ids; UserError when the tokenizer is not available or the text holds
-        a piece outside the vocabulary."""
+        a piece outside the vocabulary. The empty text is no ids, with or without a tokenizer."""
+        if text == "":
+            return []
         pair = codec(self.tokenizer, self.words)
         if pair is None:
             raise UserError(f"{what}: this vocabulary's tokenizer {self.tokenizer!r} is not "
@@ -124,7 +126,7 @@ def vocab_of(ckpt):
     rec = (ckpt.get("meta") or {}).get("vocab")
     if rec is not None:
         return Vocab.from_record(rec)
-    n = int(ckpt["config"].get("vocab_size", mdlm.VOCAB_SIZE)) - 3
+    n = int(ckpt["config"].get("vocab_size", mdlm.BYTE_VOCAB_SIZE)) - 3
     return Vocab(n, "bytes" if n == 256 else "none")
 
 

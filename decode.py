@@ -200,7 +200,8 @@ def output_record(canvas_row, P, meta, vocab, causal):
     through the collapse map (an AR twin's text is read as sampled: the standard collapse would
     merge its doubled letters); the text only where the vocabulary's tokenizer is at hand."""
     slack = bool(meta["slack"]) and not causal
-    ids = mdlm.output_ids(canvas_row, P, meta["collapse"], slack, vocab.size)
+    ids = mdlm.output_ids(canvas_row, P, vocab_size=vocab.size, collapse=meta["collapse"],
+                          slack=slack)
     return ids, vocab.decode(ids)
 
 

@@ -65,7 +65,7 @@ def run_task(args):
     what was chosen."""
     files, dropped = {}, {}
     if args.task == "text":  # text fine-tunes train on the corpus itself: a test set only
-        train_ids, val_ids, vocab = data.load_corpus(args.data)
+        train_ids, val_ids, vocab = data.load_corpus(args.data, n_tokens=args.vocab_size)
         if vocab.tokenizer == "bytes":
             files["test"] = tasks.held_out_examples(val_ids, args.n_test, args.prompt_len,
                                                     args.length)
@@ -109,20 +109,42 @@ def run_task(args):
 # of this project directly, and it reads as compression: 1 bit per byte codes text in 1/8 its size.
 
 
+def bpb_corpus(ckpt, path, args):
+    """The held-out split a checkpoint is scored on: --data (with --vocab-size, or else the
+    checkpoint's own vocabulary for a token file without metadata), or the corpus it was trained
+    on, as its run recorded it. The vocabularies must agree: the same ids, the same meaning."""
+    vocab = data.vocab_of(ckpt)
+    trained = ckpt.get("args") or {}
+    if args.data is None and trained.get("sft"):
+        raise data.UserError(f"{path} was trained on SFT records ({trained['sft']}), not a "
+                             f"corpus: give --data")
+    corpus = args.data if args.data is not None else trained.get("data")
+    if corpus is not None and not os.path.exists(corpus):
+        raise data.UserError(f"{path} was trained on {corpus!r}, which is not here: give --data")
+    n = args.vocab_size
+    if n is None and corpus is not None and corpus.endswith(".bin"):
+        meta = os.path.splitext(corpus)[0] + ".json"
+        n = None if os.path.isfile(meta) else vocab.n_tokens  # the file's own metadata wins
+    _, val, corpus_vocab = data.load_corpus(corpus, n_tokens=n)  # val: the held-out 5%
+    if corpus_vocab.n_tokens != vocab.n_tokens:
+        raise data.UserError(f"{path} has a vocabulary of {vocab.n_tokens} ordinary ids, the "
+                             f"corpus {corpus or 'default'} {corpus_vocab.n_tokens}")
+    return val, vocab
+
+
 def run_bpb(args):
     """Print the held-out bits per token (per byte for byte models) of each checkpoint."""
     device = mdlm.pick_device(args.device)
-    _, val, vocab = data.load_corpus(args.data, n_tokens=args.vocab_size)  # val: held out
     for path in args.ckpts:
         ckpt = mdlm.load_checkpoint(path)  # EMA weights; meta: objective, schedule, slack, collapse
-        if data.vocab_of(ckpt).n_tokens != vocab.n_tokens:
-            raise data.UserError(f"{path} has another vocabulary than the corpus")
+        val, vocab = bpb_corpus(ckpt, path, args)
         model, meta = mdlm.model_from_checkpoint(ckpt, device=device), mdlm.checkpoint_meta(ckpt)
-        bpb = objective.bits_per_token(model, meta, val, args.seq_len or model.cfg.seq_len,
+        bpb, se = objective.bits_per_token(model, meta, val, args.seq_len or model.cfg.seq_len,
                             args.eval_batch_size, args.t_samples, args.seed, device,
                             args.max_batches or None)
         unit = "byte" if vocab.tokenizer == "bytes" else "token"
-        print(f"{path}: {bpb:.4f} bits per {unit} ({meta['objective']})")
+        print(f"{path}: {bpb:.4f} ± {se:.4f} bits per {unit} ({meta['objective']}; ± the "
+              f"standard error of the estimate)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,11 +222,18 @@ def grammar_metrics(ref, gen):
                 [len(w.encode("utf-8")) for w in text_words])) if text_words else NAN}
 
 
-def text_metrics(judge, ref, gen):
+def text_metrics(judge, vocab, ref, gen):
     """judge_nll (per token: per byte for a byte model), entropy, distinct_2, length; an empty
-    output: nan but length 0. Ids as decoded (a token model's records carry ids)."""
-    ids = gen.get("output_ids") or mdlm.encode(gen["output"])
-    prompt = ref["prompt_ids"] if "prompt_ids" in ref else mdlm.encode(ref["prompt"])
+    output: nan but length 0. Ids as decoded where a record carries them, else the text through
+    the judge's vocabulary; either must be ids of that vocabulary."""
+    def ids_of(rec, key):
+        ids = rec.get(f"{key}_ids")
+        ids = ids if isinstance(ids, list) else vocab.encode(rec.get(key) or "", key)
+        if any(not 0 <= i < vocab.n_tokens for i in ids):
+            raise data.UserError(f"a {key} holds ids outside the judge's vocabulary of "
+                                 f"{vocab.n_tokens} ids: decoded by a model of another one?")
+        return ids
+    ids, prompt = ids_of(gen, "output"), ids_of(ref, "prompt")
     nll, n = judge_nll(judge, prompt, ids)
     # per token, so that continuations of different lengths are comparable
     return {"judge_nll": nll / n if n else NAN, "entropy": unigram_entropy(ids),
@@ -231,22 +260,24 @@ def parse_named(specs, flag):
     return out
 
 
-def load_gens(name, path, n_refs):
+def load_gens(name, path, n_refs, need_text=False):
     """{setting: {rate key: {prompt index: record}}} of one gens file, a setting being the slack
     rule, positions per step and block length that decode.py recorded ("last/1/16"; "" when it
-    recorded none). A
-    rate is keyed by its shortest spelling ("0", "0.01"): JSON keys must be strings."""
+    recorded none). A rate is keyed by its shortest spelling ("0", "0.01"): JSON keys must be
+    strings. An output is its text, or its ids where the model's tokenizer was not at hand."""
     if not os.path.isfile(path):
         raise data.UserError(f"gens file {path!r} (for {name!r}) does not exist")
     settings = {}
     for n, g in enumerate(data.read_jsonl(path), 1):
         i, rate, counts = g.get("i"), g.get("rate"), [g.get("n_committed"), g.get("n_shifted")]
         if not (type(i) is int and 0 <= i < n_refs and isinstance(rate, (int, float))  # True: no i
-                and isinstance(g.get("output"), str)
+                and (isinstance(g.get("output"), str)
+                     or not need_text and isinstance(g.get("output_ids"), list))
                 and all(type(c) is int and c >= 0 for c in counts)):
             raise data.UserError(f"{path}: record {n} needs a prompt index i in 0..{n_refs - 1} "
-                                 f"(has {i!r}), a number rate, a string output, counts "
-                                 f"n_committed, n_shifted")
+                                 f"(has {i!r}), a number rate, a string output (a list "
+                                 f"output_ids will do for --task text: this task checks text), "
+                                 f"counts n_committed, n_shifted")
         setting = "/".join(str(g[k]) if g[k] is not None else "all"  # all: one block
                            for k in ("slack_rule", "per_step", "block_length") if k in g)
         by_rate = settings.setdefault(setting, {}).setdefault(f"{float(rate):g}", {})
@@ -498,7 +529,7 @@ def run_score(args):
                              "there")
     gens = {}  # a file decoded with several settings is one run per setting: NAME:SETTING
     for name, path in paths.items():
-        settings = load_gens(name, path, len(refs))
+        settings = load_gens(name, path, len(refs), need_text=args.task != "text")
         gens.update({name if len(settings) == 1 else f"{name}:{k}": g for k, g in settings.items()})
     rates, idx, notes = align(gens)  # the notes head results.md, which is printed too
     baseline = args.baseline or arm_of(next(iter(gens)))  # default: the first arm
@@ -523,7 +554,8 @@ def run_score(args):
             raise data.UserError(f"the judge {args.judge!r} is not an autoregressive checkpoint")
         res["judge"] = {"ckpt": args.judge, "step": ckpt.get("step"),
                         "meta": mdlm.checkpoint_meta(ckpt)}
-        metric_fn = lambda ref, gen: text_metrics(judge, ref, gen)  # noqa: E731
+        vocab = data.vocab_of(ckpt)  # the judge's ids: every prompt and output is read in them
+        metric_fn = lambda ref, gen: text_metrics(judge, vocab, ref, gen)  # noqa: E731
     # the true responses, scored alike: the quality (and the length) a model could aim for
     true = {i: {"output": refs[i].get("response") or "", "output_ids": refs[i].get("response_ids"),
                 "n_committed": 0, "n_shifted": 0} for i in idx}
@@ -673,7 +705,9 @@ TASK_FLAGS = {  # (flag, type, default, help) of each task beyond the common one
                 ("--min-bytes", int, 0, "shortest prompt + response in bytes"),
                 ("--min-sentences", int, 1, "fewest sentences per text"),
                 ("--max-sentences", int, 3, "most sentences per text")],
-    "text": [("--data", str, None, DATA_HELP), ("--prompt-len", int, 32, "bytes per prompt"),
+    "text": [("--data", str, None, DATA_HELP),
+             ("--vocab-size", int, None, "ordinary ids of a .bin file without .json"),
+             ("--prompt-len", int, 32, "tokens (bytes) per prompt"),
              ("--length", int, 96, "bytes of the true continuation after each prompt")],
 }
 
@@ -700,8 +734,10 @@ def build_parser():
             a(flag, type=typ, default=default, help=f"{text} (default: {default})")
     a = sub.add_parser("bpb", help="held-out bits per byte of checkpoints").add_argument
     a("--ckpts", nargs="+", required=True, help="checkpoints written by train.py")
-    a("--data", default=None, help=DATA_HELP)
-    a("--vocab-size", type=int, default=None, help="ordinary ids of a .bin file without .json")
+    a("--data", default=None, help="text or token file whose last 5%% is held out (default: "
+      "the corpus each checkpoint was trained on)")
+    a("--vocab-size", type=int, default=None, help="ordinary ids of a .bin file without .json "
+      "(default: the checkpoint's)")
     a("--seq-len", type=int, default=None,
       help="window length in tokens (default: each model's canvas)")
     a("--t-samples", type=int, default=8, help="draws of t per window, MDLM only (default: 8)")

@@ -6,9 +6,10 @@ autoregressive twin), the SUBS parameterization and the two training losses, and
 torch: copy it alone into another codebase.
 
     import mdlm
-    model = mdlm.Transformer(mdlm.ModelConfig(seq_len=256))
+    V = mdlm.BYTE_VOCAB_SIZE                                        # or n ordinary ids + 3
+    model = mdlm.Transformer(mdlm.ModelConfig(vocab_size=V, seq_len=256))
     t = mdlm.sample_t(batch_size)                                   # stratified times in [eps, 1]
-    z_t = mdlm.forward_mask(z0, t, "linear")                        # mask with prob. 1 - alpha(t)
+    z_t = mdlm.forward_mask(z0, t, "linear", mask_id=mdlm.special_ids(V)[2])  # prob. 1 - alpha(t)
     loss = mdlm.mdlm_loss(model(z_t), z0, z_t, t, "linear").mean()  # NELBO, nats per position
 
 Papers:
@@ -24,7 +25,7 @@ Papers:
 - Ye et al. 2026 (arXiv 2601.22947): the shift probe (a committed token moved by one position).
 
     out = mdlm.generate(model, prompt, 64, steps=64, sampler="confidence", block_length=16)
-    text = mdlm.to_text(mdlm.output_ids(out["canvas"][0], prompt.shape[1]))
+    text = mdlm.to_text(mdlm.output_ids(out["canvas"][0], prompt.shape[1], vocab_size=V))
 """
 
 import contextlib
@@ -51,8 +52,7 @@ def special_ids(vocab_size):
     return vocab_size - 3, vocab_size - 2, vocab_size - 1
 
 
-VOCAB_SIZE = 256 + 3  # bytes
-EOS, SLACK, MASK = special_ids(VOCAB_SIZE)  # 256, 257, 258
+BYTE_VOCAB_SIZE = 256 + 3  # the byte vocabulary: EOS, SLACK, MASK = 256, 257, 258
 
 
 def encode(text):
@@ -62,10 +62,11 @@ def encode(text):
 
 def to_text(ids):
     """Byte ids back to text: cut at the first EOS, drop SLACK and MASK, invalid UTF-8 -> U+FFFD."""
+    eos = special_ids(BYTE_VOCAB_SIZE)[0]
     out = bytearray()
     for i in ids:
         i = int(i)
-        if i == EOS:
+        if i == eos:
             break
         if i < 256:
             out.append(i)
@@ -114,10 +115,11 @@ def sample_t(batch_size, eps=1e-3, generator=None, device="cpu"):
     return eps + (1.0 - eps) * t
 
 
-def forward_mask(z0, t, schedule="linear", generator=None, keep=None, mask_id=MASK):
+def forward_mask(z0, t, schedule, *, mask_id, generator=None, keep=None):
     """Sample z_t ~ q(z_t | z0): each position becomes MASK independently with prob. 1 - alpha(t).
 
-    z0 (B, T) ids, t (B,), keep (B, T) bool or None: positions that are never masked (a prompt).
+    z0 (B, T) ids, t (B,), mask_id: the vocabulary's MASK (special_ids), keep (B, T) bool or None:
+    positions that are never masked (a prompt).
     """
     p_mask = (1.0 - alpha_t(t, schedule))[:, None]  # (B, 1)
     masked = torch.rand(z0.shape, generator=generator, device=z0.device) < p_mask  # (B, T)
@@ -134,7 +136,7 @@ def forward_mask(z0, t, schedule="linear", generator=None, keep=None, mask_id=MA
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = VOCAB_SIZE
+    vocab_size: int  # V: the ordinary ids and the three special ones (special_ids)
     seq_len: int = 256  # longest canvas the rotary tables are built for
     n_layer: int = 4
     n_head: int = 4
@@ -439,8 +441,8 @@ def confidence_commit(log_p, region, steps_left, temperature, generator, slack_r
 # early placement error and shows how much the rest of the text depends on exact positions.
 
 
-def shift_probe(canvas, committed_now, rate, generator=None, gen_start=0, gen_end=None,
-                mask_id=MASK):
+def shift_probe(canvas, committed_now, rate, generator=None, gen_start=0, gen_end=None, *,
+                mask_id):
     """canvas (B, T), committed_now (B, T) bool -> (new canvas (B, T), moves per row (B,) long).
 
     Side: left or right with probability 1/2; if that neighbour is not MASK the other side is
@@ -544,7 +546,7 @@ def generate(model, prompt, length, *, steps, sampler="ancestral", block_length=
                                           generator, slack_rule, slack_threshold)
         new = torch.where(commit, x, canvas)  # (B, T)
         n_committed += commit.sum(1).cpu()
-        new, moved = shift_probe(new, commit, shift_rate, probe_gen, lo, hi, mask)
+        new, moved = shift_probe(new, commit, shift_rate, probe_gen, lo, hi, mask_id=mask)
         n_shifted += moved
         if not torch.equal(new, canvas):
             log_p = None  # the canvas changed: the next step needs a fresh network call
@@ -588,7 +590,7 @@ def generate_ar(model, prompt, length, *, temperature=1.0, generator=None):
     return {"canvas": torch.cat([prompt.to(device), gen, pad], 1), "model_calls": calls}
 
 
-def output_ids(canvas_row, prompt_len, collapse="surface", slack=False, vocab_size=VOCAB_SIZE):
+def output_ids(canvas_row, prompt_len, *, vocab_size, collapse="surface", slack=False):
     """The output ids of one canvas row: the generated part, read through the collapse map the
     model was trained with when it knows slack (surface: drop SLACK; standard: merge runs of equal
     ids, then drop SLACK, as Graves' CTC reads its output), cut at the first EOS, with any MASK

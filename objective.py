@@ -3,7 +3,8 @@ The training objective: what one example is (a prompt, then a response canvas wi
 is noised, how it is scored (CE, the slack CTC, or both), and one optimizer step on it. One shared
 module, so that train.py and bench.py run exactly the same code; no command line.
 
-    obj = objective.Objective(seq_len=48, loss="ctc", slack_rate=0.1, placement="random")
+    obj = objective.Objective(seq_len=48, vocab_size=V, loss="ctc", slack_rate=0.1,
+                              placement="random")
     b = objective.get_batch(records, obj, 64, gen, stats)        # dict of (B, ...) CPU tensors
     loss = objective.compute_loss(model, b, obj).mean()          # nats per response position
     objective.train_step(model, model, opt, b, obj, micro_batch=64)  # one optimizer step
@@ -47,7 +48,7 @@ LOSSES = ("ce", "ctc", "ctc+ce")
 class Objective:
     """What one training example is and how it is scored; train.py and bench.py share it."""
     seq_len: int  # T, the canvas
-    vocab_size: int = mdlm.VOCAB_SIZE  # V; the special ids are its last three
+    vocab_size: int  # V; the special ids are its last three (mdlm.special_ids)
     ar: bool = False  # next-token prediction with a causal model instead of masked diffusion
     loss: str = "ce"  # one of LOSSES
     schedule: str = "linear"  # one of mdlm.SCHEDULES
@@ -99,8 +100,8 @@ def model_alignment(model, prompt, P, y, U, obj):
     # blank (B, T): the prompt, then MASK to the end; log_p (B, r, V): the response positions only
     blank, _ = ctc_slack.build_canvas(prompt, torch.full((len(P), r), mask), prompt_lengths=P,
                                       canvas_length=T)
-    log_p = ctc_slack.response_log_probs(model(blank.to(device)), r, prompt_lengths=P.to(device),
-                                         mask_id=mask)
+    logits = mdlm.ban_logits(model(blank.to(device)))  # SUBS: MASK is never a prediction
+    log_p = ctc_slack.response_log_probs(logits, r, prompt_lengths=P.to(device), mask_id=mask)
     return ctc_slack.align_slack(log_p, y.to(device), target_lengths=U.to(device),
                                  canvas_lengths=R.to(device), slack_id=slack).cpu()
 
@@ -152,7 +153,7 @@ def get_batch(split, obj, n, gen, stats, model=None, placement=None, align_batch
     z0, keep = ctc_slack.build_canvas(prompt, resp, prompt_lengths=P, canvas_length=T)  # (n, T)
     # the forward process: stratified t, then mask each response position with prob. 1 - alpha(t)
     t = mdlm.sample_t(n, generator=gen)  # (n,)
-    z_t = mdlm.forward_mask(z0, t, obj.schedule, generator=gen, keep=keep, mask_id=mask)
+    z_t = mdlm.forward_mask(z0, t, obj.schedule, mask_id=mask, generator=gen, keep=keep)
     return {"z0": z0, "z_t": z_t, "t": t, "keep": keep, "P": P, "y": y, "U": U}
 
 
@@ -174,8 +175,8 @@ def loss_terms(logits, b, obj, loss=None):
                                      scored=~b["keep"])
     if loss != "ce":  # -log P(y | z_t): every completion of the masked positions that gives y
         terms["ctc"] = ctc_slack.slack_ctc_term(
-            logits, b["z_t"], b["y"], prompt_lengths=b["P"], target_lengths=b["U"], weight=w,
-            slack_id=slack, mask_id=mask, collapse=obj.collapse)
+            mdlm.ban_logits(logits), b["z_t"], b["y"], prompt_lengths=b["P"],
+            target_lengths=b["U"], weight=w, slack_id=slack, mask_id=mask, collapse=obj.collapse)
     if loss != "ctc+ce":
         return terms[loss]
     return obj.ctc_weight * terms["ctc"] + obj.ce_weight * terms["ce"]  # same logits, same w(t)
@@ -256,7 +257,9 @@ def bits_per_token(model, meta, val_ids, seq_len, batch_size, t_samples=8, seed=
           so each byte after a window's first is predicted once (mdlm.ar_loss / ln 2).
     MDLM: the NELBO  E_t[ w(t) sum_{i masked in z_t} -log p(x_i | z_t) ] / T / ln 2 (MDLM eq. 10),
           an upper bound on the model's bits per byte, estimated with `t_samples` stratified draws
-          of t for every window. The seed fixes t and the masks: the same number on every call."""
+          of t for every window. The seed fixes t and the masks: the same number on every call.
+    Returns (bits, standard error): the error of the mean over windows (and draws of t) taken as
+    independent, which overstates it a little for stratified t."""
     ar = meta.get("objective") == "ar" or model.cfg.causal
     if seq_len > model.cfg.seq_len:  # the rotary tables stop at the model's canvas length
         raise ValueError(f"--seq-len {seq_len} exceeds the model's canvas ({model.cfg.seq_len})")
@@ -268,7 +271,8 @@ def bits_per_token(model, meta, val_ids, seq_len, batch_size, t_samples=8, seed=
                          f"({width})")
     # one generator for every draw of t and of the masks: two checkpoints get identical noise
     gen = torch.Generator(device=device).manual_seed(seed)
-    schedule, total, count = meta.get("schedule", "linear"), 0.0, 0
+    schedule, values = meta.get("schedule", "linear"), []  # per window and draw, nats per token
+    mask = mdlm.special_ids(model.cfg.vocab_size)[2]  # the model's own MASK, never a default
     for start in range(0, n_win, batch_size)[:max_batches]:  # max_batches None: every batch
         # data.windows reads only these bytes of the split (a memmap): the rest stays on disk
         x = data.windows(val_ids, np.arange(start, min(start + batch_size, n_win)) * seq_len, width)
@@ -278,8 +282,9 @@ def bits_per_token(model, meta, val_ids, seq_len, batch_size, t_samples=8, seed=
         # spread over (0, 1] across the batch) keeps its variance low with few draws
         for _ in range(0 if ar else t_samples):
             t = mdlm.sample_t(len(x), generator=gen, device=device)  # (B,)
-            z_t = mdlm.forward_mask(x, t, schedule, generator=gen)  # (B, T)
+            z_t = mdlm.forward_mask(x, t, schedule, mask_id=mask, generator=gen)  # (B, T)
             losses.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, schedule))  # (B,) nats per byte
-        total, count = total + sum(v.sum().item() for v in losses), count + len(x) * len(losses)
+        values += torch.cat(losses).double().tolist()
     # nats -> bits: log2 p = ln p / ln 2. For MDLM this bounds -log2 p(x) from above
-    return total / count / math.log(2)
+    v = np.asarray(values) / math.log(2)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan

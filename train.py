@@ -180,6 +180,12 @@ def check_args(args):
     # model alignment is a Viterbi path under the surface map: the loss must use that map too
     if args.slack_placement in ("model", "mix") and args.collapse != "surface":
         raise UserError(f"--slack-placement {args.slack_placement} needs --collapse surface")
+    # Graves' map merges equal neighbours, so z0 must hold a slack between every repeat; the
+    # canvases built here (EOS padding, slack placed without regard to repeats) do not
+    if args.loss != "ce" and args.collapse == "standard":
+        raise UserError("--collapse standard cannot train here: its canvases would need a slack "
+                        "between equal neighbours (EOS padding repeats EOS); train with surface "
+                        "(ctc_slack.ctc_slack_loss computes standard for canvases that have one)")
 
 
 def objective_of(args, vocab):
@@ -222,7 +228,11 @@ def load_splits(args, ckpt):
             vocab = data.Vocab(args.vocab_size, "none")
         train_ids, val_ids = data.split_sft(data.read_sft(args.sft, vocab))
         return train_ids, val_ids, vocab
-    train_ids, val_ids, corpus_vocab = data.load_corpus(args.data, n_tokens=args.vocab_size)
+    n = args.vocab_size
+    if n is None and ckpt and args.data and args.data.endswith(".bin") and not os.path.isfile(
+            os.path.splitext(args.data)[0] + ".json"):
+        n = vocab.n_tokens  # a token file without metadata: the checkpoint's vocabulary reads it
+    train_ids, val_ids, corpus_vocab = data.load_corpus(args.data, n_tokens=n)
     if ckpt and corpus_vocab.n_tokens != vocab.n_tokens:
         raise UserError(f"the corpus has {corpus_vocab.n_tokens} ordinary ids, the checkpoint's "
                         f"model {vocab.n_tokens}: train on data of the model's vocabulary")
@@ -240,7 +250,7 @@ def model_config(args, ckpt, vocab):
     an error."""
     sizes = {"n_layer": args.n_layer, "n_head": args.n_head, "n_embd": args.n_embd}
     if ckpt is None:
-        defaults = mdlm.ModelConfig()
+        defaults = mdlm.ModelConfig(vocab_size=vocab.size)
         sizes = {k: getattr(defaults, k) if v is None else v for k, v in sizes.items()}
         if sizes["n_embd"] % sizes["n_head"]:  # check_args saw only given flags
             raise UserError(f"width {sizes['n_embd']} must be divisible by {sizes['n_head']} heads")
@@ -375,8 +385,9 @@ def sample_text(model, val, args, meta, device):
     else:  # steps = L: one position per step
         out = mdlm.generate(model, prompt, L, steps=L, schedule=args.schedule, generator=gen,
                             allow_slack=meta["slack"])
-    cont = mdlm.output_ids(out["canvas"][0].tolist(), prompt.shape[1], meta["collapse"],
-                           meta["slack"], model.cfg.vocab_size)
+    cont = mdlm.output_ids(out["canvas"][0].tolist(), prompt.shape[1],
+                           vocab_size=model.cfg.vocab_size, collapse=meta["collapse"],
+                           slack=meta["slack"])
     vocab = data.Vocab.from_record(meta["vocab"])
     show = lambda x: vocab.decode(x) if vocab.has_text() else str(x)  # noqa: E731 (ids otherwise)
     return show(ids) + " |> " + show(cont)

@@ -11,7 +11,7 @@ import mdlm  # noqa: E402
 
 
 def tiny_model(causal=False, seed=0, seq_len=32, *, n_layer=1, n_embd=16,
-               vocab_size=mdlm.VOCAB_SIZE, sharp=False):
+               vocab_size=mdlm.BYTE_VOCAB_SIZE, sharp=False):
     """A random Transformer of the given size, in eval mode, seeded: the one test model, which
     each test file sizes with functools.partial. sharp: unit-variance weights, so its predictions
     depend strongly on the canvas (at the usual 0.02 init they are almost uniform

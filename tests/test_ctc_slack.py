@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 import mdlm
+
+BEOS, BSLACK, BMASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
 from ctc_slack import (align_slack, build_canvas, collapse_tokens, ctc_slack_align, ctc_slack_loss,
                        place_slack, response_log_probs, response_positions, slack_count,
                        slack_ctc_term, slack_last)
@@ -199,6 +201,7 @@ def test_standard_native_matches_time_loop(reduction, zero_infinity):
         # feasible rows
         canvas[2:4] = feasible_canvas(gen, padded[2:4], T_b[2:4], 9, 0.4, "standard")
         lp[4, 2, 1] = -math.inf  # a log 0 the model itself gives: a token it never emits there
+        lp[4, 2] = lp[4, 2].log_softmax(-1)  # still log-probabilities (raw logits are refused)
         c = None if trial % 3 == 0 else canvas  # a third without any canvas
         kw = dict(slack_id=SLACK, canvas=c, mask_id=MASK, collapse="standard", reduction=reduction,
                   zero_infinity=zero_infinity)
@@ -499,19 +502,22 @@ def test_collapse_tokens():
 
 def porter_batch(gen, rate, device="cpu", B=5, T=40):
     """A fine-tuning batch as a porter builds one: prompts of different lengths, targets y with
-    U_b = R_b - round(rate * R_b), the reference canvas, the forward process, random logits."""
+    U_b = R_b - round(rate * R_b), the reference canvas, the forward process, random logits with
+    the MASK column at -inf (SUBS, as a porter's model applies it)."""
     P = torch.randint(0, T // 2, (B,), generator=gen)  # prompt lengths, 0 included
     R = T - P  # response canvas lengths
     U = R - (rate * R).round().long()  # K = round(rate * R) slacks each
     y = torch.randint(0, 256, (B, int(U.max())), generator=gen)
     prompt = torch.randint(0, 256, (B, int(P.max())), generator=gen)
     resp = place_slack(y.to(device), target_lengths=U.to(device), canvas_lengths=R.to(device),
-                       slack_id=mdlm.SLACK, generator=gen)
+                       slack_id=BSLACK, generator=gen)
     z0, is_prompt = build_canvas(prompt.to(device), resp, prompt_lengths=P.to(device),
                                  canvas_length=T)
     t = mdlm.sample_t(B, generator=gen)  # (B,) stratified times
-    z_t = mdlm.forward_mask(z0.cpu(), t, generator=gen, keep=is_prompt.cpu())  # (B, T)
-    logits = torch.randn(B, T, mdlm.VOCAB_SIZE, generator=gen, **f64)
+    z_t = mdlm.forward_mask(z0.cpu(), t, "linear", mask_id=BMASK, generator=gen,
+                             keep=is_prompt.cpu())  # (B, T)
+    logits = torch.randn(B, T, mdlm.BYTE_VOCAB_SIZE, generator=gen, **f64)
+    logits[..., BMASK] = -math.inf  # SUBS: the model never predicts MASK
     b = dict(P=P, R=R, U=U, y=y, prompt=prompt, resp=resp, z0=z0, is_prompt=is_prompt, t=t, z_t=z_t,
              logits=logits)
     return {k: v.to(device) for k, v in b.items()}
@@ -521,8 +527,8 @@ def porter_term(b, collapse="surface", schedule="linear"):
     """(z0, slack_ctc_term) of a porter batch, weighted by the NELBO weight w(t) of the schedule."""
     w = mdlm.w_t(b["t"], schedule)  # the CE term's weight: 1/t for the linear schedule
     return b["z0"], slack_ctc_term(b["logits"], b["z_t"], b["y"], prompt_lengths=b["P"],
-                                   target_lengths=b["U"], weight=w, slack_id=mdlm.SLACK,
-                                   mask_id=mdlm.MASK, collapse=collapse)
+                                   target_lengths=b["U"], weight=w, slack_id=BSLACK,
+                                   mask_id=BMASK, collapse=collapse)
 
 
 def test_place_slack_counts_order_and_noise():
@@ -535,12 +541,12 @@ def test_place_slack_counts_order_and_noise():
     for placement in ("random", "tail"):
         gen = torch.Generator().manual_seed(1)
         canvases[placement] = c = place_slack(y, placement, target_lengths=U, canvas_lengths=R,
-                                              slack_id=mdlm.SLACK, generator=gen)
+                                              slack_id=BSLACK, generator=gen)
         after[placement] = torch.rand(8, generator=gen)  # what the forward process would draw next
         assert c.shape == (4, 33) and c.dtype == torch.long
         for row, u, r, target in zip(c.tolist(), U.tolist(), R.tolist(), y.tolist()):
-            assert row[r:] == [mdlm.SLACK] * (33 - r) and row[:r].count(mdlm.SLACK) == r - u  # K_b
-            assert collapse_tokens(row, mdlm.SLACK, "surface") == target[:u]  # y in order
+            assert row[r:] == [BSLACK] * (33 - r) and row[:r].count(BSLACK) == r - u  # K_b
+            assert collapse_tokens(row, BSLACK, "surface") == target[:u]  # y in order
     assert torch.equal(after["random"], after["tail"])  # the same generator consumption
     assert canvases["tail"][1, :10].tolist() == y[1, :10].tolist()  # tail: targets first
     assert not torch.equal(canvases["random"], canvases["tail"])  # random really moved slack
@@ -560,15 +566,23 @@ def test_build_canvas_round_trip():
 
 
 def test_response_log_probs():
-    """Left-aligned log-softmax of the logits at P_b + j, MASK at -inf, float32."""
+    """Left-aligned log-softmax of the logits at P_b + j, MASK at -inf, float32; logits whose
+    MASK column could take mass are refused, a head without one (mask_id = V) is read as is."""
     b = porter_batch(torch.Generator().manual_seed(3), rate=0.1)
+    raw = b["logits"].clone()
+    raw[..., BMASK] = 0.0
+    with pytest.raises(ValueError, match="MASK column"):
+        response_log_probs(raw, int(b["R"].max()), prompt_lengths=b["P"], mask_id=BMASK)
+    headless = b["logits"][..., :BMASK]  # no MASK column at all
+    lp = response_log_probs(headless, 4, prompt_lengths=b["P"], mask_id=BMASK)
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(lp.shape[:2]))
     lp = response_log_probs(b["logits"], int(b["R"].max()), prompt_lengths=b["P"],
-                            mask_id=mdlm.MASK)
-    assert lp.shape == (5, int(b["R"].max()), mdlm.VOCAB_SIZE) and lp.dtype == torch.float32
-    assert (lp[..., mdlm.MASK] == -math.inf).all()  # SUBS: MASK is never a prediction
+                            mask_id=BMASK)
+    assert lp.shape == (5, int(b["R"].max()), mdlm.BYTE_VOCAB_SIZE) and lp.dtype == torch.float32
+    assert (lp[..., BMASK] == -math.inf).all()  # SUBS: MASK is never a prediction
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(lp.shape[:2]))
     ref = b["logits"][2, int(b["P"][2]) + 3].float()  # response position 3 of example 2, by hand
-    ref[mdlm.MASK] = -math.inf
+    ref[BMASK] = -math.inf
     torch.testing.assert_close(lp[2, 3], ref.log_softmax(-1))
 
 
@@ -590,7 +604,7 @@ def test_slack_ctc_term_at_most_ce(collapse):
     b = porter_batch(torch.Generator().manual_seed(5), rate=0.25)
     ctc = porter_term(b, collapse)[1]  # (B,)
     ce = mdlm.mdlm_loss(b["logits"], b["z0"], b["z_t"], b["t"], scored=~b["is_prompt"])
-    ok = [collapse_tokens(r, mdlm.SLACK, collapse) == y[:u] for r, y, u in
+    ok = [collapse_tokens(r, BSLACK, collapse) == y[:u] for r, y, u in
           zip(b["resp"].tolist(), b["y"].tolist(), b["U"].tolist())]  # z0 is an alignment of y
     assert any(ok) and torch.isfinite(ctc[ok]).all()
     assert (ctc[ok] <= ce[ok] + 1e-6).all() and (ctc[ok] < ce[ok] - 1e-3).any()  # and strictly less
@@ -622,7 +636,8 @@ def test_slack_count_is_pythons_round():
 
 
 def test_porter_api_refuses_swaps_and_bad_arguments():
-    """Every malformed call is a ValueError that says what was expected; swapped lengths (more
+    """Every malformed call is a ValueError (or, for a wrong kind of value, a TypeError) that says
+    what was expected; swapped lengths (more
     targets than canvas positions) are refused, never quietly turned into a tail placement."""
     y, U, R = torch.zeros(2, 5, dtype=torch.long), torch.tensor([5, 3]), torch.tensor([6, 4])
     lp = torch.randn(2, 6, V, **f64).log_softmax(-1)
@@ -640,14 +655,14 @@ def test_porter_api_refuses_swaps_and_bad_arguments():
          "placement"),
         (lambda: place_slack(y, target_lengths=U[:1], canvas_lengths=R, slack_id=SLACK),
          "target_lengths must be 2 integers"),
-        (lambda: ctc_slack_loss(lp[0], y, R, U, slack_id=SLACK),
-         "log_probs must be float (B, T, V)"),
-        (lambda: ctc_slack_loss(lp, y.float(), R, U, slack_id=SLACK), "targets must be integer"),
+        (lambda: ctc_slack_loss(lp[0], y, R, U, slack_id=SLACK), "log_probs must be (B, T, V)"),
+        (lambda: ctc_slack_loss(lp, y.float(), R, U, slack_id=SLACK),
+         "targets must hold integer ids"),
         (lambda: ctc_slack_loss(lp, y, R, torch.tensor([5, 9]), slack_id=SLACK),
          "target_lengths must lie in [0, 5]"),
         (lambda: ctc_slack_loss(lp, y, torch.tensor([7, 4]), U, slack_id=SLACK),
          "input_lengths must lie in [0, 6]"),
-        (lambda: ctc_slack_loss(lp, y + SLACK, R, U, slack_id=SLACK), "other than slack_id"),
+        (lambda: ctc_slack_loss(lp, y + SLACK, R, U, slack_id=SLACK), "targets hold slack_id"),
         (lambda: ctc_slack_loss(lp, y, R, U, slack_id=V), "not an id"),
         (lambda: ctc_slack_loss(lp, y, R, U, slack_id=SLACK, canvas=y), "canvas must be (B, T)"),
         (lambda: ctc_slack_loss(lp, y, R, U, slack_id=SLACK, collapse="greedy"), "collapse"),
@@ -657,7 +672,7 @@ def test_porter_api_refuses_swaps_and_bad_arguments():
          "prompt_lengths must lie in"),
     ]
     for call, words in bad:
-        with pytest.raises(ValueError) as e:
+        with pytest.raises((TypeError, ValueError)) as e:  # a wrong kind, or a wrong value
             call()
         assert words in str(e.value), (words, str(e.value))
 

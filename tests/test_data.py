@@ -10,8 +10,10 @@ import pytest
 import torch
 
 import data
+import mdlm
 from data import UserError
-from mdlm import EOS
+
+EOS = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)[0]  # the byte vocabulary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,5 @@
 """The samplers of mdlm.py and decode.py's command line, on tiny random models (CPU, seconds)."""
+import functools
 import json
 import os
 import subprocess
@@ -11,7 +12,10 @@ import torch.nn as nn
 import decode
 import conftest
 import mdlm
-from mdlm import EOS, MASK, SLACK
+
+# the output of a canvas row of the byte vocabulary
+byte_output_ids = functools.partial(mdlm.output_ids, vocab_size=mdlm.BYTE_VOCAB_SIZE)
+EOS, SLACK, MASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,20 +148,20 @@ def test_slack_only_when_allowed(sampler):
         assert (n_slack > 16) if allow else (n_slack == 0), (allow, n_slack)
         for row in out["canvas"]:
             for collapse in ("surface", "standard"):
-                ids = mdlm.output_ids(row, 2, collapse, slack=True)
+                ids = byte_output_ids(row, 2, collapse=collapse, slack=True)
                 assert all(i < 256 for i in ids), "finish left a special id in the output"
 
 
 def test_finish_collapse_and_eos():
     a, b, c = mdlm.encode("abc")
     row = torch.tensor(mdlm.encode("p:") + [a, SLACK, a, a, SLACK, b, b, EOS, c, SLACK])
-    assert mdlm.output_ids(row, 2, "surface", slack=True) == [a, a, a, b, b]
-    assert mdlm.output_ids(row, 2, "standard", slack=True) == [a, a, b]
+    assert byte_output_ids(row, 2, collapse="surface", slack=True) == [a, a, a, b, b]
+    assert byte_output_ids(row, 2, collapse="standard", slack=True) == [a, a, b]
     no_slack = torch.tensor(mdlm.encode("p:") + [a, a, MASK, b, EOS, c])
-    assert mdlm.output_ids(no_slack, 2, "standard", slack=False) == [a, a, b]  # no merging
+    assert byte_output_ids(no_slack, 2, collapse="standard", slack=False) == [a, a, b]  # no merging
     # no EOS: all kept
-    assert mdlm.output_ids(torch.tensor([a, b]), 0, "surface", slack=True) == [a, b]
-    assert mdlm.to_text(mdlm.output_ids(row, 2, "standard", slack=True)) == "aab"
+    assert byte_output_ids(torch.tensor([a, b]), 0, collapse="surface", slack=True) == [a, b]
+    assert mdlm.to_text(byte_output_ids(row, 2, collapse="standard", slack=True)) == "aab"
 
 
 def test_render_canvas_shows_specials():
@@ -181,16 +185,18 @@ def test_shift_probe_crafted_canvas():
     # E: its left was just vacated by D -> left (tokens are processed left to right)
     expect = torch.tensor([[P, P, M, A, B, M, C, M, D, E, M, F]])
     for seed in range(5):
-        out, moved = mdlm.shift_probe(canvas, now, 1.0, gen(seed), gen_start=2)
+        out, moved = mdlm.shift_probe(canvas, now, 1.0, gen(seed), gen_start=2, mask_id=MASK)
         assert torch.equal(out, expect) and moved.tolist() == [4]
     # a token with no masked neighbour stays, and nothing moves at rate 0
     stuck = torch.tensor([[P, A, B, C]])
-    assert mdlm.shift_probe(stuck, stuck != P, 1.0, gen(), gen_start=1)[1].item() == 0
-    out, moved = mdlm.shift_probe(canvas, now, 0.0, gen(), gen_start=2)
+    stays = mdlm.shift_probe(stuck, stuck != P, 1.0, gen(), gen_start=1, mask_id=MASK)[1]
+    assert stays.item() == 0
+    out, moved = mdlm.shift_probe(canvas, now, 0.0, gen(), gen_start=2, mask_id=MASK)
     assert torch.equal(out, canvas) and moved.item() == 0
     # masked slots outside [gen_start, gen_end) (another block) are never entered
     edge = torch.tensor([[M, A, M, M, B, M]])
-    out, moved = mdlm.shift_probe(edge, edge != M, 1.0, gen(), gen_start=1, gen_end=5)
+    out, moved = mdlm.shift_probe(edge, edge != M, 1.0, gen(), gen_start=1, gen_end=5,
+                                  mask_id=MASK)
     assert torch.equal(out, torch.tensor([[M, M, A, B, M, M]])) and moved.item() == 2
 
 
@@ -207,7 +213,7 @@ def test_shift_probe_random_isolated_tokens():
             for i in range(P + torch.randint(0, 3, (1,), generator=g).item(), T, 3):
                 if torch.rand(1, generator=g) < 0.6:
                     now[b, i], canvas[b, i] = True, torch.randint(0, 256, (1,), generator=g)
-        out, moved = mdlm.shift_probe(canvas, now, 1.0, gen(trial), gen_start=P)
+        out, moved = mdlm.shift_probe(canvas, now, 1.0, gen(trial), gen_start=P, mask_id=MASK)
         assert torch.equal(out[:, :P], canvas[:, :P])
         assert ((out != canvas).sum(1) == 2 * moved).all()
         for b, i in now.nonzero().tolist():
@@ -346,7 +352,7 @@ def test_cli_prompts_file_at_several_rates(tmp_path):
                           block_length=8, temperature=1.0, generator=gen(6), allow_slack=True,
                           slack_rule=decode.SLACK_DEFAULT)
     rec = next(r for r in recs if r["prompt"] == "xyz" and r["rate"] == 0)
-    assert rec["output_ids"] == mdlm.output_ids(alone["canvas"][0].tolist(), 3)
+    assert rec["output_ids"] == byte_output_ids(alone["canvas"][0].tolist(), 3)
     assert rec["output"] == mdlm.to_text(rec["output_ids"])
 
 
@@ -374,7 +380,7 @@ def test_slack_rules_order_the_commits():
     one; threshold lets a slack proposal keep its rank when its probability is high enough; first
     puts slack before every real one. The proposals and the number committed are the same under
     every rule."""
-    V = mdlm.VOCAB_SIZE
+    V = mdlm.BYTE_VOCAB_SIZE
     probs = torch.zeros(1, 4, V)
     for pos, (tok, p) in enumerate([(SLACK, 0.97), (5, 0.6), (SLACK, 0.8), (7, 0.5)]):
         probs[0, pos] = (1 - p) / (V - 1)  # the rest of the mass spread over the other ids

@@ -83,10 +83,11 @@ def test_judge_nll_equals_a_loop_over_prefixes():
     nll, n = evaluate.judge_nll(judge, prompt, cont)
     assert n == 6 and nll == pytest.approx(want, rel=1e-5)
     # text_metrics reports it per byte, with the continuation's entropy, distinct-2 and length
-    m = evaluate.text_metrics(judge, {"prompt": "Hi "}, {"output": "there!"})
+    m = evaluate.text_metrics(judge, data.Vocab(), {"prompt": "Hi "}, {"output": "there!"})
     assert m["judge_nll"] == pytest.approx(want / 6, rel=1e-5) and m["length"] == 6.0
     assert m["entropy"] == pytest.approx(evaluate.unigram_entropy(cont)) and m["distinct_2"] == 1.0
-    empty = evaluate.text_metrics(judge, {"prompt": "Hi "}, {"output": "", "output_ids": []})
+    empty = evaluate.text_metrics(judge, data.Vocab(), {"prompt": "Hi "},
+                                  {"output": "", "output_ids": []})
     assert (empty["length"] == 0.0 and math.isnan(empty["judge_nll"])
             and math.isnan(empty["entropy"]))
 
@@ -149,10 +150,11 @@ def test_bits_per_token_ar_matches_ar_loss():
     with torch.no_grad():
         ref = mdlm.ar_loss(model(x[:, :-1]), x).mean().item() / math.log(2)
         ref1 = mdlm.ar_loss(model(x[:2, :-1]), x[:2]).mean().item() / math.log(2)
-    assert (objective.bits_per_token(model, {"objective": "ar"}, val, 8, batch_size=2)
+    assert (objective.bits_per_token(model, {"objective": "ar"}, val, 8, batch_size=2)[0]
             == pytest.approx(ref))
     # max_batches caps the windows read: one batch of 2 windows
-    got1 = objective.bits_per_token(model, {"objective": "ar"}, val, 8, batch_size=2, max_batches=1)
+    got1, _ = objective.bits_per_token(model, {"objective": "ar"}, val, 8, batch_size=2,
+                                       max_batches=1)
     assert got1 == pytest.approx(ref1, rel=1e-5)
     with pytest.raises(ValueError):  # shorter than one window
         objective.bits_per_token(model, {"objective": "ar"}, val[:8], 8, 2)
@@ -171,10 +173,11 @@ def test_bits_per_token_mdlm_is_the_written_out_nelbo():
     with torch.no_grad():
         for _ in range(3):
             t = mdlm.sample_t(12, generator=g)
-            z_t = mdlm.forward_mask(x, t, "linear", generator=g)
+            mask = mdlm.special_ids(model.cfg.vocab_size)[2]
+            z_t = mdlm.forward_mask(x, t, "linear", mask_id=mask, generator=g)
             draws.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, "linear"))
     ref = torch.cat(draws).mean().item() / math.log(2)
-    got = objective.bits_per_token(model, meta, val, 16, batch_size=12, t_samples=3, seed=5)
+    got, _ = objective.bits_per_token(model, meta, val, 16, batch_size=12, t_samples=3, seed=5)
     assert got == pytest.approx(ref)
 
 
@@ -183,7 +186,7 @@ def test_bpb_command(tmp_path, capsys):
     ckpt = save_tiny(tmp_path / "ar.pt", causal=True, seq_len=16)
     flags = ["--data", str(tmp_path / "d.txt"), "--device", "cpu"]
     status, out, _ = run(["bpb", "--ckpts", ckpt, *flags], capsys)
-    assert status == 0 and "bits per byte (ar)" in out
+    assert status == 0 and "bits per byte (ar;" in out
     status, _, err = run(["bpb", "--ckpts", str(tmp_path / "none.pt"), *flags], capsys)
     assert status == 1 and err.startswith("error: ") and err.count("\n") == 1
 

@@ -13,7 +13,10 @@ import data
 import mdlm
 import objective
 import train
-from mdlm import EOS, MASK, SLACK
+
+# the output of a canvas row of the byte vocabulary
+byte_output_ids = functools.partial(mdlm.output_ids, vocab_size=mdlm.BYTE_VOCAB_SIZE)
+EOS, SLACK, MASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--seq-len", "32", "--batch-size", "8",
@@ -24,7 +27,7 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--seq-len", "32", 
 
 def obj_for(**kw):
     """The objective of a canvas of 32 positions (placement: tail unless given)."""
-    return objective.Objective(**{"seq_len": 32, **kw})
+    return objective.Objective(**{"seq_len": 32, "vocab_size": mdlm.BYTE_VOCAB_SIZE, **kw})
 
 
 tiny_model = functools.partial(conftest.tiny_model, n_embd=32)
@@ -86,7 +89,7 @@ def test_prompt_positions_are_never_masked_nor_scored(loss):
     assert b["keep"][:, :10].all() and not b["keep"][:, 10:].any()
     assert torch.equal(b["z_t"][:, :10], b["z0"][:, :10])
     # change the prompt's logits only: the loss must not move
-    logits = torch.randn(6, 32, mdlm.VOCAB_SIZE, requires_grad=True)
+    logits = torch.randn(6, 32, mdlm.BYTE_VOCAB_SIZE, requires_grad=True)
     out = objective.compute_loss(lambda z: logits, b, obj).sum()
     out.backward()
     assert logits.grad[:, :10].abs().max() == 0 and logits.grad[:, 10:].abs().max() > 0
@@ -177,7 +180,7 @@ def test_ctc_fine_tune_lowers_its_loss_and_learns_slack(pretrained):
     out = mdlm.generate(model, prompt, 24, steps=24, allow_slack=True, generator=gen)
     assert (out["canvas"][:, 8:] == SLACK).any()
     for row in out["canvas"].tolist():
-        ids = mdlm.output_ids(row, 8, "surface", True)
+        ids = byte_output_ids(row, 8, collapse="surface", slack=True)
         assert SLACK not in ids and MASK not in ids and len(ids) > 0
 
 

@@ -5,6 +5,7 @@ hand count, and DDP with gradient accumulation. What still needs a GPU (the CUDA
 tensor cores, NCCL, the MFU on a real card) is listed in the README as not measured."""
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import torch
 
 import ctc_slack
 import mdlm
+
+BV = mdlm.BYTE_VOCAB_SIZE
+BEOS, BSLACK, BMASK = mdlm.special_ids(BV)  # the byte vocabulary
 import objective
 import train
 
@@ -30,7 +34,8 @@ BF16_RTOL = 2e-2
 
 def model_and_batch(obj, seed=0):
     torch.manual_seed(seed)
-    model = mdlm.Transformer(mdlm.ModelConfig(seq_len=obj.seq_len, n_layer=2, n_head=2,
+    model = mdlm.Transformer(mdlm.ModelConfig(vocab_size=obj.vocab_size, seq_len=obj.seq_len,
+                                              n_layer=2, n_head=2,
                                               n_embd=32, causal=obj.ar))
     b = objective.get_batch(IDS, obj, 16, torch.Generator().manual_seed(seed), {"truncated": 0},
                             model)
@@ -38,11 +43,13 @@ def model_and_batch(obj, seed=0):
 
 
 @pytest.mark.parametrize("obj", [
-    objective.Objective(32),  # MDLM pretraining (the NELBO)
-    objective.Objective(32, ar=True),  # the AR twin
-    objective.Objective(32, loss="ce", slack_rate=0.1, prompt_len=8),  # the CE fine-tune
-    objective.Objective(32, loss="ctc", slack_rate=0.1, prompt_len=8, placement="random"),
-    objective.Objective(32, loss="ctc+ce", slack_rate=0.2, prompt_len=8, placement="model"),
+    objective.Objective(32, BV),  # MDLM pretraining (the NELBO)
+    objective.Objective(32, BV, ar=True),  # the AR twin
+    objective.Objective(32, BV, loss="ce", slack_rate=0.1, prompt_len=8),  # the CE fine-tune
+    objective.Objective(32, BV, loss="ctc", slack_rate=0.1, prompt_len=8,
+                        placement="random"),
+    objective.Objective(32, BV, loss="ctc+ce", slack_rate=0.2, prompt_len=8,
+                        placement="model"),
 ], ids=["mdlm", "ar", "ce-ft", "ctc-ft", "ctc+ce-ft"])
 def test_bf16_autocast_steps_match_fp32(obj):
     """The same model, batch and step under bf16 autocast and in fp32: the losses agree within
@@ -66,15 +73,17 @@ def test_slack_ctc_stays_float64_inside_under_autocast():
     """Under autocast the model's logits are bf16; slack_ctc_term reads them as float32 log-probs
     and the band runs in float64: on those log-probs it equals the float64 loop over time to
     1e-9, and on the whole it matches the float32 model's value within BF16_RTOL."""
-    obj = objective.Objective(32, loss="ctc", slack_rate=0.1, prompt_len=8, placement="random")
+    obj = objective.Objective(32, BV, loss="ctc", slack_rate=0.1, prompt_len=8,
+                              placement="random")
     model, b = model_and_batch(obj)
+    mask = torch.tensor([BMASK])
     with torch.no_grad():
-        logits32 = model(b["z_t"])
+        logits32 = model(b["z_t"]).index_fill(-1, mask, -math.inf)  # SUBS: MASK never predicted
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits16 = model(b["z_t"])
+            logits16 = model(b["z_t"]).index_fill(-1, mask, -math.inf)
     assert logits16.dtype == torch.bfloat16
     kw = dict(prompt_lengths=b["P"], target_lengths=b["U"], weight=mdlm.w_t(b["t"]),
-              slack_id=mdlm.SLACK, mask_id=mdlm.MASK)
+              slack_id=BSLACK, mask_id=BMASK)
     term16 = ctc_slack.slack_ctc_term(logits16, b["z_t"], b["y"], **kw)
     term32 = ctc_slack.slack_ctc_term(logits32, b["z_t"], b["y"], **kw)
     assert term16.dtype == torch.float32 and torch.isfinite(term16).all()
@@ -82,10 +91,10 @@ def test_slack_ctc_stays_float64_inside_under_autocast():
     # inside: the float32 log-probs of the bf16 logits, through the band and the float64 loop
     R = obj.seq_len - b["P"]
     log_p = ctc_slack.response_log_probs(logits16, int(R.max()), prompt_lengths=b["P"],
-                                         mask_id=mdlm.MASK)
+                                         mask_id=BMASK)
     canvas = b["z_t"].gather(1, ctc_slack.response_positions(b["P"], int(R.max()), obj.seq_len))
-    nll = {alg: ctc_slack.ctc_slack_loss(log_p, b["y"], R, b["U"], slack_id=mdlm.SLACK,
-                                         canvas=canvas, mask_id=mdlm.MASK, reduction="none",
+    nll = {alg: ctc_slack.ctc_slack_loss(log_p, b["y"], R, b["U"], slack_id=BSLACK,
+                                         canvas=canvas, mask_id=BMASK, reduction="none",
                                          algorithm=alg) for alg in ("band", "time")}
     torch.testing.assert_close(nll["band"].double(), nll["time"].double(), rtol=1e-9, atol=1e-6)
 

@@ -8,7 +8,7 @@ import torch
 
 import conftest
 import mdlm
-from mdlm import EOS, MASK, SLACK
+EOS, SLACK, MASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
 
 tiny_model = functools.partial(conftest.tiny_model, seq_len=16, n_layer=2)
 
@@ -21,7 +21,7 @@ def test_tokenizer_round_trip_and_specials():
     assert mdlm.to_text(ids + [EOS] + mdlm.encode("tail")) == text  # cut at EOS
     assert mdlm.to_text([SLACK, 104, MASK, 105]) == "hi"
     assert mdlm.to_text([0xFF, 104]) == "\ufffdh"  # invalid UTF-8 is replaced, not an error
-    assert len({EOS, SLACK, MASK}) == 3 and max(EOS, SLACK, MASK) == mdlm.VOCAB_SIZE - 1
+    assert len({EOS, SLACK, MASK}) == 3 and max(EOS, SLACK, MASK) == mdlm.BYTE_VOCAB_SIZE - 1
 
 
 @pytest.mark.parametrize("schedule", mdlm.SCHEDULES)
@@ -54,7 +54,7 @@ def test_masking_rate_matches_schedule_and_keeps_prompt():
     keep = torch.zeros_like(z0, dtype=torch.bool)
     keep[:, :100] = True
     for schedule in mdlm.SCHEDULES:
-        z_t = mdlm.forward_mask(z0, t, schedule, generator=gen, keep=keep)
+        z_t = mdlm.forward_mask(z0, t, schedule, mask_id=MASK, generator=gen, keep=keep)
         assert (z_t[:, :100] == z0[:, :100]).all()
         visible = z_t[:, 100:] != MASK
         assert (z_t[:, 100:][visible] == z0[:, 100:][visible]).all()  # visible tokens are unchanged
@@ -66,7 +66,7 @@ def test_masking_rate_matches_schedule_and_keeps_prompt():
 
 def test_subs_parameterization():
     torch.manual_seed(0)
-    logits = torch.randn(2, 5, mdlm.VOCAB_SIZE)
+    logits = torch.randn(2, 5, mdlm.BYTE_VOCAB_SIZE)
     z_t = torch.tensor([[MASK, 7, MASK, 9, MASK], [1, 2, 3, MASK, MASK]])
     lp = mdlm.subs_log_probs(logits, z_t)
     assert torch.allclose(lp.exp().sum(-1), torch.ones(2, 5))
@@ -126,7 +126,7 @@ def test_nelbo_monte_carlo_matches_exact_enumeration():
         for _ in range(n):
             t = mdlm.sample_t(B, eps=1e-5, generator=gen)
             zb = z0.expand(B, -1)
-            z_t = mdlm.forward_mask(zb, t, generator=gen)
+            z_t = mdlm.forward_mask(zb, t, "linear", mask_id=MASK, generator=gen)
             vals.append(mdlm.mdlm_loss(model(z_t), zb, z_t, t))
     vals = torch.cat(vals).double()
     est, se = vals.mean().item(), vals.std().item() / math.sqrt(len(vals))
@@ -137,7 +137,7 @@ def test_nelbo_monte_carlo_matches_exact_enumeration():
 
 def test_mdlm_loss_scores_only_masked_scored_positions():
     torch.manual_seed(0)
-    logits = torch.randn(1, 4, mdlm.VOCAB_SIZE)
+    logits = torch.randn(1, 4, mdlm.BYTE_VOCAB_SIZE)
     z0 = torch.tensor([[10, 11, 12, 13]])
     z_t = torch.tensor([[MASK, 11, MASK, MASK]])
     scored = torch.tensor([[False, True, True, True]])  # position 0 is a prompt position
@@ -150,7 +150,7 @@ def test_mdlm_loss_scores_only_masked_scored_positions():
 def test_ar_loss_matches_hand_sum():
     torch.manual_seed(0)
     x = torch.randint(0, 256, (2, 6))
-    logits = torch.randn(2, 5, mdlm.VOCAB_SIZE)
+    logits = torch.randn(2, 5, mdlm.BYTE_VOCAB_SIZE)
     lp = logits.log_softmax(-1)
     expect = torch.stack([-sum(lp[b, i, x[b, i + 1]] for i in range(5)) / 5 for b in range(2)])
     assert torch.allclose(mdlm.ar_loss(logits, x), expect)
@@ -163,7 +163,7 @@ def test_tiny_model_overfits_one_batch():
     gen = torch.Generator().manual_seed(0)
     z0 = torch.tensor([mdlm.encode("the quick brown fox jumps over t")] * 8)
     t = mdlm.sample_t(8, generator=gen).clamp(max=0.7)
-    z_t = mdlm.forward_mask(z0, t, generator=gen)
+    z_t = mdlm.forward_mask(z0, t, "linear", mask_id=MASK, generator=gen)
     losses = []
     for step in range(400):
         loss = mdlm.mdlm_loss(model(z_t), z0, z_t, t).mean()
@@ -194,11 +194,12 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 
 
 def test_checkpoint_meta_defaults_and_overrides():
-    causal = mdlm.ModelConfig(causal=True).to_dict()
+    causal = mdlm.ModelConfig(vocab_size=mdlm.BYTE_VOCAB_SIZE, causal=True).to_dict()
     assert mdlm.checkpoint_meta({"config": causal})["objective"] == "ar"
-    plain = mdlm.checkpoint_meta({"config": mdlm.ModelConfig().to_dict()})
+    config = mdlm.ModelConfig(vocab_size=mdlm.BYTE_VOCAB_SIZE).to_dict()
+    plain = mdlm.checkpoint_meta({"config": config})
     assert plain == {"objective": "mdlm", "schedule": "linear", "slack": False,
                      "collapse": "surface"}
     stored = {"objective": "mdlm", "slack": True, "collapse": "standard"}
-    got = mdlm.checkpoint_meta({"config": mdlm.ModelConfig().to_dict(), "meta": stored})
+    got = mdlm.checkpoint_meta({"config": config, "meta": stored})
     assert got["slack"] is True and got["collapse"] == "standard" and got["schedule"] == "linear"

@@ -1,7 +1,9 @@
 """The README's two porting snippets, run as a porter would: ctc_slack.py copied alone into an
-empty folder, each snippet run there as it stands (the training one is complete in itself; the
-decoding one continues it), the training loss checked against the loss train.py computes on the
-same batch, and the decoded outputs checked to be the canvas read through the collapse map."""
+empty folder, each snippet run there by itself as it stands (no prelude), the training loss
+checked against the loss train.py computes on the same batch, and the decoded outputs checked to
+be each canvas read from its own prompt through the collapse map, and to equal each prompt
+decoded alone."""
+import functools
 import os
 import re
 import shutil
@@ -11,7 +13,12 @@ import sys
 import torch
 
 import mdlm
+
+BEOS, BSLACK, BMASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
 import objective
+
+# the output of a canvas row of the byte vocabulary
+byte_output_ids = functools.partial(mdlm.output_ids, vocab_size=mdlm.BYTE_VOCAB_SIZE)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +28,7 @@ torch.save({"z0": z0, "z_t": z_t, "t": t, "is_prompt": is_prompt, "loss": loss.d
            "train.pt")
 '''
 SAVE_DECODE = '''
-torch.save({"canvas": canvas, "outputs": outputs, "P": prompt.shape[1]}, "decode.pt")
+torch.save({"canvas": canvas, "outputs": outputs, "P": P}, "decode.pt")
 '''
 
 
@@ -57,23 +64,36 @@ def test_training_snippet_alone_equals_the_training_loss(tmp_path):
     train_code, _ = readme_snippets()
     run_alone(tmp_path, train_code + SAVE)
     out = torch.load(tmp_path / "train.pt", weights_only=True)
-    V = mdlm.VOCAB_SIZE
+    V = mdlm.BYTE_VOCAB_SIZE
     model = torch.nn.Sequential(torch.nn.Embedding(V, 32), torch.nn.Linear(32, V))
     model.load_state_dict(out["state"])
     b = {"z0": out["z0"], "z_t": out["z_t"], "t": out["t"], "keep": out["is_prompt"],
          "P": out["P"], "y": out["targets"], "U": out["U"]}
-    assert (b["z_t"] == mdlm.MASK).any() and (b["z0"] == mdlm.SLACK).any()  # masked, and slack
-    obj = objective.Objective(seq_len=b["z0"].shape[1], loss="ctc", slack_rate=0.1)
+    assert (b["z_t"] == BMASK).any() and (b["z0"] == BSLACK).any()  # masked, and slack
+    obj = objective.Objective(seq_len=b["z0"].shape[1], vocab_size=mdlm.BYTE_VOCAB_SIZE, loss="ctc",
+                              slack_rate=0.1)
     expect = objective.compute_loss(model, b, obj).mean()
     assert torch.allclose(out["loss"], expect, rtol=1e-5, atol=1e-6), (out["loss"], expect)
 
 
-def test_decoding_snippet_reads_the_canvas_through_the_collapse_map(tmp_path):
-    train_code, decode_code = readme_snippets()
-    run_alone(tmp_path, train_code + decode_code + SAVE_DECODE)
+def test_decoding_snippet_alone_reads_each_response_from_its_own_prompt(tmp_path):
+    """The decoding block alone: every position filled, each output its row read from its own
+    P_b through the collapse map and cut at EOS; and a batch of prompts of different lengths
+    decodes each prompt as a batch of that prompt alone does (the padding of a short prompt is
+    never read as prompt)."""
+    _, decode_code = readme_snippets()
+    run_alone(tmp_path, decode_code + SAVE_DECODE)
     out = torch.load(tmp_path / "decode.pt", weights_only=True)
     canvas, P = out["canvas"], out["P"]
-    assert not (canvas == mdlm.MASK).any()  # every position was filled
-    for row, got in zip(canvas[:, P:].tolist(), out["outputs"]):
-        want = mdlm.output_ids(row, 0, "surface", slack=True)  # the same map, written again
-        assert got == want and mdlm.SLACK not in got and mdlm.MASK not in got
+    assert not (canvas == BMASK).any() and len(set(P.tolist())) > 1  # filled; ragged prompts
+    for row, p, got in zip(canvas.tolist(), P.tolist(), out["outputs"]):
+        want = byte_output_ids(row, p, collapse="surface", slack=True)  # the map, again
+        assert got == want and BSLACK not in got and BMASK not in got
+    prompts = re.search(r"^prompts = (\[.*?\])  #", decode_code, re.M).group(1)
+    for k, prompt in enumerate(eval(prompts)):  # each prompt alone, the same code otherwise
+        alone = tmp_path / f"alone{k}"
+        alone.mkdir()
+        run_alone(alone, decode_code.replace(prompts, repr([prompt])) + SAVE_DECODE)
+        single = torch.load(alone / "decode.pt", weights_only=True)
+        assert single["outputs"][0] == out["outputs"][k], k
+        assert torch.equal(single["canvas"][0], canvas[k])

@@ -168,7 +168,8 @@ def test_ctrl_c_and_nan_keep_last_checkpoint(tmp_path, corpus, monkeypatch, caps
 
 def test_ema_update_is_an_exponential_average_once_per_parameter():
     torch.manual_seed(0)
-    cfg = mdlm.ModelConfig(seq_len=8, n_layer=1, n_head=2, n_embd=8)
+    cfg = mdlm.ModelConfig(vocab_size=mdlm.BYTE_VOCAB_SIZE, seq_len=8, n_layer=1, n_head=2,
+                           n_embd=8)
     model, ema = mdlm.Transformer(cfg), mdlm.Transformer(cfg)
     before = {k: v.clone() for k, v in ema.state_dict().items()}
     step, decay = 1000, 0.9

@@ -1,0 +1,230 @@
+"""ctc_slack.py as a porter meets it, off the path it was built on: every misuse of the loss and
+the porter API gives one TypeError or ValueError that names the argument, or is made to work
+(lists, empty batches), or is documented here (the standard collapse on EOS padding, time-first
+logits when B == T). A NaN gives NaN, never the +inf of an infeasible example."""
+import math
+
+import pytest
+import torch
+
+import ctc_slack
+
+V, EOS, SLACK, MASK = 12, 9, 10, 11  # a small vocabulary: ordinary ids 0..8, then the specials
+B, T = 4, 10
+
+
+def batch(seed=0, K=2):
+    """A valid fine-tuning batch of ctc_slack's porter API, and its per-example loss. Prompts of
+    1..4 tokens, y of U_b = R_b - K tokens (EOS-padded), K slacks at random, about half masked."""
+    gen = torch.Generator().manual_seed(seed)
+    P = torch.tensor([1, 2, 3, 4])
+    R = T - P
+    U = R - K
+    y = torch.randint(0, EOS, (B, int(U.max())), generator=gen)
+    y[:, -2:] = EOS  # EOS padding, as LLaDA pads
+    prompt = torch.randint(0, EOS, (B, 4), generator=gen)
+    resp = ctc_slack.place_slack(y, "random", target_lengths=U, canvas_lengths=R, slack_id=SLACK,
+                                 generator=gen)
+    z0, is_prompt = ctc_slack.build_canvas(prompt, resp, prompt_lengths=P, canvas_length=T)
+    z_t = torch.where((torch.rand(B, T, generator=gen) < 0.5) & ~is_prompt, MASK, z0)
+    logits = torch.randn(B, T, V, generator=gen, dtype=torch.float64)
+    logits[..., MASK] = -math.inf  # SUBS: the model never predicts MASK
+    kw = dict(prompt_lengths=P, target_lengths=U, weight=torch.full((B,), 2.0), slack_id=SLACK,
+              mask_id=MASK)
+    return logits, z_t, y, kw
+
+
+def term(logits, z_t, y, **kw):
+    return ctc_slack.slack_ctc_term(logits, z_t, y, **kw)
+
+
+def refused(call, *words, kind=(TypeError, ValueError)):
+    with pytest.raises(kind) as e:
+        call()
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_the_valid_batch_is_finite():
+    logits, z_t, y, kw = batch()
+    assert torch.isfinite(term(logits, z_t, y, **kw)).all()
+
+
+def test_swapped_lengths_are_refused():
+    logits, z_t, y, kw = batch()
+    swapped = {**kw, "prompt_lengths": kw["target_lengths"], "target_lengths": kw["prompt_lengths"]}
+    refused(lambda: term(logits, z_t, torch.zeros(B, 9, dtype=torch.long), **swapped),
+            "target_lengths", "swapped")
+
+
+def test_slack_and_mask_ids_equal_or_swapped_are_refused():
+    logits, z_t, y, kw = batch()
+    refused(lambda: term(logits, z_t, y, **{**kw, "mask_id": SLACK}), "slack_id", "mask_id")
+    refused(lambda: term(logits, z_t, y, **{**kw, "slack_id": MASK, "mask_id": SLACK}),
+            "slack", "swapped")
+
+
+def test_more_targets_than_response_positions_is_refused():
+    logits, z_t, y, kw = batch()
+    wide = torch.zeros(B, 12, dtype=torch.long)
+    refused(lambda: term(logits, z_t, wide, **{**kw, "target_lengths": torch.full((B,), 9)}),
+            "target_lengths")
+    lp = logits.log_softmax(-1)  # the loss itself mirrors F.ctc_loss: T_b < U_b is +inf
+    out = ctc_slack.ctc_slack_loss(lp, wide, torch.full((B,), 5), torch.full((B,), 6),
+                                   slack_id=SLACK, reduction="none")
+    assert (out == math.inf).all()
+
+
+def test_a_visible_id_outside_the_vocabulary_is_refused():
+    logits, z_t, y, kw = batch()
+    bad = z_t.clone()
+    bad[0, 0] = 999
+    refused(lambda: term(logits, bad, y, **kw), "z_t", "999")
+    lp = logits.log_softmax(-1)
+    refused(lambda: ctc_slack.ctc_slack_loss(lp, y, torch.full((B,), T), torch.full((B,), 6),
+                                             slack_id=SLACK, canvas=bad, mask_id=MASK), "canvas")
+
+
+def test_a_head_without_a_mask_column_works():
+    """mask_id = V: the logits have no MASK column, so there is nothing to ban; the loss equals
+    the one with a MASK column at -inf."""
+    logits, z_t, y, kw = batch()
+    headless = logits[..., :MASK]  # V - 1 columns: ids 0..10, MASK = 11 is not one of them
+    torch.testing.assert_close(term(headless, z_t, y, **kw), term(logits, z_t, y, **kw))
+
+
+def test_a_mask_logit_left_open_is_refused():
+    logits, z_t, y, kw = batch()
+    refused(lambda: term(logits.nan_to_num(neginf=0.0), z_t, y, **kw), "MASK column")
+
+
+def test_missing_or_non_integer_ids_are_refused():
+    logits, z_t, y, kw = batch()
+    refused(lambda: term(logits, z_t, y, **{**kw, "mask_id": None}), "mask_id", kind=TypeError)
+    refused(lambda: term(logits, z_t, y, **{**kw, "slack_id": 10.0}), "slack_id", kind=TypeError)
+    refused(lambda: term(logits, z_t.float(), y, **kw), "z_t", kind=TypeError)
+
+
+def test_a_nan_logit_gives_nan_not_inf():
+    """One NaN logit at a response position: that example's loss is NaN (never +inf, which
+    would say 'no alignment'), the others are unchanged with clean gradients; ctc_slack_loss on
+    log-probs holding a NaN gives NaN too, with a zero gradient there."""
+    logits, z_t, y, kw = batch()
+    clean = term(logits, z_t, y, **kw)
+    bad = logits.clone().requires_grad_()
+    with torch.no_grad():
+        bad[1, 5, 0] = math.nan
+    out = term(bad, z_t, y, **kw)
+    assert math.isnan(out[1]) and torch.equal(out[[0, 2, 3]], clean[[0, 2, 3]])
+    for zero_infinity in (False, True):  # zero_infinity zeroes +inf, never NaN
+        assert math.isnan(term(bad, z_t, y, **kw, zero_infinity=zero_infinity)[1])
+    out[[0, 2, 3]].sum().backward()  # the other rows' gradients stay clean
+    assert torch.isfinite(bad.grad[[0, 2, 3]]).all()
+    lp = logits.log_softmax(-1)
+    lp[2, 3, 4] = math.nan
+    for collapse in ("surface", "standard"):
+        for algorithm in ("band", "time"):
+            nll = ctc_slack.ctc_slack_loss(lp, y[:, :5], torch.full((B,), T),
+                                           torch.full((B,), 5), slack_id=SLACK, reduction="none",
+                                           collapse=collapse, algorithm=algorithm)
+            assert math.isnan(nll[2]) and not torch.isnan(nll[[0, 1, 3]]).any()
+    leaf = lp.clone().requires_grad_()
+    nll = ctc_slack.ctc_slack_loss(leaf, y[:, :5], torch.full((B,), T), torch.full((B,), 5),
+                                   slack_id=SLACK, reduction="none")
+    nll[[0, 1, 3]].sum().backward()
+    assert torch.isfinite(leaf.grad).all() and (leaf.grad[2] == 0).all()
+
+
+def test_weight_must_be_a_number_or_one_per_example():
+    logits, z_t, y, kw = batch()
+    refused(lambda: term(logits, z_t, y, **{**kw, "weight": torch.ones(B, 1)}), "weight")
+    torch.testing.assert_close(term(logits, z_t, y, **{**kw, "weight": 2.0}),
+                               term(logits, z_t, y, **kw))
+
+
+def test_time_first_logits():
+    """(T, B, V) is refused when B != T; when B == T no shape can tell the layouts apart, and
+    the numbers differ: the docstring says so, and this pins it."""
+    logits, z_t, y, kw = batch()
+    refused(lambda: term(logits.transpose(0, 1), z_t, y, **kw), "batch-first")
+    assert "B == T" in ctc_slack.slack_ctc_term.__doc__
+    square = torch.randn(T, T, V, dtype=torch.float64)
+    square[..., MASK] = -math.inf
+    z_sq = torch.full((T, T), MASK)
+    y_sq = torch.zeros(T, 4, dtype=torch.long)
+    kw_sq = {**kw, "prompt_lengths": torch.zeros(T, dtype=torch.long),
+             "target_lengths": torch.full((T,), 4), "weight": 1.0}
+    assert not torch.allclose(term(square, z_sq, y_sq, **kw_sq),
+                              term(square.transpose(0, 1), z_sq, y_sq, **kw_sq))
+
+
+def test_targets_as_lists_and_empty_batches_work():
+    logits, z_t, y, kw = batch()
+    torch.testing.assert_close(term(logits, z_t, y.tolist(), **kw), term(logits, z_t, y, **kw))
+    empty = dict(prompt_lengths=[], target_lengths=[], weight=[], slack_id=SLACK, mask_id=MASK)
+    none = term(logits[:0], z_t[:0], [], **empty)
+    assert none.shape == (0,)
+    assert term(logits[:0], z_t[:0], [], **empty, reduction="sum").item() == 0.0
+    lp = logits.log_softmax(-1)[:0]
+    assert ctc_slack.ctc_slack_loss(lp, [], [], [], slack_id=SLACK).item() == 0.0
+
+
+def test_raw_logits_are_refused_where_log_probs_are_due():
+    logits, _, y, _ = batch()
+    refused(lambda: ctc_slack.ctc_slack_loss(logits.nan_to_num(neginf=0.0), y, torch.full((B,), T),
+                                             torch.full((B,), 6), slack_id=SLACK),
+            "log_probs", "raw logits")
+
+
+def test_standard_collapse_on_eos_padding():
+    """Graves' collapse merges repeats, so EOS-padded targets need a slack between every two
+    EOS: slack_ctc_term refuses such a row (it cannot fit R_b), and ctc_slack_loss, which mirrors
+    F.ctc_loss, gives +inf (0 with zero_infinity). Targets cut at their first EOS fit."""
+    logits, z_t, y, kw = batch(K=2)
+    y[:] = EOS  # an empty response, EOS-padded: U_b - 1 >= 3 repeats, and only 2 slacks
+    full = torch.full_like(z_t, MASK)
+    refused(lambda: term(logits, full, y, **kw, collapse="standard"), "standard", "first EOS")
+    lp = logits.log_softmax(-1)
+    R, U = T - kw["prompt_lengths"], kw["target_lengths"]
+    for zero_infinity, want in ((False, math.inf), (True, 0.0)):
+        out = ctc_slack.ctc_slack_loss(lp, y, R, U, slack_id=SLACK, collapse="standard",
+                                       reduction="none", zero_infinity=zero_infinity)
+        assert (out == want).all()
+    out = ctc_slack.ctc_slack_loss(lp, y, R, torch.full((B,), 1), slack_id=SLACK,
+                                   collapse="standard", reduction="none")  # cut at the first EOS
+    assert torch.isfinite(out).all()
+
+
+def test_every_public_function_checks_its_arguments():
+    """The porter API beyond the loss: each refuses a malformed argument by name."""
+    y = torch.zeros(2, 3, dtype=torch.long)
+    refused(lambda: ctc_slack.place_slack(y.float(), target_lengths=[3, 3], canvas_lengths=[4, 4],
+                                          slack_id=SLACK), "targets")
+    refused(lambda: ctc_slack.place_slack(y, target_lengths=[3, 3], canvas_lengths=[4, 4],
+                                          slack_id=None), "slack_id")
+    refused(lambda: ctc_slack.build_canvas(y, y, prompt_lengths=[1, 1], canvas_length=10),
+            "response")  # a response too short to reach the canvas's end
+    refused(lambda: ctc_slack.slack_count([4, -1], 0.1), "canvas_lengths")
+    refused(lambda: ctc_slack.slack_count(4, "0.1"), "rate")
+    refused(lambda: ctc_slack.slack_last(torch.rand(2, 3), torch.zeros(2, 4, dtype=torch.long),
+                                         slack_id=SLACK), "shape")
+    refused(lambda: ctc_slack.masked_canvas(y, prompt_lengths=[3, 9], canvas_length=8,
+                                            mask_id=MASK), "prompt_lengths")
+    refused(lambda: ctc_slack.read_outputs(y, prompt_lengths=[0, 0], slack_id=SLACK,
+                                           eos_id=None), "eos_id")
+    refused(lambda: ctc_slack.collapse_tokens(torch.zeros(2, 2), SLACK), "one sequence")
+    lp = torch.randn(2, 4, V).log_softmax(-1)
+    lp[0, 0, 0] = math.nan
+    refused(lambda: ctc_slack.ctc_slack_align(lp, y, [4, 4], [3, 3], slack_id=SLACK), "NaN")
+
+
+def test_masked_canvas_and_read_outputs_follow_prompt_lengths():
+    prompts = torch.tensor([[1, 2, 3], [4, 0, 0]])  # row 1: one token, then padding
+    canvas, is_prompt = ctc_slack.masked_canvas(prompts, prompt_lengths=[3, 1], canvas_length=6,
+                                                mask_id=MASK)
+    assert canvas.tolist() == [[1, 2, 3, MASK, MASK, MASK], [4, MASK, MASK, MASK, MASK, MASK]]
+    assert is_prompt.sum(1).tolist() == [3, 1]
+    done = torch.tensor([[1, 2, 3, 5, SLACK, EOS], [4, 6, 6, SLACK, 6, EOS]])
+    assert ctc_slack.read_outputs(done, prompt_lengths=[3, 1], slack_id=SLACK,
+                                  eos_id=EOS) == [[5], [6, 6, 6]]
+    assert ctc_slack.read_outputs(done, prompt_lengths=[3, 1], slack_id=SLACK, eos_id=EOS,
+                                  collapse="standard") == [[5], [6, 6]]  # 6 6 merge, slack parts
