@@ -15,9 +15,10 @@ load on a shared machine slows both sides alike. Nothing is asserted: the number
 Every subcommand takes --device (cpu, cuda, auto), --threads N (CPU threads; on a machine whose
 cores are busy, 1 gives steadier timings and often speeds up the band's many small ops), --json
 PATH (also write the results) and --tiny (tiny sizes that run in seconds: for the tests).
-The training steps are the ones train.py takes: both call objective.get_batch and
-objective.train_step, so a change to the training path shows here. Like every entry point, this
-file imports only the leaves and the shared modules, never another script.
+The training steps are the ones train.py's loop takes, written out again here (entry points
+never import each other): objective.get_batch, the forward process, the model, objective.loss,
+backward, clipping, AdamW; a test checks that both call the same functions. Like every entry
+point, this file imports only the leaves and the shared modules, never another script.
 """
 
 import argparse
@@ -32,10 +33,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import common
 import ctc_slack
 import data
 import mdlm
 import objective
+import sampling
 
 # ----------------------------------------------------------------------------------------------
 # Timing: round robin, synchronized on CUDA.
@@ -252,17 +255,28 @@ class EncoderLM(nn.Module):
 
 
 def train_stepper(model, obj, ids, B, device, ctx, compile=False):
-    """One call = one training step exactly as train.py takes it: objective.get_batch draws a
-    fresh batch on the CPU, objective.train_step runs forward, loss, backward, clipping and AdamW
-    (the EMA update is left out: it is the same for every contender). With compile, the forward
-    runs through torch.compile (the optimizer holds model's own parameters, shared with it)."""
+    """One call = one training step as train.py's loop takes it: objective.get_batch draws a
+    fresh batch on the CPU, the forward process masks it, the model and objective.loss score it,
+    then backward, clipping and AdamW (the EMA update is left out: it is the same for every
+    contender). With compile, the forward runs through torch.compile (the optimizer holds
+    model's own parameters, shared with it)."""
     opt = objective.make_optimizer(model, 1e-4, 0.1)
     fwd = torch.compile(model) if compile else model
     gen, stats = torch.Generator().manual_seed(0), {"truncated": 0}
 
     def step():
-        batch = objective.get_batch(ids, obj, B, gen, stats, model, align_batch=B)
-        objective.train_step(fwd, model, opt, batch, obj, micro_batch=B, device=device, ctx=ctx)
+        b = objective.get_batch(ids, obj, B, gen, stats, model, align_batch=B)
+        if not obj.ar:
+            b["t"] = mdlm.sample_t(B, generator=gen)
+            b["z_t"] = mdlm.forward_mask(b["z0"], b["t"], obj.schedule, mask_id=obj.mask_id,
+                                         generator=gen, is_prompt=b["is_prompt"])
+        b = {k: v.to(device) for k, v in b.items()}
+        opt.zero_grad(set_to_none=True)
+        with ctx:
+            logits = fwd(b["x"][:, :-1] if obj.ar else b["z_t"])
+            objective.loss(logits, b, obj).mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
     return step
 
 
@@ -338,14 +352,15 @@ def bench_cache(a, device):
     and the call can be skipped. Without --ckpt, a random model of the default size (the call
     counts and times do not depend on the weights much)."""
     steps, length = (8, 8) if a.tiny else (a.steps, a.length)
-    ckpt = mdlm.load_checkpoint(a.ckpt) if a.ckpt else None
+    ckpt = common.load_checkpoint(a.ckpt) if a.ckpt else None
     vocab = data.vocab_of(ckpt) if ckpt else data.Vocab(a.vocab_size or 256,
                                                         "bytes" if not a.vocab_size else "none")
     # the prompt in the model's own ids: text through its tokenizer, else no prompt at all
     prompt = torch.tensor([vocab.encode(a.prompt, "--prompt") if vocab.has_text() else []],
                           dtype=torch.long)  # (1, P)
     if ckpt:  # a trained model: its EMA weights, its schedule and whether it may sample slack
-        model, meta = mdlm.model_from_checkpoint(ckpt, device=device), mdlm.checkpoint_meta(ckpt)
+        model = common.model_from_checkpoint(ckpt, device=device)
+        meta = common.checkpoint_meta(ckpt)
         length = min(length, model.cfg.seq_len - prompt.shape[1])
     else:  # a random model, long enough for the prompt and the length asked for
         torch.manual_seed(0)
@@ -358,7 +373,7 @@ def bench_cache(a, device):
     def run(use_cache):  # each run from the same seed, so both draw the same random numbers
         gen = torch.Generator().manual_seed(a.seed)
         with torch.no_grad():
-            outs[use_cache] = mdlm.generate(model, prompt, length, steps=steps,
+            outs[use_cache] = sampling.generate(model, prompt, length, steps=steps,
                                             sampler="ancestral", schedule=meta["schedule"],
                                             allow_slack=bool(meta["slack"]),
                                             use_cache=use_cache, generator=gen)
@@ -435,10 +450,10 @@ def main(argv=None):
     if a.threads:  # before any work: torch reads it per op, but a pool started early keeps its size
         torch.set_num_threads(a.threads)
     try:
-        device = mdlm.pick_device(a.device)
+        device = common.pick_device(a.device)
         results = {"ctc": bench_ctc, "train": bench_train, "cache": bench_cache}[a.command](a,
                                                                                         device)
-    except (data.UserError, mdlm.CheckpointError, ValueError) as e:
+    except (common.UserError, common.CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     # what a reader of the JSON needs to compare runs: the device by name, torch, the threads

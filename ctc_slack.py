@@ -566,7 +566,7 @@ def _check_normalised(log_probs, T_b):
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. The loss to call, and the most probable alignment: the arguments of F.ctc_loss, batch-first.
+# 5. The loss to call (the arguments of F.ctc_loss, batch-first), and the best alignment.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -624,14 +624,15 @@ def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_i
     return nll.sum() if reduction == "sum" else (nll / U_b.clamp(min=1).to(nll.dtype)).mean()
 
 
-def ctc_slack_align(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
+def _align(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
                     mask_id=None, collapse="surface"):
     """The most probable surface alignment consistent with the canvas, a (B, T) LongTensor of
     tokens and slack (T = log_probs.shape[1]; slack_id from input_length on) that collapses to y
     and agrees with every visible position; ties broken arbitrarily. Infeasible rows (T < U, or
     no alignment agrees with the canvas) get the targets first, then slack (the first T targets
     if T < U). Only the surface map: it is the one the "model" placement trains with. Arguments
-    as ctc_slack_loss's; log-probs holding a NaN are refused (no alignment is best among NaNs)."""
+    as ctc_slack_loss's; log-probs holding a NaN are refused (no alignment is best among NaNs).
+    The porter's name for it is align_slack (keyword lengths, no T < U)."""
     if collapse != "surface":
         raise ValueError(f"the alignment is implemented for the surface collapse, not {collapse!r}")
     targets, T_b, U_b, slack_id, canvas, mask_id = _check_batch(
@@ -692,8 +693,9 @@ def align_slack(log_probs, targets, *, target_lengths, canvas_lengths, slack_id,
                 collapse="surface"):
     """The "model" placement (Imputer-style): the most probable alignment of y under log_probs
     (B, R_max, V), typically response_log_probs of the model on an all-MASK response, as a
-    reference response canvas (B, R_max). A thin wrapper over ctc_slack_align; no gradient. More
-    targets than canvas positions is a ValueError, not a silent fallback."""
+    reference response canvas (B, R_max); no gradient. More targets than canvas positions is a
+    ValueError, not a silent fallback; a row whose visible tokens no alignment agrees with gets
+    the targets first, then slack."""
     _floats(log_probs, "log_probs")
     R = _lengths(canvas_lengths, "canvas_lengths", len(log_probs), log_probs.shape[1],
                  log_probs.device)
@@ -701,7 +703,7 @@ def align_slack(log_probs, targets, *, target_lengths, canvas_lengths, slack_id,
     if bool((U > R).any()):
         raise ValueError(f"{int((U > R).sum())} rows have more targets than canvas positions: "
                          f"need target_lengths <= canvas_lengths (swapped arguments?)")
-    return ctc_slack_align(log_probs, targets, R, U, slack_id=slack_id, collapse=collapse)
+    return _align(log_probs, targets, R, U, slack_id=slack_id, collapse=collapse)
 
 
 def response_positions(prompt_lengths, R_max, T):

@@ -27,10 +27,7 @@ import numpy as np
 import torch
 
 import mdlm
-
-
-class UserError(Exception):
-    """Bad input: printed as one line by the entry points, exit code 1, nothing written over."""
+from common import UserError
 
 
 # ----------------------------------------------------------------------------------------------

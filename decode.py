@@ -18,10 +18,10 @@ checkpoints decode left to right. Optionally displaces freshly committed tokens 
 
 The model config, noise schedule, vocabulary, whether SLACK may be sampled and the collapse map
 are read from the checkpoint, so no flag repeats them. --slack-rule picks when the confidence
-sampler commits slack; its default for slack-trained checkpoints (SLACK_DEFAULT) is the rule
-chosen on the grammar task's validation prompts (the README's results say which, and why). The
-samplers themselves live in mdlm.py (`generate`, `generate_ar`, `shift_probe`); this script is
-their command line.
+sampler commits slack; its default for slack-trained checkpoints is LLaDA's plain rule
+(DEFAULT_SLACK_RULE), and the experiments choose theirs on validation prompts. The samplers
+themselves live in sampling.py (`generate`, `generate_ar`, `shift_probe`); this script is their
+command line.
 
 Papers: Sahoo et al. 2024, MDLM (arXiv 2406.07524): ancestral sampling and its cache; Nie et al.
 2025, LLaDA (arXiv 2502.09992): low-confidence remasking in semi-autoregressive blocks; Ye et al.
@@ -29,6 +29,7 @@ Papers: Sahoo et al. 2024, MDLM (arXiv 2406.07524): ancestral sampling and its c
 """
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -37,13 +38,15 @@ import sys
 import torch
 from tqdm import tqdm
 
+import common
 import data
 import mdlm
+import sampling
 
 # the slack rule of slack-trained checkpoints, chosen on the grammar task's validation prompts
 # (3 seeds per arm; results/README.md, "The decoder"): no slack-aware rule beat LLaDA's plain one
 # for the random-placement CTC, and the model-aligned arms decode alike under every rule
-SLACK_DEFAULT = "plain"
+DEFAULT_SLACK_RULE = "plain"
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -71,18 +74,18 @@ def parse_args(argv=None):
       help="denoising steps in total (default: length / --per-step, rounded up to whole blocks)")
     a("--per-step", type=int, default=1,
       help="positions committed per step when --steps is unset (default: 1)")
-    a("--sampler", choices=mdlm.SAMPLERS, default="ancestral",
+    a("--sampler", choices=sampling.SAMPLERS, default="ancestral",
       help="MDLM ancestral sampling or LLaDA low-confidence remasking (default: ancestral); "
            "AR checkpoints always decode left to right")
     a("--block-length", type=int, default=None,
       help="semi-autoregressive blocks of this many positions, decoded left to right (the last "
            "may be shorter); the number of blocks must divide --steps (default: one block)")
-    a("--slack-rule", choices=("auto",) + mdlm.SLACK_RULES, default="auto",
+    a("--slack-rule", choices=("auto",) + sampling.SLACK_RULES, default="auto",
       help="confidence sampler: when a slack proposal may be committed; plain (LLaDA's rule: like "
            "any token), last (after every real token of the block), threshold (last, unless its "
            "probability >= --slack-threshold), first (before every real token); auto: "
-           f"{SLACK_DEFAULT} for slack-trained checkpoints, plain otherwise (default: auto)")
-    a("--slack-rules", choices=("auto",) + mdlm.SLACK_RULES, nargs="+", default=None,
+           f"{DEFAULT_SLACK_RULE} for slack-trained checkpoints, plain otherwise (default: auto)")
+    a("--slack-rules", choices=("auto",) + sampling.SLACK_RULES, nargs="+", default=None,
       help="with --prompts: decode every prompt with each of these rules (default: --slack-rule)")
     a("--per-steps", type=int, nargs="+", default=None,
       help="with --prompts: decode every prompt with each of these --per-step values")
@@ -122,49 +125,71 @@ def parse_args(argv=None):
 def check_args(args):
     """Refuse flag values that cannot work, before a model is loaded; returns the probe rates."""
     if args.num_samples < 1 or args.batch_size < 1 or min(args.per_steps or [args.per_step]) < 1:
-        raise data.UserError("--num-samples, --batch-size and --per-step must be at least 1")
+        raise common.UserError("--num-samples, --batch-size and --per-step must be at least 1")
     if min(args.block_lengths or [args.block_length or 1]) < 1:
-        raise data.UserError("--block-length must be at least 1")
+        raise common.UserError("--block-length must be at least 1")
     rates = args.shift_rates if args.shift_rates is not None else [args.shift_rate]
     if not all(0.0 <= r <= 1.0 for r in rates):
-        raise data.UserError(f"shift rates must be in [0, 1], got {rates}")
+        raise common.UserError(f"shift rates must be in [0, 1], got {rates}")
     # checked before decoding: a missing --out would be noticed only after every prompt was done
     if (args.prompts is None) != (args.out is None):
-        raise data.UserError("--prompts and --out go together: decode a file of prompts into a "
+        raise common.UserError("--prompts and --out go together: decode a file of prompts into a "
                              "file")
     sweeps = [f for f in ("shift_rates", "slack_rules", "per_steps", "block_lengths")
               if getattr(args, f)]
     if sweeps and args.prompts is None:
-        raise data.UserError(f"--{sweeps[0].replace('_', '-')} needs --prompts/--out; for one "
+        raise common.UserError(f"--{sweeps[0].replace('_', '-')} needs --prompts/--out; for one "
                              f"prompt use --{sweeps[0][:-1].replace('_', '-')}")
     if len(args.ckpt) > 1 and args.prompts is None:
-        raise data.UserError("several checkpoints need --prompts and an --out folder")
+        raise common.UserError("several checkpoints need --prompts and an --out folder")
     if args.prompt_ids is not None and args.prompt:
-        raise data.UserError("give --prompt (text) or --prompt-ids, not both")
+        raise common.UserError("give --prompt (text) or --prompt-ids, not both")
     try:  # command-line bytes that are not UTF-8 arrive as lone surrogates
         args.prompt.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise data.UserError(f"--prompt is not valid UTF-8 text (byte {e.start}); pass UTF-8")
+        raise common.UserError(f"--prompt is not valid UTF-8 text (byte {e.start}); pass UTF-8")
     return rates
 
 
-def plan(model, P, args):
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """One decoding setting: the flags that shape a canvas's decoding (one per sweep value)."""
+    sampler: str
+    length: object  # positions to fill, or None: the rest of the model's canvas
+    steps: object  # denoising steps, or None: from per_step
+    per_step: int
+    block_length: object  # None: one block
+    temperature: float
+    slack_rule: str
+    slack_threshold: float
+    use_cache: bool = True
+    record_steps: bool = False
+
+
+def decoding_of(args):
+    """The Decoding the flags ask for (before the sweeps vary it)."""
+    return Decoding(args.sampler, args.length, args.steps, args.per_step, args.block_length,
+                    args.temperature, args.slack_rule, args.slack_threshold, not args.no_cache,
+                    args.show_steps)
+
+
+def plan(model, P, d):
     """(length, steps) of a canvas with a prompt of P tokens. The length fills the model's canvas
-    unless --length is given; the steps commit --per-step positions each, in whole blocks."""
-    L = args.length if args.length is not None else model.cfg.seq_len - P  # P + L <= seq_len
-    if args.steps is not None:
-        steps = args.steps
+    unless d.length is given; the steps commit d.per_step positions each, in whole blocks."""
+    L = d.length if d.length is not None else model.cfg.seq_len - P  # P + L <= seq_len
+    if d.steps is not None:
+        steps = d.steps
     else:
         # -(-a // b) = ceil(a / b) in integers; the last block may be shorter, so steps are
         # planned for the longest one and every block gets the same number of steps
-        n_blocks = -(-L // args.block_length) if args.block_length else 1
+        n_blocks = -(-L // d.block_length) if d.block_length else 1
         block = -(-L // n_blocks)  # the longest block
-        steps = n_blocks * max(1, -(-block // args.per_step))  # ceil(block / per_step) per block
+        steps = n_blocks * max(1, -(-block // d.per_step))  # ceil(block / per_step) per block
     # an MDLM request is checked as the sampler will check it (blocks must divide the steps); an
     # AR model has no steps or blocks, only its canvas to fit
     if not model.cfg.causal:
-        mdlm.check_request(P, L, steps, args.sampler, args.block_length, model.cfg.seq_len,
-                           args.temperature, args.slack_rule, args.slack_threshold)
+        sampling.check_request(P, L, steps, d.sampler, d.block_length, model.cfg.seq_len,
+                               d.temperature, d.slack_rule, d.slack_threshold)
     elif P + L > model.cfg.seq_len or L < 1:
         raise ValueError(f"prompt ({P}) + length ({L}) must fit the model's {model.cfg.seq_len} "
                          f"positions")
@@ -175,24 +200,24 @@ def plan(model, P, args):
 # Decoding a batch of prompts of one length
 
 
-def run_batch(model, meta, prompt, args, rate, gen):
-    """Decode prompt (B, P) with the checkpoint's settings; -> the sampler's dict (canvas,
+def run_batch(model, meta, prompt, d, rate, gen):
+    """Decode prompt (B, P) with setting d at probe rate `rate`; -> the sampler's dict (canvas,
     counts)."""
     B, P = prompt.shape  # all B rows share one prompt length P
-    L, steps = plan(model, P, args)
+    L, steps = plan(model, P, d)
     if model.cfg.causal:  # the AR twin: no canvas, no probe
-        out = mdlm.generate_ar(model, prompt, L, temperature=args.temperature, generator=gen)
+        out = sampling.generate_ar(model, prompt, L, temperature=d.temperature, generator=gen)
         # every position committed once, none moved: the counts the MDLM sampler reports, so the
         # printer and the file writer need no AR special case
         out["n_committed"], out["n_shifted"] = torch.full((B,), L), torch.zeros(B, dtype=torch.long)
         return out
     # gen is advanced by the call: the next batch of a group continues the stream, never repeats
-    return mdlm.generate(model, prompt, L, steps=steps, sampler=args.sampler,
-                         block_length=args.block_length, temperature=args.temperature,
-                         schedule=meta["schedule"], allow_slack=bool(meta["slack"]),
-                         slack_rule=args.slack_rule, slack_threshold=args.slack_threshold,
-                         shift_rate=rate, generator=gen, record_steps=args.show_steps,
-                         use_cache=not args.no_cache)
+    return sampling.generate(model, prompt, L, steps=steps, sampler=d.sampler,
+                             block_length=d.block_length, temperature=d.temperature,
+                             schedule=meta["schedule"], allow_slack=bool(meta["slack"]),
+                             slack_rule=d.slack_rule, slack_threshold=d.slack_threshold,
+                             shift_rate=rate, generator=gen, record_steps=d.record_steps,
+                             use_cache=d.use_cache)
 
 
 def output_record(canvas_row, P, meta, vocab, causal):
@@ -200,7 +225,7 @@ def output_record(canvas_row, P, meta, vocab, causal):
     through the collapse map (an AR twin's text is read as sampled: the standard collapse would
     merge its doubled letters); the text only where the vocabulary's tokenizer is at hand."""
     slack = bool(meta["slack"]) and not causal
-    ids = mdlm.output_ids(canvas_row, P, vocab_size=vocab.size, collapse=meta["collapse"],
+    ids = sampling.output_ids(canvas_row, P, vocab_size=vocab.size, collapse=meta["collapse"],
                           slack=slack)
     return ids, vocab.decode(ids)
 
@@ -218,7 +243,7 @@ def read_prompts(path, vocab):
         elif isinstance(r.get("prompt"), str):
             prompts.append(vocab.encode(r["prompt"], f"{path}:{n}"))
         else:
-            raise data.UserError(f"{path}:{n}: need a string 'prompt' or a list 'prompt_ids'")
+            raise common.UserError(f"{path}:{n}: need a string 'prompt' or a list 'prompt_ids'")
     return recs, prompts
 
 
@@ -240,13 +265,12 @@ def decode_file(model, meta, vocab, args, rates, device, out_path):
     bar = tqdm(total=len(prompts) * len(rates) * len(settings), desc="decode", leave=False,
                disable=args.no_progress)
     for (rule, ps, bl), rate, P in itertools.product(settings, rates, groups):
-        setting = argparse.Namespace(**{**vars(args), "slack_rule": rule, "per_step": ps,
-                                        "block_length": bl})
+        d = dataclasses.replace(decoding_of(args), slack_rule=rule, per_step=ps, block_length=bl)
         idx = [i for i, p in enumerate(prompts) if len(p) == P]  # file order within the group
         key = (rule if meta["slack"] else None, ps, bl, rate, P)
         if key not in done:
-            done[key] = decode_group(model, meta, vocab, [prompts[i] for i in idx], P, setting,
-                                     rate, device)
+            done[key] = decode_group(model, meta, vocab, [prompts[i] for i in idx], d, rate,
+                                     args.seed + P, args.batch_size, device)
         for i, (ids, text, n_c, n_s) in zip(idx, done[key]):
             out_recs.append({"i": i, "prompt": recs[i].get("prompt"), "output": text,
                              "output_ids": ids, "rate": rate, "slack_rule": rule,
@@ -263,15 +287,14 @@ def decode_file(model, meta, vocab, args, rates, device, out_path):
           f"{moved / max(1, committed):.4f}")
 
 
-def decode_group(model, meta, vocab, prompts, P, setting, rate, device):
+def decode_group(model, meta, vocab, prompts, d, rate, seed, batch_size, device):
     """[(output ids, text, commits, moves)] of prompts that all have P tokens, in batches of
-    --batch-size, from one generator seeded with seed + P (CPU: the same stream on any device)."""
-    gen = torch.Generator().manual_seed(setting.seed + P)
-    out = []
-    for s in range(0, len(prompts), setting.batch_size):
-        part = prompts[s:s + setting.batch_size]
+    batch_size, from one generator seeded with seed (CPU: the same stream on any device)."""
+    gen, P, out = torch.Generator().manual_seed(seed), len(prompts[0]), []
+    for s in range(0, len(prompts), batch_size):
+        part = prompts[s:s + batch_size]
         prompt = torch.tensor(part, dtype=torch.long).view(len(part), P).to(device)
-        res = run_batch(model, meta, prompt, setting, rate, gen)
+        res = run_batch(model, meta, prompt, d, rate, gen)
         for b in range(len(part)):
             ids, text = output_record(res["canvas"][b].tolist(), P, meta, vocab, model.cfg.causal)
             # plain ints: JSON
@@ -282,7 +305,7 @@ def decode_group(model, meta, vocab, prompts, P, setting, rate, device):
 def resolve_rule(rule, meta):
     """--slack-rule auto: the default for slack-trained checkpoints, LLaDA's plain rule for the
     rest (they never propose slack, so every rule decodes them alike)."""
-    return (SLACK_DEFAULT if meta["slack"] else "plain") if rule == "auto" else rule
+    return (DEFAULT_SLACK_RULE if meta["slack"] else "plain") if rule == "auto" else rule
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,9 +354,9 @@ def print_samples(out, args, P, meta, vocab, causal):
 
 def load(path, device):
     """(model, meta, vocab) of a checkpoint: its EMA weights in eval mode, how it was trained."""
-    ckpt = mdlm.load_checkpoint(path, map_location="cpu")
-    model = mdlm.model_from_checkpoint(ckpt, device=device)
-    return model, mdlm.checkpoint_meta(ckpt), data.vocab_of(ckpt)
+    ckpt = common.load_checkpoint(path, map_location="cpu")
+    model = common.model_from_checkpoint(ckpt, device=device)
+    return model, common.checkpoint_meta(ckpt), data.vocab_of(ckpt)
 
 
 def main(argv=None):
@@ -342,30 +365,30 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         rates = check_args(args)
-        device = mdlm.pick_device(args.device)
+        device = common.pick_device(args.device)
         if args.prompts:
             for path in args.ckpt:  # several: each into --out/NAME.jsonl
                 model, meta, vocab = load(path, device)
                 # an AR model commits one token at the end of its sequence: there is no masked
                 # neighbour to move it into, so a nonzero probe rate would measure nothing
                 if model.cfg.causal and max(rates) > 0:
-                    raise data.UserError("the shift probe needs a masked diffusion checkpoint")
+                    raise common.UserError("the shift probe needs a masked diffusion checkpoint")
                 name = os.path.basename(os.path.dirname(os.path.abspath(path)))
                 out = args.out if len(args.ckpt) == 1 else os.path.join(args.out, f"{name}.jsonl")
                 decode_file(model, meta, vocab, args, rates, device, out)
             return 0
         model, meta, vocab = load(args.ckpt[0], device)
         if model.cfg.causal and args.shift_rate > 0:
-            raise data.UserError("the shift probe needs a masked diffusion checkpoint")
+            raise common.UserError("the shift probe needs a masked diffusion checkpoint")
         args.slack_rule = resolve_rule(args.slack_rule, meta)
         ids = args.prompt_ids if args.prompt_ids is not None else vocab.encode(args.prompt,
                                                                                "--prompt")
         data.check_ids(torch.tensor(ids + [0]), vocab, "--prompt-ids")
         prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long)
         gen = torch.Generator().manual_seed(args.seed)  # CPU stream: the same samples anywhere
-        out = run_batch(model, meta, prompt.view(args.num_samples, len(ids)).to(device), args,
-                        args.shift_rate, gen)
-    except (data.UserError, mdlm.CheckpointError, ValueError) as e:
+        out = run_batch(model, meta, prompt.view(args.num_samples, len(ids)).to(device),
+                        decoding_of(args), args.shift_rate, gen)
+    except (common.UserError, common.CheckpointError, ValueError) as e:
         # one line: torch's own unpickling messages run over many lines, the first says enough
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1

@@ -24,6 +24,7 @@ Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13: percentile interval
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -31,28 +32,16 @@ import platform
 import re
 import sys
 import time
-from xml.sax.saxutils import escape
 
 import numpy as np
 import torch
 
+import common
 import data
 import mdlm
-import objective
+import stats
+import tables
 import tasks
-
-# ----------------------------------------------------------------------------------------------
-# Settings: each task's per-prompt metrics, the primary one first.
-
-METRICS = {"copy": ("exact", "cer", "dropped_doubled"),
-           "grammar": ("parses", "valid", "lexicon", "dropped_doubled", "length", "sentences",
-                       "words", "word_bytes"),
-           "text": ("judge_nll", "entropy", "distinct_2", "length")}
-LOWER = "lower is better"  # table titles say which way is good; other metrics: higher is better
-BETTER = {"cer": LOWER, "dropped_doubled": LOWER, "judge_nll": LOWER, "entropy": "bits",
-          "length": "bytes", "sentences": "per text", "words": "per text", "word_bytes": "bytes"}
-NAN = float("nan")  # "no value": an empty output has no entropy; JSON writes it as null
-
 
 # ----------------------------------------------------------------------------------------------
 # `task`: the examples every model is scored on. Train and test come from different seeds, and a
@@ -73,18 +62,20 @@ def run_task(args):
             files["test"] = tasks.held_out_token_examples(val_ids, args.n_test, args.prompt_len,
                                                     args.length, vocab)
     else:
-        make = ((lambda n, s: tasks.copy_examples(n, args.min_len, args.max_len, s))
-                if args.task == "copy"
-                else (lambda n, s: tasks.grammar_examples(
-                    n, s, args.prompt_words, args.max_bytes, min_bytes=args.min_bytes,
-                    sentences=(args.min_sentences, args.max_sentences))))
-        files["train"] = make(args.n_train, args.seed)
+        if args.task == "copy":
+            make = functools.partial(tasks.copy_examples, min_len=args.min_len,
+                                     max_len=args.max_len)
+        else:
+            make = functools.partial(tasks.grammar_examples, prompt_words=args.prompt_words,
+                                     max_bytes=args.max_bytes, min_bytes=args.min_bytes,
+                                     sentences=(args.min_sentences, args.max_sentences))
+        files["train"] = make(args.n_train, seed=args.seed)
         seen = {r["prompt"] + r["response"] for r in files["train"]}  # each example's full text
         # test from seed + 1, validation from seed + 2; a text drawn before is dropped, so no
         # model may pass by recalling an answer and validation never peeks at a test prompt
         for split, n, seed in [("test", args.n_test, args.seed + 1), ("val", args.n_val,
                                                                        args.seed + 2)]:
-            drawn = make(n, seed)
+            drawn = make(n, seed=seed)
             files[split] = [r for r in drawn if r["prompt"] + r["response"] not in seen]
             dropped[split] = len(drawn) - len(files[split])
             seen |= {r["prompt"] + r["response"] for r in files[split]}
@@ -97,7 +88,8 @@ def run_task(args):
         sizes = [len((r.get(part) or "").encode()) for r in files["test"]]
         task[f"{part}_bytes_mean"] = float(np.mean(sizes))
         task[f"{part}_bytes_sd"] = float(np.std(sizes))
-    write_files(args.out_dir, {"task.json": json.dumps(task, indent=1) + "\n"})  # makes out_dir
+    # makes out_dir
+    tables.write_files(args.out_dir, {"task.json": json.dumps(task, indent=1) + "\n"})
     for split, recs in files.items():
         data.write_jsonl(os.path.join(args.out_dir, f"{split}.jsonl"), recs)
     print(f"{args.out_dir}: " + ", ".join(f"{len(v)} {k} examples" for k, v in files.items())
@@ -109,6 +101,48 @@ def run_task(args):
 # of this project directly, and it reads as compression: 1 bit per byte codes text in 1/8 its size.
 
 
+@torch.no_grad()
+def bits_per_token(model, meta, val_ids, seq_len, batch_size, t_samples=8, seed=0, device="cpu",
+                  max_batches=None):
+    """Bits per token (per byte for a byte model) of the held-out ids `val_ids` (1-D) over
+    non-overlapping windows.
+    AR:   exact  -1/n sum_i log2 p(x_i | x_<i): windows of seq_len + 1 bytes with stride seq_len,
+          so each byte after a window's first is predicted once (mdlm.ar_loss / ln 2).
+    MDLM: the NELBO  E_t[ w(t) sum_{i masked in z_t} -log p(x_i | z_t) ] / T / ln 2 (MDLM eq. 10),
+          an upper bound on the model's bits per byte, estimated with `t_samples` stratified draws
+          of t for every window. The seed fixes t and the masks: the same number on every call.
+    Returns (bits, standard error): the error of the mean over windows (and draws of t) taken as
+    independent, which overstates it a little for stratified t."""
+    ar = meta.get("objective") == "ar" or model.cfg.causal
+    if seq_len > model.cfg.seq_len:  # the rotary tables stop at the model's canvas length
+        raise ValueError(f"--seq-len {seq_len} exceeds the model's canvas ({model.cfg.seq_len})")
+    # an AR window needs one extra byte: it reads x_0..x_{T-1} and predicts x_1..x_T
+    width = seq_len + 1 if ar else seq_len
+    n_win = (len(val_ids) - width) // seq_len + 1  # windows that start at 0, T, 2T, ... and fit
+    if n_win < 1:
+        raise ValueError(f"held-out split of {len(val_ids)} tokens is shorter than one window "
+                         f"({width})")
+    # one generator for every draw of t and of the masks: two checkpoints get identical noise
+    gen = torch.Generator(device=device).manual_seed(seed)
+    schedule, values = meta.get("schedule", "linear"), []  # per window and draw, nats per token
+    mask = mdlm.special_ids(model.cfg.vocab_size)[2]  # the model's own MASK, never a default
+    for start in range(0, n_win, batch_size)[:max_batches]:  # max_batches None: every batch
+        # data.windows reads only these bytes of the split (a memmap): the rest stays on disk
+        x = data.windows(val_ids, np.arange(start, min(start + batch_size, n_win)) * seq_len, width)
+        x = x.to(device)  # (B, width)
+        losses = [mdlm.ar_loss(model(x[:, :-1]), x)] if ar else []  # (B,) nats per predicted byte
+        # each MDLM draw is one Monte-Carlo sample of the NELBO per window; stratified t (evenly
+        # spread over (0, 1] across the batch) keeps its variance low with few draws
+        for _ in range(0 if ar else t_samples):
+            t = mdlm.sample_t(len(x), generator=gen, device=device)  # (B,)
+            z_t = mdlm.forward_mask(x, t, schedule, mask_id=mask, generator=gen)  # (B, T)
+            losses.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, schedule))  # (B,) nats per byte
+        values += torch.cat(losses).double().tolist()
+    # nats -> bits: log2 p = ln p / ln 2. For MDLM this bounds -log2 p(x) from above
+    v = np.asarray(values) / math.log(2)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+
+
 def bpb_corpus(ckpt, path, args):
     """The held-out split a checkpoint is scored on: --data (with --vocab-size, or else the
     checkpoint's own vocabulary for a token file without metadata), or the corpus it was trained
@@ -116,30 +150,31 @@ def bpb_corpus(ckpt, path, args):
     vocab = data.vocab_of(ckpt)
     trained = ckpt.get("args") or {}
     if args.data is None and trained.get("sft"):
-        raise data.UserError(f"{path} was trained on SFT records ({trained['sft']}), not a "
+        raise common.UserError(f"{path} was trained on SFT records ({trained['sft']}), not a "
                              f"corpus: give --data")
     corpus = args.data if args.data is not None else trained.get("data")
     if corpus is not None and not os.path.exists(corpus):
-        raise data.UserError(f"{path} was trained on {corpus!r}, which is not here: give --data")
+        raise common.UserError(f"{path} was trained on {corpus!r}, which is not here: give --data")
     n = args.vocab_size
     if n is None and corpus is not None and corpus.endswith(".bin"):
         meta = os.path.splitext(corpus)[0] + ".json"
         n = None if os.path.isfile(meta) else vocab.n_tokens  # the file's own metadata wins
     _, val, corpus_vocab = data.load_corpus(corpus, n_tokens=n)  # val: the held-out 5%
     if corpus_vocab.n_tokens != vocab.n_tokens:
-        raise data.UserError(f"{path} has a vocabulary of {vocab.n_tokens} ordinary ids, the "
+        raise common.UserError(f"{path} has a vocabulary of {vocab.n_tokens} ordinary ids, the "
                              f"corpus {corpus or 'default'} {corpus_vocab.n_tokens}")
     return val, vocab
 
 
 def run_bpb(args):
     """Print the held-out bits per token (per byte for byte models) of each checkpoint."""
-    device = mdlm.pick_device(args.device)
+    device = common.pick_device(args.device)
     for path in args.ckpts:
-        ckpt = mdlm.load_checkpoint(path)  # EMA weights; meta: objective, schedule, slack, collapse
+        ckpt = common.load_checkpoint(path)  # EMA weights; meta: objective, schedule, slack...
         val, vocab = bpb_corpus(ckpt, path, args)
-        model, meta = mdlm.model_from_checkpoint(ckpt, device=device), mdlm.checkpoint_meta(ckpt)
-        bpb, se = objective.bits_per_token(model, meta, val, args.seq_len or model.cfg.seq_len,
+        model = common.model_from_checkpoint(ckpt, device=device)
+        meta = common.checkpoint_meta(ckpt)
+        bpb, se = bits_per_token(model, meta, val, args.seq_len or model.cfg.seq_len,
                             args.eval_batch_size, args.t_samples, args.seed, device,
                             args.max_batches or None)
         unit = "byte" if vocab.tokenizer == "bytes" else "token"
@@ -148,100 +183,7 @@ def run_bpb(args):
 
 
 # ----------------------------------------------------------------------------------------------
-# `score`, part 1: the metrics of one output, checked by hand in the tests.
-#
-# Why several per task: a model stuck in a loop ("the the the ...") is predictable, so the judge
-# gives it a flattering perplexity; byte entropy and distinct-n measure variety instead.
-# dropped_doubled counts the probe's signature: a token moved one slot leaves a gap and a duplicate.
-
-
-def unigram_entropy(ids):
-    """H = -sum_v p(v) log2 p(v) with p the byte histogram of `ids`, in bits; nan if empty. 0 for
-    one repeated byte, 8 for uniform random bytes, 4 to 4.5 for English; it flags a narrow
-    vocabulary."""
-    if len(ids) == 0:
-        return NAN
-    counts = np.bincount(np.asarray(ids, dtype=np.int64))  # (max id + 1,) per byte value
-    p = counts[counts > 0] / len(ids)  # empirical p(v) of the bytes that occur (0 log 0 = 0)
-    return float(abs(-(p * np.log2(p)).sum()))  # abs: a constant sequence gives 0, not -0
-
-
-def distinct_n(ids, n):
-    """Unique n-grams / all n-grams of `ids` (1 = no repetition); nan if shorter than n. Catches a
-    phrase repeated verbatim, which keeps its byte histogram; it falls with length even for real
-    text."""
-    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]  # overlapping, in order
-    return len(set(grams)) / len(grams) if grams else NAN
-
-
-@torch.no_grad()
-def judge_nll(judge, prompt_ids, cont_ids):
-    """(sum_j -log p_judge(c_j | prompt, c_<j) in nats, number of bytes scored) for continuation c.
-    The judge reads at most seq_len tokens: a longer prompt keeps its last bytes, and the
-    continuation is cut to fit seq_len + 1 (the last byte is only a target). The prompt is context,
-    never scored."""
-    # Why an AR judge: an MDLM has no exact likelihood of its own samples, and a model should not
-    # grade itself; a causal model gives the exact probability of any text, one fixed reader for all
-    if len(prompt_ids) == 0:
-        raise ValueError("the judge needs a prompt byte to predict the first output byte from")
-    prompt = list(prompt_ids)[-judge.cfg.seq_len:]  # the nearest context wins
-    cont = list(cont_ids)[:judge.cfg.seq_len + 1 - len(prompt)]  # P + C <= seq_len + 1
-    if not cont:
-        return 0.0, 0
-    x = torch.tensor([prompt + cont], dtype=torch.long, device=next(judge.parameters()).device)
-    log_p = judge(x[:, :-1]).float().log_softmax(-1)  # (1, P + C - 1, V): position i predicts i + 1
-    # continuation byte j sits at position P + j and is predicted from position P + j - 1
-    picked = log_p[:, len(prompt) - 1:].gather(-1, x[:, len(prompt):, None])  # (1, C, 1)
-    return -picked.sum().item(), len(cont)
-
-
-def copy_metrics(ref, gen):
-    """exact, cer and dropped_doubled of one copy output against its known answer."""
-    out, want = gen["output"], ref["response"]
-    # CER = edit distance / answer length: a letter one slot off costs exactly one edit
-    cer = tasks.levenshtein(out, want) / len(want) if want else NAN
-    return {"exact": float(out == want), "cer": cer,
-            "dropped_doubled": float(tasks.dropped_doubled(out, want))}
-
-
-def grammar_metrics(ref, gen):
-    """parses, valid, lexicon, dropped_doubled, length of one grammar output, and the length taken
-    apart (few sentences, or short ones of short words?): sentences, words, word_bytes. All of
-    prompt + output (the prompt opens the sentence) but dropped_doubled and length: output alone."""
-    out = gen["output"]
-    g = tasks.grammar_check(ref["prompt"] + out)
-    words = tasks.grammar_words(out)  # the output's words, counted as grammar_check counts them
-    g["bad"] = sum(tasks.dropped_doubled_word(w, tasks.GRAMMAR_LEXICON) for w in words)
-    share = lambda k, n: g[k] / g[n] if g[n] else 0.0  # 0 if none: an empty output earns nothing
-    text_words = tasks.grammar_words(ref["prompt"] + out)
-    return {"parses": float(g["parses"]), "valid": share("valid_sentences", "sentences"),
-            "lexicon": share("lexicon_words", "words"),
-            "dropped_doubled": g["bad"] / max(len(words), 1),
-            "length": float(len(out.encode("utf-8"))), "sentences": float(g["sentences"]),
-            "words": float(g["words"]), "word_bytes": float(np.mean(
-                [len(w.encode("utf-8")) for w in text_words])) if text_words else NAN}
-
-
-def text_metrics(judge, vocab, ref, gen):
-    """judge_nll (per token: per byte for a byte model), entropy, distinct_2, length; an empty
-    output: nan but length 0. Ids as decoded where a record carries them, else the text through
-    the judge's vocabulary; either must be ids of that vocabulary."""
-    def ids_of(rec, key):
-        ids = rec.get(f"{key}_ids")
-        ids = ids if isinstance(ids, list) else vocab.encode(rec.get(key) or "", key)
-        if any(not 0 <= i < vocab.n_tokens for i in ids):
-            raise data.UserError(f"a {key} holds ids outside the judge's vocabulary of "
-                                 f"{vocab.n_tokens} ids: decoded by a model of another one?")
-        return ids
-    ids, prompt = ids_of(gen, "output"), ids_of(ref, "prompt")
-    nll, n = judge_nll(judge, prompt, ids)
-    # per token, so that continuations of different lengths are comparable
-    return {"judge_nll": nll / n if n else NAN, "entropy": unigram_entropy(ids),
-            "distinct_2": distinct_n(ids, 2), "length": float(len(ids))}
-
-
-# ----------------------------------------------------------------------------------------------
-# `score`, part 2: reading and checking its inputs, each problem one data.UserError: a silent
+# `score`, part 2: reading and checking its inputs, each problem one common.UserError: a silent
 # mismatch (a shifted index, a missing rate) would give plausible-looking, wrong numbers.
 
 
@@ -254,7 +196,7 @@ def parse_named(specs, flag):
         if not sep:  # a bare path
             name, path = os.path.splitext(os.path.basename(spec))[0], spec
         if not (name and path) or name in out:
-            raise data.UserError(f"{flag}: need NAME=PATH or PATH with a new name each time, "
+            raise common.UserError(f"{flag}: need NAME=PATH or PATH with a new name each time, "
                                  f"got {specs}")
         out[name] = path
     return out
@@ -266,7 +208,7 @@ def load_gens(name, path, n_refs, need_text=False):
     recorded none). A rate is keyed by its shortest spelling ("0", "0.01"): JSON keys must be
     strings. An output is its text, or its ids where the model's tokenizer was not at hand."""
     if not os.path.isfile(path):
-        raise data.UserError(f"gens file {path!r} (for {name!r}) does not exist")
+        raise common.UserError(f"gens file {path!r} (for {name!r}) does not exist")
     settings = {}
     for n, g in enumerate(data.read_jsonl(path), 1):
         i, rate, counts = g.get("i"), g.get("rate"), [g.get("n_committed"), g.get("n_shifted")]
@@ -274,7 +216,7 @@ def load_gens(name, path, n_refs, need_text=False):
                 and (isinstance(g.get("output"), str)
                      or not need_text and isinstance(g.get("output_ids"), list))
                 and all(type(c) is int and c >= 0 for c in counts)):
-            raise data.UserError(f"{path}: record {n} needs a prompt index i in 0..{n_refs - 1} "
+            raise common.UserError(f"{path}: record {n} needs a prompt index i in 0..{n_refs - 1} "
                                  f"(has {i!r}), a number rate, a string output (a list "
                                  f"output_ids will do for --task text: this task checks text), "
                                  f"counts n_committed, n_shifted")
@@ -282,17 +224,17 @@ def load_gens(name, path, n_refs, need_text=False):
                            for k in ("slack_rule", "per_step", "block_length") if k in g)
         by_rate = settings.setdefault(setting, {}).setdefault(f"{float(rate):g}", {})
         if i in by_rate:
-            raise data.UserError(f"{path}: prompt {i} appears twice at shift rate {rate:g}"
+            raise common.UserError(f"{path}: prompt {i} appears twice at shift rate {rate:g}"
                                  + (f" and setting {setting}" if setting else ""))
         by_rate[i] = g
     for setting, by_rate in settings.items():
         if "0" not in by_rate:  # robustness is a change from rate 0: without it nothing compares
-            raise data.UserError(f"{path} ({name!r}) has no records at shift rate 0"
+            raise common.UserError(f"{path} ({name!r}) has no records at shift rate 0"
                                  + (f" for setting {setting}" if setting else ""))
     return settings
 
 
-def align(gens):
+def shared_prompts(gens):
     """(shared rates, shared prompt indices, notes). A rate missing from some name is left out,
     with a note; every name and rate must hold the same prompts, or the pairing would be wrong."""
     sets = {name: set(g) for name, g in gens.items()}
@@ -304,7 +246,7 @@ def align(gens):
     idx = sorted(gens[first]["0"])  # rate 0 exists: load_gens checks
     odd = [(name, r) for name in gens for r in rates if sorted(gens[name][r]) != idx][:1]
     for name, r in odd:  # the first mismatch, with a few of the prompts one side lacks
-        raise data.UserError(f"{name!r} at shift rate {r} and {first!r} at rate 0 hold different "
+        raise common.UserError(f"{name!r} at shift rate {r} and {first!r} at rate 0 hold different "
                              f"prompts (e.g. i = {sorted(set(gens[name][r]) ^ set(idx))[:5]})")
     return rates, idx, notes
 
@@ -313,91 +255,13 @@ def score_run(metric_fn, metrics, refs, recs, idx):
     """Per-example metrics, their means (nan values left out) and the realised shift of one run."""
     rows = [metric_fn(refs[i], recs[i]) for i in idx]
     per = {m: [row[m] for row in rows] for m in metrics}  # {metric: values in idx order}
-    mean = lambda xs: float(np.mean([x for x in xs if not math.isnan(x)] or [NAN]))
     committed, shifted = (sum(recs[i][k] for i in idx) for k in ("n_committed", "n_shifted"))
     # the realised probe rate: moved tokens / all commits (re-fills of vacated slots included)
-    return {"summary": {m: mean(per[m]) for m in metrics}, "per_example": per,
+    summary = {m: float(np.mean([x for x in per[m] if not math.isnan(x)] or [stats.NAN]))
+               for m in metrics}  # nan values left out
+    return {"summary": summary, "per_example": per,
             "n_committed": committed, "n_shifted": shifted,
-            "realised_shift": shifted / committed if committed else NAN}
-
-
-def arm_of(name):
-    """The arm a run belongs to: "ARM@SEED" and "ARM@SEED:SETTING" are training seeds of the arm
-    "ARM" and "ARM:SETTING"."""
-    return re.sub(r"@[^:]*", "", name)
-
-
-def group_seeds(runs, metrics):
-    """{arm: {rate: run}}: each arm's runs (its training seeds) pooled. Per prompt, the metric is
-    averaged over the seeds, so paired comparisons of arms see every seed; the summary is the mean
-    over seeds, with their standard deviation (seed_sd, nan for one seed) and each seed's value:
-    the spread that training noise alone gives, which a bootstrap over prompts cannot show."""
-    arms = {}
-    for name in runs:
-        arms.setdefault(arm_of(name), []).append(name)
-    out = {}
-    for arm, names in arms.items():
-        out[arm] = {}
-        for r in runs[names[0]]:
-            seeds = [runs[n][r] for n in names]
-            per = {m: np.nanmean([s["per_example"][m] for s in seeds], axis=0).tolist()
-                   if len(seeds) > 1 else seeds[0]["per_example"][m] for m in metrics}
-            by_seed = {m: [s["summary"][m] for s in seeds] for m in metrics}
-            sd = {m: float(np.std(v, ddof=1)) if len(v) > 1 else NAN for m, v in by_seed.items()}
-            out[arm][r] = {"summary": {m: float(np.mean(v)) for m, v in by_seed.items()},
-                           "seed_sd": sd, "by_seed": by_seed, "seeds": names,
-                           "per_example": per,
-                           "realised_shift": float(np.mean([s["realised_shift"] for s in seeds]))}
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# `score`, part 3: paired comparisons, prompt by prompt (every name decoded the same prompts).
-#
-# Why pairing matters: prompts differ far more in difficulty than two models differ from each
-# other. For per-prompt values a_i, b_i the variances of the mean difference are
-#     unpaired: (Var a + Var b) / n
-#     paired:   Var(b - a) / n = (Var a + Var b - 2 Cov(a, b)) / n
-# and Cov(a, b) is large and positive (a hard prompt is hard for both), so the paired interval is
-# much narrower: the same prompts detect a smaller real difference.
-
-
-def paired_bootstrap(a, b, n_boot=2000, seed=0):
-    """(mean of d, 2.5th and 97.5th percentile of its bootstrap distribution), d_i = b_i - a_i.
-    Percentile bootstrap: resample the n pairs with replacement n_boot times and take the mean of
-    each resample. Pairs where either value is nan are dropped; nan everywhere if none is left."""
-    # The spread of the resampled means stands in for the spread of a rerun on n fresh prompts. No
-    # normal approximation: per-prompt values are skewed (0/1 exact match, perplexity outliers).
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples need equal shapes, got {a.shape} and {b.shape}")
-    d = (b - a)[~(np.isnan(a) | np.isnan(b))]  # keep a pair only if both values exist
-    if len(d) == 0:
-        return NAN, NAN, NAN
-    rng = np.random.default_rng(seed)  # seeded: the same interval on every run
-    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)  # (n_boot,)
-    lo, hi = np.percentile(means, [2.5, 97.5])  # the central 95% of the means
-    return float(d.mean()), float(lo), float(hi)
-
-
-def comparisons(runs, baseline, rates, metrics, n_boot, seed):
-    """Paired 95% intervals, entries {name, rate, metric, mean_diff, lo, hi}: robustness = a name at
-    rate r minus itself at rate 0 (claim a); differences = a name minus the baseline at equal rate;
-    diff_in_diff = (name_r - name_0) - (base_r - base_0) (claim b: for a lower-is-better metric,
-    negative = the name degrades less). Robustness and diff_in_diff for the first three metrics."""
-    ci = lambda a, b: dict(zip(("mean_diff", "lo", "hi"), paired_bootstrap(a, b, n_boot, seed)))
-    v = lambda name, r, m: np.asarray(runs[name][r]["per_example"][m], dtype=float)  # (n_prompts,)
-    others, shifted = [n for n in runs if n != baseline], [r for r in rates if r != "0"]
-    # robustness pairs a name with itself: the same prompts, only the probe differs
-    robust = [{"name": n, "rate": r, "metric": m, **ci(v(n, "0", m), v(n, r, m))}
-              for m in metrics[:3] for n in runs for r in shifted]
-    diffs = [{"name": n, "baseline": baseline, "rate": r, "metric": m,
-              **ci(v(baseline, r, m), v(n, r, m))} for m in metrics for n in others for r in rates]
-    # per prompt, each name's own rate-0 quality cancels, leaving how much more (or less) it suffers
-    did = [{"name": n, "baseline": baseline, "rate": r, "metric": m,
-            **ci(v(baseline, r, m) - v(baseline, "0", m), v(n, r, m) - v(n, "0", m))}
-           for m in metrics[:3] for n in others for r in shifted]
-    return {"robustness": robust, "differences": diffs, "diff_in_diff": did}
+            "realised_shift": shifted / committed if committed else stats.NAN}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,21 +273,15 @@ def fmt(x, digits=3):
     return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
 
 
-def table(head, rows):
-    """A markdown table (header, separator, one line per row of cells), then a blank line."""
-    line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"
-    return [line(head), "|---" * len(head) + "|"] + [line(r) for r in rows] + [""]
-
-
 def ci_table(items, label, rates):
-    """Intervals as a table: rows = (label(entry), metric), columns = rates, cells
+    """Intervals as a table: rows = (label filled from the entry, metric), columns = rates, cells
     "mean [lo, hi]"."""
     rows = {}
     for d in items:
         cell = f"{fmt(d['mean_diff'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]"
-        rows.setdefault((label(d), d["metric"]), {})[d["rate"]] = cell
-    return table(["", "metric", *rates],
-                 [[*k, *(c.get(r, "") for r in rates)] for k, c in rows.items()])
+        rows.setdefault((label.format(**d), d["metric"]), {})[d["rate"]] = cell
+    return [tables.table(["", "metric", *rates],
+                  [[*k, *(c.get(r, "") for r in rates)] for k, c in rows.items()]), ""]
 
 
 def markdown_report(res):
@@ -433,148 +291,85 @@ def markdown_report(res):
     out = [f"# {res['task']} task: {res['n_prompts']} prompts, baseline {res['baseline']}", ""]
     out += [f"Note: {n}" for n in res["notes"]] + [""] * bool(res["notes"])
     for k, m in enumerate(metrics):  # the primary metric first, the realised shift under it
-        out += [f"## {m} ({BETTER.get(m, 'higher is better')}): mean per prompt", ""]
-        cell = lambda a, r: fmt(a[r]["summary"][m]) + (  # noqa: E731
-            f" ± {fmt(a[r]['seed_sd'][m])}" if len(a[r]["seeds"]) > 1 else "")
-        rows = [[name] + [cell(runs[name], r) for r in rates] for name in runs]
+        out += [f"## {m} ({tasks.BETTER.get(m, 'higher is better')}): mean per prompt", ""]
+        rows = [[name] + [fmt(runs[name][r]["summary"][m]) + (
+            f" ± {fmt(runs[name][r]['seed_sd'][m])}" if len(runs[name][r]["seeds"]) > 1 else "")
+            for r in rates] for name in runs]
         rows += [["true responses"] + [fmt(ref["summary"][m])] * len(rates)] if ref else []
         # shifted / committed tokens, as really moved
         rows += [[f"realised shift: {name}"] + [fmt(runs[name][r]["realised_shift"], 4)
                                                 for r in rates] for name in runs if k == 0]
-        out += table(["name \\ shift rate", *rates], rows)
+        out += [tables.table(["name \\ shift rate", *rates], rows), ""]
     out += ["## Change from rate 0, same name (95% paired bootstrap)", ""]
-    out += ci_table(res["robustness"], lambda d: d["name"], rates[1:])
+    out += ci_table(res["robustness"], "{name}", rates[1:])
     out += ["## Name minus baseline at equal rate (95% paired bootstrap)", ""]
-    out += ci_table(res["differences"], lambda d: f"{d['name']} - {d['baseline']}", rates)
+    out += ci_table(res["differences"], "{name} - {baseline}", rates)
     out += ["## Difference in degradation: (name_r - name_0) - (base_r - base_0)", ""]
-    out += ci_table(res["diff_in_diff"], lambda d: f"{d['name']} vs {d['baseline']}", rates[1:])
+    out += ci_table(res["diff_in_diff"], "{name} vs {baseline}", rates[1:])
     return "\n".join(out) + "\n"
-
-
-def svg_plot(series, title, xlabel, ylabel, hline=None, width=640, height=400):
-    """A line chart as an SVG string: series {name: [(x, y), ...]} as polylines with dots, linear
-    axes with 5 ticks each, a legend on the right; hline = (label, y) draws a dashed reference."""
-    left, right, top, bottom = 70, 170, 40, 50  # margins; the legend lives in the right one
-    pts = [(x, y) for s in series.values() for x, y in s if not math.isnan(y)]
-    xs = [x for x, _ in pts] or [0.0, 1.0]  # no data at all: a unit square
-    ys = [y for _, y in pts] + ([hline[1]] if hline else []) or [0.0, 1.0]
-    # the data range, widened where it is empty (one x value), padded by 5% on y (no dot on the
-    # frame)
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1.0
-    pad = 0.05 * (max(ys) - min(ys)) or 1.0
-    y0, y1 = min(ys) - pad, max(ys) + pad
-    # data -> pixel: px = left + (x - x0) / (x1 - x0) * plot width; y is measured up from the bottom
-    sx = lambda x: round(left + (x - x0) / (x1 - x0) * (width - left - right), 1)
-    sy = lambda y: round(height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom), 1)
-    # the two SVG elements everything is drawn with; text is escaped (a name may hold <, > or &)
-    line = lambda xa, ya, xb, yb, style='stroke="black"': (
-        f'<line x1="{xa}" y1="{ya}" x2="{xb}" y2="{yb}" {style}/>')
-    text = lambda x, y, s, style="": f'<text x="{x}" y="{y}"{style}>{escape(str(s))}</text>'
-    colors = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-    base, legend_x, y_mid = sy(y0), width - right + 10, (top + sy(y0)) / 2  # base: the x axis's row
-    el = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-          f'font-size="12" font-family="sans-serif">',
-          f'<rect width="{width}" height="{height}" fill="white"/>',
-          text(width / 2, 20, title, ' text-anchor="middle" font-size="14"'),
-          line(left, base, sx(x1), base), line(left, base, left, sy(y1))]  # the x and y axes
-    for k in range(5):  # 5 evenly spaced ticks per axis, labelled with 3-4 significant digits
-        xv, yv = x0 + k * (x1 - x0) / 4, y0 + k * (y1 - y0) / 4
-        px, py = sx(xv), sy(yv)
-        el += [line(px, base, px, base + 5)
-               + text(px, base + 18, f"{xv:.3g}", ' text-anchor="middle"'),
-               line(left - 5, py, left, py)
-               + text(left - 8, py + 4, f"{yv:.4g}", ' text-anchor="end"')]
-    # axis labels; the y label is rotated about its own anchor point
-    el += [text((left + sx(x1)) / 2, height - 12, xlabel, ' text-anchor="middle"'),
-           text(16, y_mid, ylabel, f' text-anchor="middle" transform="rotate(-90 16 {y_mid})"')]
-    if hline:  # the reference line gets the legend slot after the last series
-        el += [line(left, sy(hline[1]), sx(x1), sy(hline[1]),
-                    'stroke="gray" stroke-dasharray="5,4"'),
-               text(legend_x, top + 20 * len(series) + 14, "- - " + hline[0], ' fill="gray"')]
-    for k, (name, s) in enumerate(series.items()):  # a coloured line per name, nan points left out
-        c, ok = colors[k % len(colors)], [(sx(x), sy(y)) for x, y in s if not math.isnan(y)]
-        el.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="'
-                  + " ".join(f"{px},{py}" for px, py in ok) + '"/>')
-        el += [f'<circle cx="{px}" cy="{py}" r="3" fill="{c}"/>' for px, py in ok]
-        el.append(text(legend_x, top + 20 * k + 14, name, f' fill="{c}"'))  # the legend entry
-    return "\n".join(el + ["</svg>"]) + "\n"
-
-
-def json_text(x):
-    """Indented JSON, nan and inf as null: JSON has neither, json.loads hands them to
-    parse_constant."""
-    return json.dumps(json.loads(json.dumps(x), parse_constant=lambda _: None), indent=1)
-
-
-def write_files(out_dir, files):
-    """Write {file name: text} into out_dir (created if needed); returns the paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    for name, text in files.items():
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            f.write(text)
-    return [os.path.join(out_dir, name) for name in files]
 
 
 def run_score(args):
     """Score every gens file against the refs; write results.json, results.md and PRIMARY.svg."""
-    t0, metrics = time.time(), METRICS[args.task]
+    t0, metrics = time.time(), tasks.METRICS[args.task]
     refs, paths = data.read_jsonl(args.refs), parse_named(args.gens, "--gens")
     if not refs or not all(isinstance(r.get(k), str) or isinstance(r.get(k + "_ids"), list)
                            for r in refs for k in ("prompt", "response")):
-        raise data.UserError(f"{args.refs}: need records with string 'prompt' and 'response' "
+        raise common.UserError(f"{args.refs}: need records with string 'prompt' and 'response' "
                              f"(or lists 'prompt_ids' and 'response_ids')")
 
     if (args.task == "text") != bool(args.judge):
-        raise data.UserError("--judge (an AR checkpoint) is needed with --task text, and only "
+        raise common.UserError("--judge (an AR checkpoint) is needed with --task text, and only "
                              "there")
     gens = {}  # a file decoded with several settings is one run per setting: NAME:SETTING
     for name, path in paths.items():
         settings = load_gens(name, path, len(refs), need_text=args.task != "text")
         gens.update({name if len(settings) == 1 else f"{name}:{k}": g for k, g in settings.items()})
-    rates, idx, notes = align(gens)  # the notes head results.md, which is printed too
-    baseline = args.baseline or arm_of(next(iter(gens)))  # default: the first arm
-    if baseline not in map(arm_of, gens):
-        raise data.UserError(f"--baseline {baseline!r} is none of the arms "
-                             f"{list(dict.fromkeys(map(arm_of, gens)))}")
+    rates, idx, notes = shared_prompts(gens)  # the notes head results.md, which is printed too
+    baseline = args.baseline or tables.arm_of(next(iter(gens)))  # default: the first arm
+    if baseline not in map(tables.arm_of, gens):
+        raise common.UserError(f"--baseline {baseline!r} is none of the arms "
+                             f"{list(dict.fromkeys(map(tables.arm_of, gens)))}")
     primary = None
     if args.primary:
         arm, rate = args.primary
-        if arm not in map(arm_of, gens) or f"{float(rate):g}" not in rates:
-            raise data.UserError(f"--primary {arm} {rate}: no such arm, or no such shift rate")
+        if arm not in map(tables.arm_of, gens) or f"{float(rate):g}" not in rates:
+            raise common.UserError(f"--primary {arm} {rate}: no such arm, or no such shift rate")
         primary = {"arm": arm, "rate": f"{float(rate):g}"}
     res = {"task": args.task, "primary": metrics[0], "metrics": list(metrics),
            "primary_comparison": primary, "names": list(gens), "baseline": baseline,
            "rates": rates, "n_prompts": len(idx), "prompt_indices": idx,
            "notes": notes, "judge": None}
-    metric_fn = {"copy": copy_metrics, "grammar": grammar_metrics}.get(args.task)
+    metric_fn = {"copy": tasks.copy_metrics, "grammar": tasks.grammar_metrics}.get(args.task)
     if args.task == "text":
-        ckpt = mdlm.load_checkpoint(args.judge)
-        judge = mdlm.model_from_checkpoint(ckpt, device=mdlm.pick_device(args.device))
+        ckpt = common.load_checkpoint(args.judge)
+        judge = common.model_from_checkpoint(ckpt, device=common.pick_device(args.device))
         if not judge.cfg.causal:  # judge_nll needs exact left-to-right probabilities
-            raise data.UserError(f"the judge {args.judge!r} is not an autoregressive checkpoint")
+            raise common.UserError(f"the judge {args.judge!r} is not an autoregressive checkpoint")
         res["judge"] = {"ckpt": args.judge, "step": ckpt.get("step"),
-                        "meta": mdlm.checkpoint_meta(ckpt)}
+                        "meta": common.checkpoint_meta(ckpt)}
         vocab = data.vocab_of(ckpt)  # the judge's ids: every prompt and output is read in them
-        metric_fn = lambda ref, gen: text_metrics(judge, vocab, ref, gen)  # noqa: E731
+        metric_fn = functools.partial(tasks.text_metrics, judge, vocab)
     # the true responses, scored alike: the quality (and the length) a model could aim for
     true = {i: {"output": refs[i].get("response") or "", "output_ids": refs[i].get("response_ids"),
                 "n_committed": 0, "n_shifted": 0} for i in idx}
     res["reference"] = score_run(metric_fn, metrics, refs, true, idx)
     res["runs"] = runs = {name: {r: score_run(metric_fn, metrics, refs, g[r], idx) for r in rates}
                           for name, g in gens.items()}
-    res["arms"] = arms = group_seeds(runs, metrics)
-    res.update(comparisons(arms, baseline, rates, metrics, args.n_boot, args.seed))
+    res["arms"] = arms = stats.group_seeds(runs, metrics)
+    res.update(stats.comparisons(arms, baseline, rates, metrics, args.n_boot, args.seed))
     # everything needed to rerun (or distrust) the numbers travels with them
     res["settings"] = {**vars(args), "gens": paths, "torch": torch.__version__,
                        "numpy": np.__version__,
                        "python": platform.python_version(), "wall_seconds": time.time() - t0}
     m, ref = metrics[0], res.get("reference")
     series = {name: [(float(r), arms[name][r]["summary"][m]) for r in rates] for name in arms}
-    svg = svg_plot(series,
+    svg = tables.svg_plot(series,
                    f"{args.task}: {m} under the shift probe", "nominal shift rate", m,
                    hline=("true responses", ref["summary"][m]) if ref else None)
-    files = {"results.json": json_text(res), "results.md": markdown_report(res), f"{m}.svg": svg}
-    print(files["results.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
+    files = {"results.json": tables.json_text(res), "results.md": markdown_report(res),
+             f"{m}.svg": svg}
+    print(files["results.md"] + "wrote " + ", ".join(tables.write_files(args.out_dir, files)))
     return res
 
 
@@ -593,20 +388,20 @@ def run_choose(args):
     flags on one line, for a script to pass to decode.py)."""
     try:
         res = json.load(open(args.scores, encoding="utf-8"))
-        metric, lower = res["primary"], BETTER.get(res["primary"]) == LOWER
+        metric, lower = res["primary"], tasks.BETTER.get(res["primary"]) == tasks.LOWER
         values = {}  # {setting: [mean over seeds of one arm at one rate, ...]}
         for name, by_rate in res["arms"].items():
             arm, _, setting = name.partition(":")
             if not setting:
-                raise data.UserError(f"{args.scores}: arm {name!r} carries no setting")
+                raise common.UserError(f"{args.scores}: arm {name!r} carries no setting")
             if arm not in args.exclude:
                 values.setdefault(setting, []).extend(c["summary"][metric]
                                                       for c in by_rate.values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise data.UserError(f"{args.scores}: not a validation score of decode.py settings "
+        raise common.UserError(f"{args.scores}: not a validation score of decode.py settings "
                              f"({type(e).__name__}: {e})")
     if not values:
-        raise data.UserError(f"{args.scores}: no arm left to choose with")
+        raise common.UserError(f"{args.scores}: no arm left to choose with")
     means = {s: float(np.nanmean(v)) for s, v in values.items()}
     best = (min if lower else max)(means, key=means.get)  # the first of equal values wins
     parts = best.split("/")
@@ -616,10 +411,10 @@ def run_choose(args):
     rows = [[s, fmt(m)] for s, m in means.items()]
     md = [f"# The decoder chosen on validation: {best}", "",
           f"mean {metric} over the arms (but {', '.join(args.exclude)}) and rates "
-          f"{', '.join(res['rates'])}", ""] + table(["setting", metric], rows)
-    files = {"choice.json": json_text(choice), "choice.md": "\n".join(md) + "\n",
+          f"{', '.join(res['rates'])}", "", tables.table(["setting", metric], rows), ""]
+    files = {"choice.json": tables.json_text(choice), "choice.md": "\n".join(md) + "\n",
              "flags.txt": flags + "\n"}
-    print(files["choice.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
+    print(files["choice.md"] + "wrote " + ", ".join(tables.write_files(args.out_dir, files)))
     return choice
 
 
@@ -637,7 +432,7 @@ def run_curves(args):
     seen = [k for rs in recs.values() for r in rs for k in r if k.startswith("val_")]
     keys = args.keys or list(dict.fromkeys(seen))  # in order of first appearance
     if not keys:
-        raise data.UserError("the logs hold no val_* keys; name the keys to tabulate with --keys")
+        raise common.UserError("the logs hold no val_* keys; name the keys to tabulate with --keys")
     curves, md, files = {}, ["# Validation curves", ""], {}
     for key in keys:
         # the last value per step wins: a resumed run logs the steps after its checkpoint again
@@ -646,16 +441,17 @@ def run_curves(args):
                for name, rs in recs.items()}
         curves[key] = {name: pts for name, pts in per.items() if pts}  # a run may lack a key
         if not curves[key]:
-            raise data.UserError(f"no log has values for the key {key!r}")
+            raise common.UserError(f"no log has values for the key {key!r}")
         steps = sorted({s for pts in curves[key].values() for s, _ in pts})
-        rows = [[name] + [fmt(dict(pts).get(s, NAN), 4) for s in steps]
+        rows = [[name] + [fmt(dict(pts).get(s, stats.NAN), 4) for s in steps]
                 for name, pts in per.items()]
-        md += [f"## {key}", ""] + table(["name", *steps], rows)  # n/a: not logged at that step
+        md += [f"## {key}", "", tables.table(["name", *steps], rows), ""]  # n/a: not logged
         # the file is named after the key, never after a run name (names may hold "/")
-        files[re.sub(r"[^\w.-]", "_", key) + ".svg"] = svg_plot(curves[key], key, "step", key)
+        svg = tables.svg_plot(curves[key], key, "step", key)
+        files[re.sub(r"[^\w.-]", "_", key) + ".svg"] = svg
     files["curves.md"] = "\n".join(md) + "\n"
-    files["curves.json"] = json_text({"logs": logs, "keys": keys, "curves": curves})
-    print(files["curves.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
+    files["curves.json"] = tables.json_text({"logs": logs, "keys": keys, "curves": curves})
+    print(files["curves.md"] + "wrote " + ", ".join(tables.write_files(args.out_dir, files)))
     return curves
 
 
@@ -675,21 +471,21 @@ def run_lengths(args):
     curves = {}
     for path in args.ckpts:
         name = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        model = mdlm.model_from_checkpoint(mdlm.load_checkpoint(path))
+        model = common.model_from_checkpoint(common.load_checkpoint(path))
         curves[name] = tasks.end_probability(model, texts, model.cfg.seq_len)
     arms = {}
     for name, c in curves.items():
-        arms.setdefault(arm_of(name), []).append(c)
+        arms.setdefault(tables.arm_of(name), []).append(c)
     first = next(iter(curves.values()))
     lengths = [L for L, (n, _, _) in first.items() if n >= args.min_count]
     rows = [[L, first[L][0], fmt(first[L][1])] + [fmt(np.mean([c[L][2] for c in cs]))
                                                   for cs in arms.values()] for L in lengths]
     md = ["# P(end) after a first sentence of L bytes: the data, and each arm's P(EOS)", ""]
-    md += table(["L", "texts", "data", *arms], rows)
+    md += [tables.table(["L", "texts", "data", *arms], rows), ""]
     files = {"lengths.md": "\n".join(md) + "\n",
-             "lengths.json": json_text({"refs": args.refs, "min_count": args.min_count,
+             "lengths.json": tables.json_text({"refs": args.refs, "min_count": args.min_count,
                                         "curves": curves})}
-    print(files["lengths.md"] + "wrote " + ", ".join(write_files(args.out_dir, files)))
+    print(files["lengths.md"] + "wrote " + ", ".join(tables.write_files(args.out_dir, files)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -717,10 +513,10 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
-    tasks = sub.add_parser("task", help="write a task's examples").add_subparsers(dest="task",
+    kinds = sub.add_parser("task", help="write a task's examples").add_subparsers(dest="task",
                                                                                   required=True)
     for name, flags in TASK_FLAGS.items():
-        a = tasks.add_parser(name, help=f"the {name} task").add_argument
+        a = kinds.add_parser(name, help=f"the {name} task").add_argument
         a("--out-dir", required=True, help="folder for train.jsonl, test.jsonl and task.json")
         n_test = 128 if name == "text" else 512  # text prompts are long: fewer, decoded more slowly
         a("--n-test", type=int, default=n_test, help=f"test examples (default: {n_test})")
@@ -746,7 +542,7 @@ def build_parser():
     a("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
     a("--seed", type=int, default=1337, help="seed of t and of the masks (default: 1337)")
     a = sub.add_parser("score", help="score decode.py's outputs and compare them").add_argument
-    a("--task", choices=tuple(METRICS), required=True, help="which task, so which metrics")
+    a("--task", choices=tuple(tasks.METRICS), required=True, help="which task, so which metrics")
     a("--refs", required=True, help="the test.jsonl that `task` wrote")
     a("--gens", nargs="+", required=True, help="NAME=PATH per decode.py output (a name may hold /)")
     a("--baseline", default=None, help="the name every other is compared with (default: the first)")
@@ -786,7 +582,7 @@ def main(argv=None):
         run = {"task": run_task, "bpb": run_bpb, "score": run_score, "curves": run_curves,
                "lengths": run_lengths, "choose": run_choose}
         run[args.mode](args)
-    except (data.UserError, mdlm.CheckpointError, ValueError, OSError) as e:
+    except (common.UserError, common.CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)  # an expected failure: a message, no traceback
         return 1
     return 0

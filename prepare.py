@@ -29,6 +29,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+import common
 import data
 
 # ----------------------------------------------------------------------------------------------
@@ -88,10 +89,10 @@ def vocab_for(name, path, chunk_bytes):
         return data.Vocab()
     kind, _, model = name.partition(":")
     if kind not in ("tiktoken", "hf") or not model:
-        raise data.UserError(f"unknown tokenizer {name!r}; use one of {data.TOKENIZERS}")
+        raise common.UserError(f"unknown tokenizer {name!r}; use one of {data.TOKENIZERS}")
     if data.codec(name, ()) is None:
         package = "tiktoken" if kind == "tiktoken" else "transformers"
-        raise data.UserError(f"tokenizer {name!r} cannot be loaded here: install {package}, and "
+        raise common.UserError(f"tokenizer {name!r} cannot be loaded here: install {package}, and "
                              f"have its files on this machine (nothing is downloaded)")
     # the vocabulary's size: the largest id the tokenizer can emit, plus one
     if kind == "tiktoken":
@@ -106,7 +107,7 @@ def vocab_for(name, path, chunk_bytes):
 def write_token_file(args):
     """Tokenize args.input into args.output (.bin) and its vocabulary into the .json beside it."""
     if not args.output.endswith(".bin"):
-        raise data.UserError(f"the token file must be named NAME.bin, got {args.output!r}")
+        raise common.UserError(f"the token file must be named NAME.bin, got {args.output!r}")
     chunk = int(args.chunk_mb * 2**20)
     vocab = vocab_for(args.tokenizer, args.input, chunk)
     dtype = "uint16" if vocab.n_tokens <= 1 << 16 else "uint32"
@@ -127,13 +128,13 @@ def write_token_file(args):
 def write_sft_ids(args):
     """SFT text records -> {"prompt_ids", "response_ids"} records of the --vocab token file."""
     if not args.vocab:
-        raise data.UserError("--sft needs --vocab: the token file whose vocabulary to use")
+        raise common.UserError("--sft needs --vocab: the token file whose vocabulary to use")
     vocab, _ = data.token_file_vocab(args.vocab)
     recs = data.read_jsonl(args.input)
     out = []
     for n, r in enumerate(recs, 1):
         if not all(isinstance(r.get(k), str) for k in ("prompt", "response")):
-            raise data.UserError(f"{args.input}:{n}: need string keys 'prompt' and 'response'")
+            raise common.UserError(f"{args.input}:{n}: need string keys 'prompt' and 'response'")
         out.append({"prompt_ids": vocab.encode(r["prompt"], f"{args.input}:{n}"),
                     "response_ids": vocab.encode(r["response"], f"{args.input}:{n}")})
     data.write_jsonl(args.output, out)
@@ -144,7 +145,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         write_sft_ids(args) if args.sft else write_token_file(args)
-    except (data.UserError, OSError) as e:
+    except (common.UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -24,6 +24,7 @@ import string
 import numpy as np
 import torch
 
+import common
 import data
 import mdlm
 
@@ -293,7 +294,8 @@ def held_out_examples(val_ids, n, prompt_len, length):
     bytes of prompt, then the `length` true bytes after it (what real text scores)."""
     span, ids = prompt_len + length, np.asarray(val_ids, dtype=np.uint8)
     if n < 1 or prompt_len < 1 or length < 1 or len(ids) < span + 3:  # 3: a cut moves <= 3 bytes
-        raise data.UserError(f"need >= 1 prompt and >= {span + 3} held-out bytes, have {len(ids)}")
+        raise common.UserError(f"need >= 1 prompt and >= {span + 3} held-out bytes, have "
+                               f"{len(ids)}")
     # cuts move forward to the next character start (UTF-8 continuation bytes are 10xxxxxx), so
     # that prompt and response are whole characters and encode back to exactly these bytes
     starts = np.append(np.flatnonzero(ids & 0xC0 != 0x80), len(ids))
@@ -310,10 +312,114 @@ def held_out_token_examples(val_ids, n, prompt_len, length, vocab):
     offsets, and their text where the vocabulary's tokenizer is at hand (else null)."""
     span = prompt_len + length
     if n < 1 or prompt_len < 1 or length < 1 or len(val_ids) < span:
-        raise data.UserError(f"need >= 1 prompt and >= {span} held-out tokens, have "
+        raise common.UserError(f"need >= 1 prompt and >= {span} held-out tokens, have "
                              f"{len(val_ids)}")
     offsets = np.linspace(0, len(val_ids) - span, n).astype(np.int64)
     rows = data.windows(val_ids, offsets, span).tolist()
     return [{"prompt_ids": r[:prompt_len], "response_ids": r[prompt_len:],
              "prompt": vocab.decode(r[:prompt_len]), "response": vocab.decode(r[prompt_len:])}
             for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------
+# The metrics of one output, per task (evaluate.py score averages them), checked by hand in the
+# tests. The primary metric of a task comes first.
+
+METRICS = {"copy": ("exact", "cer", "dropped_doubled"),
+           "grammar": ("parses", "valid", "lexicon", "dropped_doubled", "length", "sentences",
+                       "words", "word_bytes"),
+           "text": ("judge_nll", "entropy", "distinct_2", "length")}
+LOWER = "lower is better"  # table titles say which way is good; other metrics: higher is better
+BETTER = {"cer": LOWER, "dropped_doubled": LOWER, "judge_nll": LOWER, "entropy": "bits",
+          "length": "bytes", "sentences": "per text", "words": "per text", "word_bytes": "bytes"}
+NAN = float("nan")  # "no value": an empty output has no entropy; JSON writes it as null
+#
+# Why several per task: a model stuck in a loop ("the the the ...") is predictable, so the judge
+# gives it a flattering perplexity; byte entropy and distinct-n measure variety instead.
+# dropped_doubled counts the probe's signature: a token moved one slot leaves a gap and a duplicate.
+
+
+def unigram_entropy(ids):
+    """H = -sum_v p(v) log2 p(v) with p the byte histogram of `ids`, in bits; nan if empty. 0 for
+    one repeated byte, 8 for uniform random bytes, 4 to 4.5 for English; it flags a narrow
+    vocabulary."""
+    if len(ids) == 0:
+        return NAN
+    counts = np.bincount(np.asarray(ids, dtype=np.int64))  # (max id + 1,) per byte value
+    p = counts[counts > 0] / len(ids)  # empirical p(v) of the bytes that occur (0 log 0 = 0)
+    return float(abs(-(p * np.log2(p)).sum()))  # abs: a constant sequence gives 0, not -0
+
+
+def distinct_n(ids, n):
+    """Unique n-grams / all n-grams of `ids` (1 = no repetition); nan if shorter than n. Catches a
+    phrase repeated verbatim, which keeps its byte histogram; it falls with length even for real
+    text."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]  # overlapping, in order
+    return len(set(grams)) / len(grams) if grams else NAN
+
+
+@torch.no_grad()
+def judge_nll(judge, prompt_ids, cont_ids):
+    """(sum_j -log p_judge(c_j | prompt, c_<j) in nats, number of bytes scored) for continuation c.
+    The judge reads at most seq_len tokens: a longer prompt keeps its last bytes, and the
+    continuation is cut to fit seq_len + 1 (the last byte is only a target). The prompt is context,
+    never scored."""
+    # Why an AR judge: an MDLM has no exact likelihood of its own samples, and a model should not
+    # grade itself; a causal model gives the exact probability of any text, one fixed reader for all
+    if len(prompt_ids) == 0:
+        raise ValueError("the judge needs a prompt byte to predict the first output byte from")
+    prompt = list(prompt_ids)[-judge.cfg.seq_len:]  # the nearest context wins
+    cont = list(cont_ids)[:judge.cfg.seq_len + 1 - len(prompt)]  # P + C <= seq_len + 1
+    if not cont:
+        return 0.0, 0
+    x = torch.tensor([prompt + cont], dtype=torch.long, device=next(judge.parameters()).device)
+    log_p = judge(x[:, :-1]).float().log_softmax(-1)  # (1, P + C - 1, V): position i predicts i + 1
+    # continuation byte j sits at position P + j and is predicted from position P + j - 1
+    picked = log_p[:, len(prompt) - 1:].gather(-1, x[:, len(prompt):, None])  # (1, C, 1)
+    return -picked.sum().item(), len(cont)
+
+
+def copy_metrics(ref, gen):
+    """exact, cer and dropped_doubled of one copy output against its known answer."""
+    out, want = gen["output"], ref["response"]
+    # CER = edit distance / answer length: a letter one slot off costs exactly one edit
+    cer = levenshtein(out, want) / len(want) if want else NAN
+    return {"exact": float(out == want), "cer": cer,
+            "dropped_doubled": float(dropped_doubled(out, want))}
+
+
+def grammar_metrics(ref, gen):
+    """parses, valid, lexicon, dropped_doubled, length of one grammar output, and the length taken
+    apart (few sentences, or short ones of short words?): sentences, words, word_bytes. All of
+    prompt + output (the prompt opens the sentence) but dropped_doubled and length: output alone."""
+    out = gen["output"]
+    g = grammar_check(ref["prompt"] + out)
+    words = grammar_words(out)  # the output's words, counted as grammar_check counts them
+    g["bad"] = sum(dropped_doubled_word(w, GRAMMAR_LEXICON) for w in words)
+    text_words = grammar_words(ref["prompt"] + out)
+    # shares of nothing are 0: an empty output earns nothing
+    valid = g["valid_sentences"] / g["sentences"] if g["sentences"] else 0.0
+    lexicon = g["lexicon_words"] / g["words"] if g["words"] else 0.0
+    return {"parses": float(g["parses"]), "valid": valid, "lexicon": lexicon,
+            "dropped_doubled": g["bad"] / max(len(words), 1),
+            "length": float(len(out.encode("utf-8"))), "sentences": float(g["sentences"]),
+            "words": float(g["words"]), "word_bytes": float(np.mean(
+                [len(w.encode("utf-8")) for w in text_words])) if text_words else NAN}
+
+
+def text_metrics(judge, vocab, ref, gen):
+    """judge_nll (per token: per byte for a byte model), entropy, distinct_2, length; an empty
+    output: nan but length 0. Ids as decoded where a record carries them, else the text through
+    the judge's vocabulary; either must be ids of that vocabulary."""
+    def ids_of(rec, key):
+        ids = rec.get(f"{key}_ids")
+        ids = ids if isinstance(ids, list) else vocab.encode(rec.get(key) or "", key)
+        if any(not 0 <= i < vocab.n_tokens for i in ids):
+            raise common.UserError(f"a {key} holds ids outside the judge's vocabulary of "
+                                 f"{vocab.n_tokens} ids: decoded by a model of another one?")
+        return ids
+    ids, prompt = ids_of(gen, "output"), ids_of(ref, "prompt")
+    nll, n = judge_nll(judge, prompt, ids)
+    # per token, so that continuations of different lengths are comparable
+    return {"judge_nll": nll / n if n else NAN, "entropy": unigram_entropy(ids),
+            "distinct_2": distinct_n(ids, 2), "length": float(len(ids))}

@@ -14,7 +14,8 @@ position-wise cross-entropy (CE), with the slack CTC, or with both.
 
 The method lives in the two leaves, mdlm.py (masking, the model, the NELBO) and ctc_slack.py (slack
 placement, canvases, the slack CTC); objective.py builds the batches and losses from them. This
-file holds the settings, the setup and one flat loop.
+file holds the settings, the setup and one flat loop, which shows the method: the batch, the
+forward process (mdlm.forward_mask), the model and the loss (objective.loss).
 
 Papers: MDLM (Sahoo et al. 2024, arXiv 2406.07524) for the NELBO; LLaDA (Nie et al. 2025,
 arXiv 2502.09992) for conditional training; the slack CTC (arXiv 2601.22947) with Imputer-style
@@ -33,10 +34,12 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+import common
 import data
 import mdlm
 import objective
-from data import UserError
+import sampling
+from common import UserError
 
 # ----------------------------------------------------------------------------------------------
 # Settings
@@ -205,7 +208,7 @@ def setup_device(name):
     """(rank, world size, device). torchrun sets RANK and WORLD_SIZE; a plain run is rank 0 of 1.
     GPUs talk through NCCL, CPU processes through gloo (so DDP is testable on a laptop)."""
     try:
-        device = mdlm.pick_device(name)
+        device = common.pick_device(name)
     except ValueError as e:
         raise UserError(str(e))
     if "RANK" not in os.environ:  # not started by torchrun
@@ -271,15 +274,23 @@ def model_config(args, ckpt, vocab):
     return cfg
 
 
-def lr_at(step, args):
-    """Linear warmup, then cosine decay from lr to lr * min_lr_ratio (as nanoGPT). A pure function
-    of the step, so a resumed run needs no scheduler state."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup  # step 0 trains at lr / warmup, not 0
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)  # 0 -> 1
-    # lr * (m + (1 - m) * (1 + cos(pi * progress)) / 2): lr at progress 0, lr * m at progress 1
-    m = args.min_lr_ratio
-    return args.lr * (m + (1 - m) * 0.5 * (1 + math.cos(math.pi * progress)))
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate over the run: linear warmup, then a cosine decay to lr * min_lr_ratio."""
+    lr: float
+    warmup: int
+    steps: int
+    min_lr_ratio: float
+
+    def at(self, step):
+        """The rate of step `step` (as nanoGPT): a pure function of the step, so a resumed run
+        needs no scheduler state."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup  # step 0 trains at lr / warmup, not 0
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)  # 0 -> 1
+        # lr * (m + (1 - m) * (1 + cos(pi * progress)) / 2): lr at progress 0, lr * m at 1
+        m = self.min_lr_ratio
+        return self.lr * (m + (1 - m) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def run_meta(args, init_meta, vocab):
@@ -334,10 +345,10 @@ def build(args, device, ckpt, vocab):
 
 
 def save(run, args, path):
-    """The checkpoint: written atomically (mdlm.save_checkpoint), so a crash mid-write leaves the
+    """The checkpoint: written atomically (common.save_checkpoint), so a crash mid-write leaves the
     previous one intact; both random streams are saved, so a resume continues them exactly."""
     rng = {"data": run.gen.get_state(), "torch": torch.get_rng_state()}
-    mdlm.save_checkpoint({"config": run.cfg.to_dict(), "model": run.model.state_dict(),
+    common.save_checkpoint({"config": run.cfg.to_dict(), "model": run.model.state_dict(),
                           "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict(),
                           "step": run.step, "rng": rng, "meta": run.meta, "args": vars(args)}, path)
 
@@ -346,91 +357,102 @@ def save(run, args, path):
 # Validation and samples, both on the EMA weights, with fixed seeds.
 
 
+@dataclass(frozen=True)
+class Checks:
+    """What the run checks as it goes, and how often (steps)."""
+    eval_interval: int
+    eval_batches: int
+    batch_size: int
+    sample_interval: int
+    ckpt_interval: int
+    seed: int  # validation draws from seed + 1, samples from seed
+
+
 @torch.no_grad()
-def validate(model, val, obj, args, device, ctx):
+def validate(model, val, obj, checks, device, ctx):
     """Validation losses in bits per position: "val_bits", the training objective (pretraining:
     the NELBO in bits per token, an upper bound; AR: the exact bits per token). A run with slack
     also scores the SAME held-out examples and noise under CE with tail slack and under CTC with
     tail and with random slack, so that the learning curves of different arms compare directly."""
     jobs = [("val_bits", obj.loss, obj.placement)]
-    if not obj.ar and (obj.slack_rate > 0 or args.sft):
+    if not obj.ar and (obj.slack_rate > 0 or isinstance(val, list)):
         jobs += [("val_ce_tail", "ce", "tail"), ("val_ctc_tail", "ctc", "tail"),
                  ("val_ctc_random", "ctc", "random")]
-    out = {}
-    for key, loss, placement in jobs:
-        gen = torch.Generator().manual_seed(args.seed + 1)  # the same batches at every evaluation
+    n, out = checks.batch_size, {}
+    for key, kind, placement in jobs:
+        gen = torch.Generator().manual_seed(checks.seed + 1)  # the same batches every time
         total = 0.0
-        for _ in range(args.eval_batches):
-            b = objective.get_batch(val, obj, args.batch_size, gen, {"truncated": 0}, model,
-                                    placement, align_batch=args.batch_size)
+        for _ in range(checks.eval_batches):
+            b = objective.get_batch(val, obj, n, gen, {"truncated": 0}, model, placement,
+                                    align_batch=n)
+            if not obj.ar:  # the forward process, as in training
+                b["t"] = mdlm.sample_t(n, generator=gen)
+                b["z_t"] = mdlm.forward_mask(b["z0"], b["t"], obj.schedule, mask_id=obj.mask_id,
+                                             generator=gen, is_prompt=b["is_prompt"])
             b = {k: v.to(device) for k, v in b.items()}  # whole, not sliced: only rank 0 validates
             with ctx:
-                per = objective.compute_loss(model, b, obj) if obj.ar else \
-                    objective.loss_terms(model(b["z_t"]), b, obj, loss)  # (B,)
-            total += per.mean().item()
-        out[key] = total / args.eval_batches / math.log(2)  # nats -> bits
+                logits = model(b["x"][:, :-1] if obj.ar else b["z_t"])
+                total += objective.loss(logits, b, obj, kind).mean().item()
+        out[key] = total / checks.eval_batches / math.log(2)  # nats -> bits
     return out
 
 
 @torch.no_grad()
-def sample_text(model, val, args, meta, device):
+def sample_text(model, val, meta, prompt_len, seed, device):
     """A short continuation of the start of the held-out text (or of the first held-out prompt)."""
-    gen = torch.Generator().manual_seed(args.seed)
-    P = args.prompt_len or min(32, args.seq_len // 4)  # pretraining: a short prompt
+    gen = torch.Generator().manual_seed(seed)
+    T = model.cfg.seq_len
+    P = prompt_len or min(32, T // 4)  # pretraining: a short prompt
     ids = val[0][0][-P:] if isinstance(val, list) else data.windows(val, [0], P)[0].tolist()
     prompt = torch.tensor([ids], dtype=torch.long, device=device)  # (1, P)
-    L = args.seq_len - prompt.shape[1]  # fill the rest of the canvas
+    L = T - prompt.shape[1]  # fill the rest of the canvas
     if meta["objective"] == "ar":
-        out = mdlm.generate_ar(model, prompt, L, generator=gen)
+        out = sampling.generate_ar(model, prompt, L, generator=gen)
     else:  # steps = L: one position per step
-        out = mdlm.generate(model, prompt, L, steps=L, schedule=args.schedule, generator=gen,
-                            allow_slack=meta["slack"])
-    cont = mdlm.output_ids(out["canvas"][0].tolist(), prompt.shape[1],
-                           vocab_size=model.cfg.vocab_size, collapse=meta["collapse"],
-                           slack=meta["slack"])
+        out = sampling.generate(model, prompt, L, steps=L, schedule=meta["schedule"],
+                                generator=gen, allow_slack=meta["slack"])
+    cont = sampling.output_ids(out["canvas"][0].tolist(), prompt.shape[1],
+                               vocab_size=model.cfg.vocab_size, collapse=meta["collapse"],
+                               slack=meta["slack"])
     vocab = data.Vocab.from_record(meta["vocab"])
-    show = lambda x: vocab.decode(x) if vocab.has_text() else str(x)  # noqa: E731 (ids otherwise)
-    return show(ids) + " |> " + show(cont)
+    if not vocab.has_text():  # ids, where the tokenizer is not at hand
+        return f"{ids} |> {cont}"
+    return vocab.decode(ids) + " |> " + vocab.decode(cont)
 
 
 # ----------------------------------------------------------------------------------------------
-# The training loop: one flat loop of batch -> loss -> step -> EMA -> log.
+# Setup: check the flags, then build (or restore) the run.
 
 
-def train_step(fwd, run, batch, args, obj, rank, world, device, ctx):
-    """One optimizer step (objective.train_step: the code bench.py times too), then the EMA."""
-    try:
-        loss = objective.train_step(fwd, run.model, run.opt, batch, obj,
-                                    micro_batch=args.batch_size, grad_accum=args.grad_accum,
-                                    grad_clip=args.grad_clip, rank=rank, world=world,
-                                    device=device, ctx=ctx)
-    except FloatingPointError as e:  # the step is named here: objective does not know it
-        raise FloatingPointError(f"{e} at step {run.step}")
-    objective.ema_update(run.ema, run.model, run.step, args.ema)
-    run.step += 1
-    return loss
-
-
-def has_bf16(device):
-    """Whether bf16 matmuls run natively: CUDA, or a CPU with AVX512-BF16 or AMX tiles (the
-    probes are torch.cpu's; a torch without them reports False)."""
-    if device.startswith("cuda"):
-        return True
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return device == "cpu" and any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+@dataclass
+class Setup:
+    """What the loop needs: the run, the module that runs it (compiled or DDP-wrapped), the
+    splits, the objective, this process's place among the ranks, the autocast context."""
+    run: Run
+    fwd: torch.nn.Module
+    train: object  # SFT records (a list) or the ids of a corpus (a memmap)
+    val: object
+    obj: objective.Objective
+    rank: int
+    world: int
+    device: str
+    ctx: object
+    steps: int  # --steps, the end of the run
+    grad_accum: int
+    saved: object = None  # the step of the last good checkpoint, None before the first
 
 
 def setup(args):
-    """Check the flags, then build (or restore) the run. The order matters: the flags are refused
-    before any file is touched, and torch's seed is set after DDP setup and before the model is
-    built, so a seed gives the same initial weights on every rank and in every run."""
+    """The order matters: the flags are refused before any file is touched, and torch's seed is
+    set after DDP setup and before the model is built, so a seed gives the same initial weights
+    on every rank and in every run."""
     check_args(args)
     rank, world, device = setup_device(args.device)
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} must be divisible by the {world} ranks")
     torch.manual_seed(args.seed)  # the initial weights
     src = os.path.join(args.out_dir, "ckpt.pt") if args.resume else args.init_from
-    ckpt = mdlm.load_checkpoint(src) if src else None
+    ckpt = common.load_checkpoint(src) if src else None
     train_split, val_split, vocab = load_splits(args, ckpt)
     run = build(args, device, ckpt, vocab)
     fwd = torch.compile(run.model) if args.compile else run.model  # saved: model's plain keys
@@ -440,63 +462,128 @@ def setup(args):
     # bf16 autocast: matmuls in bf16, the losses in fp32 (they call .float()) and the band CTC in
     # fp64; fp32 weights, so no loss scaling is needed. A CPU without bf16 units would emulate it,
     # slower than fp32, so auto takes it only where the hardware has it
-    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and has_bf16(device))
-    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else \
-        contextlib.nullcontext()
-    return run, fwd, (train_split, val_split), objective_of(args, vocab), (rank, world, device), ctx
+    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and common.has_bf16(device))
+    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if bf16 else None
+    return Setup(run, fwd, train_split, val_split, objective_of(args, vocab), rank, world, device,
+                 ctx or contextlib.nullcontext(), args.steps, args.grad_accum,
+                 run.step if args.resume else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop: batch -> forward process -> model -> loss -> step -> EMA -> log.
+
+
+def loop(s, args, log, bar):
+    """Train from s.run.step to --steps. Each step draws one global batch of grad_accum x
+    batch_size examples, identically on every rank (the same generator); each rank trains on its
+    slice of each micro-batch, so N ranks compute exactly what one process computes on the whole
+    batch. s.saved follows the last good checkpoint."""
+    run, obj, n = s.run, s.obj, args.batch_size * args.grad_accum
+    local = args.batch_size // s.world  # this rank's examples per micro-batch
+    schedule = Schedule(args.lr, args.warmup, args.steps, args.min_lr_ratio)
+    checks = Checks(args.eval_interval, args.eval_batches, args.batch_size, args.sample_interval,
+                    args.ckpt_interval, args.seed)
+    t0, start, stats = time.time(), run.step, {"truncated": 0}
+    for step in bar:
+        # the clean canvases z0: prompt, then the response with its slack placed (and y)
+        b = objective.get_batch(s.train, obj, n, run.gen, stats, run.model,
+                                align_batch=args.batch_size)
+        if not obj.ar:  # the forward process: t, then each response position masked w.p. t
+            b["t"] = mdlm.sample_t(n, generator=run.gen)  # (n,) stratified
+            b["z_t"] = mdlm.forward_mask(b["z0"], b["t"], obj.schedule, mask_id=obj.mask_id,
+                                         generator=run.gen, is_prompt=b["is_prompt"])  # (n, T)
+        for group in run.opt.param_groups:
+            group["lr"] = schedule.at(step)  # set every step, from the step alone
+        run.opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for m in range(args.grad_accum):  # micro-batch m; this rank's slice of it
+            lo = m * args.batch_size + s.rank * local
+            mb = {k: v[lo:lo + local].to(s.device) for k, v in b.items()}
+            last = s.world == 1 or m == args.grad_accum - 1  # one all-reduce per step
+            with s.ctx, contextlib.nullcontext() if last else s.fwd.no_sync():
+                logits = s.fwd(mb["x"][:, :-1] if obj.ar else mb["z_t"])  # (local, T, V)
+                loss = objective.loss(logits, mb, obj).mean() / args.grad_accum  # nats/position
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item() * args.grad_accum} at step "
+                                             f"{run.step}")
+                loss.backward()  # each micro-batch / grad_accum: the mean over the whole batch
+            loss_sum += loss.item()
+        # clipping matters more here than for an AR model: w(t) = 1/t makes a batch whose
+        # stratified times start near eps weigh its few masked tokens up to 1000x
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
+        run.opt.step()
+        objective.ema_update(run.ema, run.model, run.step, args.ema)
+        run.step += 1
+        if s.rank == 0:  # only rank 0 validates, logs and saves
+            since = (run.step - start, time.time() - t0)
+            log_step(s, loss_sum, schedule.at(run.step - 1), checks, log, bar, since, stats)
+            if run.step % checks.ckpt_interval == 0 or run.step == args.steps:
+                save(run, args, os.path.join(args.out_dir, "ckpt.pt"))
+                s.saved = run.step  # the new last good checkpoint
+
+
+def log_step(s, loss, lr, checks, log, bar, since, stats):
+    """One line of log.jsonl per step: loss, learning rate, tokens/s since this process started
+    (since = (steps done here, seconds elapsed)), MFU on CUDA; validation every eval_interval
+    steps and at the end; a sample every sample_interval steps. The line is flushed at once, so a
+    crash keeps every line."""
+    run, (done_here, elapsed), done = s.run, since, s.run.step
+    tok_s = done_here * checks.batch_size * s.grad_accum * s.obj.seq_len / elapsed
+    rec = {"step": done, "loss": loss, "lr": lr, "tok_per_s": tok_s, "time": elapsed,
+           "truncated": stats["truncated"]}
+    mfu = common.estimate_mfu(run.model, tok_s, s.device)  # None off CUDA or on an unknown card
+    if mfu is not None:
+        rec["mfu"] = mfu
+    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:.0f}",
+                    **({"mfu": f"{mfu:.1%}"} if mfu else {}))
+    if done % checks.eval_interval == 0 or done == s.steps:
+        rec.update(validate(run.ema, s.val, s.obj, checks, s.device, s.ctx))
+        bar.write(f"step {done}: train {loss / math.log(2):.4f}, "  # nats / ln 2 = bits
+                  f"val {rec['val_bits']:.4f} bits/position")
+    if checks.sample_interval and (done % checks.sample_interval == 0 or done == s.steps):
+        sample = sample_text(run.ema, s.val, run.meta, s.obj.prompt_len, checks.seed, s.device)
+        bar.write(f"sample: {sample!r}")
+    log.write(json.dumps(rec) + "\n")
+    log.flush()
 
 
 def train(args):
     """Set up, then loop; returns (model, ema). Ctrl-C or a non-finite loss ends in one message
     naming the last good checkpoint."""
-    run, fwd, (train_split, val_split), obj, (rank, world, device), ctx = setup(args)
+    s = setup(args)
+    run = s.run
     if run.step >= args.steps:  # a resume of a finished run
         print(f"{args.out_dir}/ckpt.pt is already at step {run.step} >= --steps {args.steps}: "
               f"nothing to do")
         return run.model, run.ema
-    master, log = rank == 0, None  # only rank 0 validates, logs and saves
-    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
-    # the last checkpoint known good (a resume starts at one), the step this process started at
-    saved, start, stats = (run.step if args.resume else None), run.step, {"truncated": 0}
-    if master:
+    ckpt_path, log = os.path.join(args.out_dir, "ckpt.pt"), None
+    if s.rank == 0:
         os.makedirs(args.out_dir, exist_ok=True)
         print(f"{run.cfg.n_layer} layers, width {run.cfg.n_embd}: "
-              f"{run.model.num_params() / 1e6:.2f}M parameters on {device}"
-              f"{f' x {world}' if world > 1 else ''}; {len(train_split)} training "
+              f"{run.model.num_params() / 1e6:.2f}M parameters on {s.device}"
+              f"{f' x {s.world}' if s.world > 1 else ''}; {len(s.train)} training "
               f"examples/tokens; batch {args.grad_accum} x {args.batch_size}")
         log = open(os.path.join(args.out_dir, "log.jsonl"), "a")  # a resume continues the log
         if args.init_from and run.step == 0:  # where a fine-tune starts: its curves' first point
-            first = validate(run.ema, val_split, obj, args, device, ctx)
+            checks = Checks(args.eval_interval, args.eval_batches, args.batch_size,
+                            args.sample_interval, args.ckpt_interval, args.seed)
+            first = validate(run.ema, s.val, s.obj, checks, s.device, s.ctx)
             log.write(json.dumps({"step": 0, **first}) + "\n")
     bar = tqdm(range(run.step, args.steps), initial=run.step, total=args.steps,
-               disable=not master or args.no_progress)
-    t0 = time.time()
+               disable=s.rank != 0 or args.no_progress)
     try:
-        for step in bar:
-            # one global batch of grad_accum x batch_size examples, drawn identically on every
-            # rank (same generator); each rank trains on its slice of each micro-batch, so N
-            # ranks compute exactly what one process computes on the whole batch
-            batch = objective.get_batch(train_split, obj, args.batch_size * args.grad_accum,
-                                        run.gen, stats, run.model, align_batch=args.batch_size)
-            for group in run.opt.param_groups:
-                group["lr"] = lr_at(step, args)  # set every step, from the step alone
-            loss = train_step(fwd, run, batch, args, obj, rank, world, device, ctx)
-            if master:
-                log_step(run, loss, args, val_split, obj, device, ctx, log, bar,
-                         (start, time.time() - t0), stats)
-                if run.step % args.ckpt_interval == 0 or run.step == args.steps:
-                    save(run, args, ckpt_path)
-                    saved = run.step  # the new last good checkpoint
+        loop(s, args, log, bar)
     except (KeyboardInterrupt, FloatingPointError) as e:  # the latter: a non-finite loss
-        where = f"{ckpt_path} (step {saved})" if saved is not None else "none written"
-        what = f"interrupted at step {run.step}" if isinstance(e, KeyboardInterrupt) else \
-            f"{e}; stopped without saving"
+        where = f"{ckpt_path} (step {s.saved})" if s.saved is not None else "none written"
+        what = (f"interrupted at step {run.step}" if isinstance(e, KeyboardInterrupt)
+                else f"{e}; stopped without saving")
         raise UserError(f"{what}; last good checkpoint: {where}")
     finally:
         bar.close()
         if log:
             log.close()
-    if world > 1:
+    if s.world > 1:
         # the ranks leave together: one that tears its process group down while rank 0 still
         # validates and saves can abort in gloo's teardown
         torch.distributed.barrier()
@@ -504,36 +591,12 @@ def train(args):
     return run.model, run.ema
 
 
-def log_step(run, loss, args, val_split, obj, device, ctx, log, bar, since, stats):
-    """One line of log.jsonl per step: loss, learning rate, tokens/s since this process started
-    (since = (its first step, seconds elapsed)), MFU on CUDA; validation every --eval-interval
-    steps and at the end; a sample every --sample-interval steps. The line is flushed at once,
-    so a crash keeps every line."""
-    (start, elapsed), done = since, run.step
-    tok_s = (done - start) * args.batch_size * args.grad_accum * args.seq_len / elapsed
-    rec = {"step": done, "loss": loss, "lr": lr_at(done - 1, args), "tok_per_s": tok_s,
-           "time": elapsed, "truncated": stats["truncated"]}
-    mfu = run.model.estimate_mfu(tok_s, device)  # None off CUDA or on an unknown card
-    if mfu is not None:
-        rec["mfu"] = mfu
-    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:.0f}",
-                    **({"mfu": f"{mfu:.1%}"} if mfu else {}))
-    if done % args.eval_interval == 0 or done == args.steps:
-        rec.update(validate(run.ema, val_split, obj, args, device, ctx))
-        bar.write(f"step {done}: train {loss / math.log(2):.4f}, "  # nats / ln 2 = bits
-                  f"val {rec['val_bits']:.4f} bits/position")
-    if args.sample_interval and (done % args.sample_interval == 0 or done == args.steps):
-        bar.write(f"sample: {sample_text(run.ema, val_split, args, run.meta, device)!r}")
-    log.write(json.dumps(rec) + "\n")
-    log.flush()
-
-
 def main(argv=None):
     """Train; any error the user can fix ends in one line on stderr and exit status 1."""
     args = get_args(argv)
     try:
         train(args)
-    except (UserError, mdlm.CheckpointError) as e:
+    except (UserError, common.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -65,8 +65,13 @@ import re
 import shutil
 import sys
 
-# evaluate.py's BETTER, repeated: this script reads JSON only and imports nothing of the project
-LOWER_IS_BETTER = {"cer", "dropped_doubled", "judge_nll"}
+# the tables, the statistics' reading rule and each metric's direction are the scorer's own
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tasks  # noqa: E402  (the project root is on the path only from here on)
+from stats import direction  # noqa: E402
+from tables import arm_of, num, table  # noqa: E402
+
+LOWER_IS_BETTER = {m for m, why in tasks.BETTER.items() if why == tasks.LOWER}
 BULKY = ("per_example", "prompt_indices")
 VERDICT = ("<!-- verdict:start -->", "<!-- verdict:end -->")
 README_PART = ("<!-- readme:start -->", "<!-- readme:end -->")
@@ -170,15 +175,6 @@ def collect(exp_root, results):
 # Numbers as the pages show them.
 
 
-def num(x, digits=3, sign=False):
-    """A number for the page; None (JSON's null: nan) or a non-number shows as n/a."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
-        return "n/a"
-    text = f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
-    # -0.000 is a rounding artefact, not a sign worth reading
-    return text.replace("-", "+" if sign else "", 1) if float(text) == 0 else text
-
-
 def mean_sd(cell, metric, with_n=False):
     """"mean", or "mean ± sd" ("mean ± sd (n)" with_n) when the arm has several seeds."""
     if cell is None:
@@ -202,17 +198,6 @@ def rate_label(rate):
     """A column title: "shift 0", "1%", "0.5%"."""
     r = float(rate)
     return "shift 0" if r == 0 else f"{r * 100:g}%"
-
-
-def table(head, rows):
-    """A markdown table, no trailing blank line (the template places it)."""
-    line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
-    return "\n".join([line(head), "|---" * len(head) + "|"] + [line(r) for r in rows])
-
-
-def arm_of(run):
-    """The arm of a run name: ARM@SEED -> ARM (evaluate.py's rule, ARM@SEED:SETTING alike)."""
-    return re.sub(r"@[^:]*", "", run)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,17 +409,6 @@ def p_json(rs, rel, path, digits="2"):
 
 # ----------------------------------------------------------------------------------------------
 # The verdict: per experiment, the CE fine-tune against each other fine-tune, read by rule.
-
-
-def direction(entry, lower_is_better):
-    """+1: the interval says the arm is better (or degrades less), -1: worse, 0: it holds 0,
-    None: no interval. Only the interval counts, never the mean: a mean inside noise is noise."""
-    if entry is None or not all(isinstance(entry.get(k), (int, float)) for k in ("lo", "hi")):
-        return None
-    lo, hi = entry["lo"], entry["hi"]
-    if lower_is_better:  # a lower value is the good direction: mirror the interval
-        lo, hi = -hi, -lo
-    return 1 if lo > 0 else -1 if hi < 0 else 0
 
 
 def reading(diff, did, lower_is_better):

@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ctc_slack
 import mdlm
 
 BEOS, BSLACK, BMASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
-from ctc_slack import (align_slack, build_canvas, collapse_tokens, ctc_slack_align, ctc_slack_loss,
+from ctc_slack import (align_slack, build_canvas, collapse_tokens, ctc_slack_loss,
                        place_slack, response_log_probs, response_positions, slack_count,
                        slack_ctc_term, slack_last)
 
@@ -460,7 +461,7 @@ def test_align_is_the_best_alignment():
     gen = torch.Generator().manual_seed(9)
     for trial in range(30):
         lp, y, T_b, U_b, canvas = random_batch(gen, 4, 6, 4, p_visible=0.3)
-        out = ctc_slack_align(lp, y, T_b, U_b, slack_id=SLACK, canvas=canvas, mask_id=MASK)
+        out = ctc_slack._align(lp, y, T_b, U_b, slack_id=SLACK, canvas=canvas, mask_id=MASK)
         assert out.shape == (4, 6) and out.dtype == torch.long
         for b in range(4):
             T, target, a = int(T_b[b]), y[b, : U_b[b]].tolist(), out[b].tolist()
@@ -480,7 +481,7 @@ def test_align_without_canvas_long():
     T, U, vocab = 300, 270, 20
     lp = torch.randn(1, T, vocab, generator=gen, **f64).log_softmax(-1)
     y = torch.randint(0, vocab - 1, (1, U), generator=gen)
-    a = ctc_slack_align(lp, y, [T], [U], slack_id=vocab - 1)[0]
+    a = ctc_slack._align(lp, y, [T], [U], slack_id=vocab - 1)[0]
     assert collapse_tokens(a.tolist(), vocab - 1, "surface") == y[0].tolist()
     tail = torch.cat([y[0], torch.full((T - U,), vocab - 1)])
     score = lambda z: lp[0].gather(1, z[:, None]).sum().item()  # noqa: E731
@@ -515,7 +516,7 @@ def porter_batch(gen, rate, device="cpu", B=5, T=40):
                                  canvas_length=T)
     t = mdlm.sample_t(B, generator=gen)  # (B,) stratified times
     z_t = mdlm.forward_mask(z0.cpu(), t, "linear", mask_id=BMASK, generator=gen,
-                             keep=is_prompt.cpu())  # (B, T)
+                             is_prompt=is_prompt.cpu())  # (B, T)
     logits = torch.randn(B, T, mdlm.BYTE_VOCAB_SIZE, generator=gen, **f64)
     logits[..., BMASK] = -math.inf  # SUBS: the model never predicts MASK
     b = dict(P=P, R=R, U=U, y=y, prompt=prompt, resp=resp, z0=z0, is_prompt=is_prompt, t=t, z_t=z_t,
@@ -591,7 +592,8 @@ def test_slack_ctc_term_equals_ce_without_slack(schedule):
     """K = 0 and the surface collapse: the only alignment is y itself, so the CTC term is the
     position-wise CE (the NELBO) exactly: same weight w(t), same 1/R, same positions scored."""
     b = porter_batch(torch.Generator().manual_seed(4), rate=0.0)
-    ce = mdlm.mdlm_loss(b["logits"], b["z0"], b["z_t"], b["t"], schedule, scored=~b["is_prompt"])
+    ce = mdlm.mdlm_loss(b["logits"], b["z0"], b["z_t"], b["t"], schedule,
+                         is_prompt=b["is_prompt"])
     torch.testing.assert_close(porter_term(b, schedule=schedule)[1], ce,
                                rtol=1e-5, atol=1e-6)  # float32
 
@@ -603,7 +605,7 @@ def test_slack_ctc_term_at_most_ce(collapse):
     with no slack between would merge: those rows are left out)."""
     b = porter_batch(torch.Generator().manual_seed(5), rate=0.25)
     ctc = porter_term(b, collapse)[1]  # (B,)
-    ce = mdlm.mdlm_loss(b["logits"], b["z0"], b["z_t"], b["t"], scored=~b["is_prompt"])
+    ce = mdlm.mdlm_loss(b["logits"], b["z0"], b["z_t"], b["t"], is_prompt=b["is_prompt"])
     ok = [collapse_tokens(r, BSLACK, collapse) == y[:u] for r, y, u in
           zip(b["resp"].tolist(), b["y"].tolist(), b["U"].tolist())]  # z0 is an alignment of y
     assert any(ok) and torch.isfinite(ctc[ok]).all()
@@ -612,11 +614,11 @@ def test_slack_ctc_term_at_most_ce(collapse):
 
 def test_align_slack_is_the_best_canvas():
     """The "model" placement: a reference canvas with exactly K slacks, y in order, scoring the most
-    of all canvases under the log-probs (brute force on a tiny case); ctc_slack_align underneath."""
+    of all canvases under the log-probs (brute force on a tiny case); the alignment underneath."""
     lp = torch.randn(3, 6, V, generator=torch.Generator().manual_seed(6), **f64).log_softmax(-1)
     y, U, R = torch.tensor([[0, 1, 1, 2]] * 3), torch.tensor([4, 3, 2]), torch.tensor([6, 5, 6])
     out = align_slack(lp, y, target_lengths=U, canvas_lengths=R, slack_id=SLACK)
-    assert torch.equal(out, ctc_slack_align(lp, y, R, U, slack_id=SLACK))  # lengths in CTC order
+    assert torch.equal(out, ctc_slack._align(lp, y, R, U, slack_id=SLACK))  # lengths in CTC order
     for b, (row, u, r) in enumerate(zip(out.tolist(), U.tolist(), R.tolist())):
         assert (row[r:] == [SLACK] * (6 - r)
                 and collapse_tokens(row, SLACK, "surface") == y[b, :u].tolist())
@@ -667,7 +669,7 @@ def test_porter_api_refuses_swaps_and_bad_arguments():
         (lambda: ctc_slack_loss(lp, y, R, U, slack_id=SLACK, canvas=y), "canvas must be (B, T)"),
         (lambda: ctc_slack_loss(lp, y, R, U, slack_id=SLACK, collapse="greedy"), "collapse"),
         (lambda: ctc_slack_loss(lp, y, R, U, slack_id=SLACK, reduction="avg"), "reduction"),
-        (lambda: ctc_slack_align(lp, y, R, U, slack_id=SLACK, collapse="standard"), "surface"),
+        (lambda: ctc_slack._align(lp, y, R, U, slack_id=SLACK, collapse="standard"), "surface"),
         (lambda: build_canvas(y, y, prompt_lengths=torch.tensor([9, 0]), canvas_length=8),
          "prompt_lengths must lie in"),
     ]

@@ -11,7 +11,7 @@ import torch
 
 import data
 import mdlm
-from data import UserError
+from common import UserError
 
 EOS = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)[0]  # the byte vocabulary
 

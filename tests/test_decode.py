@@ -9,12 +9,14 @@ import pytest
 import torch
 import torch.nn as nn
 
+import common
 import decode
 import conftest
 import mdlm
+import sampling
 
 # the output of a canvas row of the byte vocabulary
-byte_output_ids = functools.partial(mdlm.output_ids, vocab_size=mdlm.BYTE_VOCAB_SIZE)
+byte_output_ids = functools.partial(sampling.output_ids, vocab_size=mdlm.BYTE_VOCAB_SIZE)
 EOS, SLACK, MASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +57,7 @@ def prompt_of(text, batch):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_committed_tokens_and_prompt_never_change(sampler, block_length, temperature):
     model, prompt = tiny_model(), prompt_of("hey", 3)
-    out = mdlm.generate(model, prompt, 16, steps=8, sampler=sampler, block_length=block_length,
+    out = sampling.generate(model, prompt, 16, steps=8, sampler=sampler, block_length=block_length,
                           temperature=temperature, generator=gen(1), record_steps=True)
     canvas = out["canvas"]
     assert canvas.shape == (3, 19)
@@ -73,7 +75,7 @@ def test_committed_tokens_and_prompt_never_change(sampler, block_length, tempera
 
 def test_blocks_fill_left_to_right_with_even_split():
     # length 12 in 3 blocks of 4, 6 steps -> 2 steps per block, 2 tokens per step (LLaDA's split)
-    out = mdlm.generate(tiny_model(), prompt_of("ab", 2), 12, steps=6, sampler="confidence",
+    out = sampling.generate(tiny_model(), prompt_of("ab", 2), 12, steps=6, sampler="confidence",
                           block_length=4, temperature=1.0, generator=gen(), record_steps=True)
     prev_masked = 12
     for k, step in enumerate(out["history"]):
@@ -90,7 +92,7 @@ def test_blocks_fill_left_to_right_with_even_split():
 def test_ancestral_unmasks_at_the_schedule_rate(schedule):
     # after step k of n, the expected fraction of visible positions is alpha(1 - k/n)
     B, L, n = 256, 16, 4
-    out = mdlm.generate(tiny_model(), prompt_of("", B), L, steps=n, schedule=schedule,
+    out = sampling.generate(tiny_model(), prompt_of("", B), L, steps=n, schedule=schedule,
                           generator=gen(3), record_steps=True)
     for k, step in enumerate(out["history"][:-1], start=1):
         visible = (step != MASK).float().mean().item()
@@ -100,19 +102,19 @@ def test_ancestral_unmasks_at_the_schedule_rate(schedule):
 
 def test_same_seed_same_samples_other_seed_differs():
     model, prompt = tiny_model(), prompt_of("x", 2)
-    a = mdlm.generate(model, prompt, 16, steps=8, generator=gen(5))["canvas"]
-    b = mdlm.generate(model, prompt, 16, steps=8, generator=gen(5))["canvas"]
-    c = mdlm.generate(model, prompt, 16, steps=8, generator=gen(6))["canvas"]
+    a = sampling.generate(model, prompt, 16, steps=8, generator=gen(5))["canvas"]
+    b = sampling.generate(model, prompt, 16, steps=8, generator=gen(5))["canvas"]
+    c = sampling.generate(model, prompt, 16, steps=8, generator=gen(6))["canvas"]
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_ancestral_cache_matches_uncached_with_fewer_calls():
     steps, length = 200, 16
     cached_model, plain_model = Wrapped(tiny_model(sharp=True)), Wrapped(tiny_model(sharp=True))
-    cached = mdlm.generate(cached_model, prompt_of("ab", 2), length, steps=steps, generator=gen(2),
-                             record_steps=True)
-    plain = mdlm.generate(plain_model, prompt_of("ab", 2), length, steps=steps, generator=gen(2),
-                            use_cache=False)
+    cached = sampling.generate(cached_model, prompt_of("ab", 2), length, steps=steps,
+                               generator=gen(2), record_steps=True)
+    plain = sampling.generate(plain_model, prompt_of("ab", 2), length, steps=steps,
+                              generator=gen(2), use_cache=False)
     assert torch.equal(cached["canvas"], plain["canvas"])
     assert plain_model.calls == plain["model_calls"] == steps
     assert cached_model.calls == cached["model_calls"]
@@ -127,11 +129,13 @@ def test_ancestral_cache_matches_uncached_with_fewer_calls():
 def test_request_errors():
     model = tiny_model(seq_len=32)
     with pytest.raises(ValueError, match="exceeds"):
-        mdlm.generate(model, prompt_of("0123456789", 1), 23, steps=4)
+        sampling.generate(model, prompt_of("0123456789", 1), 23, steps=4)
     with pytest.raises(ValueError, match="at least 1"):
-        mdlm.generate(model, prompt_of("", 1), 16, steps=4, sampler="confidence", block_length=0)
+        sampling.generate(model, prompt_of("", 1), 16, steps=4, sampler="confidence",
+                          block_length=0)
     with pytest.raises(ValueError, match="number of blocks"):
-        mdlm.generate(model, prompt_of("", 1), 16, steps=6, sampler="confidence", block_length=4)
+        sampling.generate(model, prompt_of("", 1), 16, steps=6, sampler="confidence",
+                          block_length=4)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,7 +146,7 @@ def test_request_errors():
 def test_slack_only_when_allowed(sampler):
     model = Wrapped(tiny_model(), token=SLACK, bias=50.0)  # SLACK would win everywhere
     for allow in (False, True):
-        out = mdlm.generate(model, prompt_of("hi", 2), 16, steps=4, sampler=sampler,
+        out = sampling.generate(model, prompt_of("hi", 2), 16, steps=4, sampler=sampler,
                               allow_slack=allow, generator=gen())
         n_slack = (out["canvas"] == SLACK).sum().item()
         assert (n_slack > 16) if allow else (n_slack == 0), (allow, n_slack)
@@ -185,17 +189,17 @@ def test_shift_probe_crafted_canvas():
     # E: its left was just vacated by D -> left (tokens are processed left to right)
     expect = torch.tensor([[P, P, M, A, B, M, C, M, D, E, M, F]])
     for seed in range(5):
-        out, moved = mdlm.shift_probe(canvas, now, 1.0, gen(seed), gen_start=2, mask_id=MASK)
+        out, moved = sampling.shift_probe(canvas, now, 1.0, gen(seed), gen_start=2, mask_id=MASK)
         assert torch.equal(out, expect) and moved.tolist() == [4]
     # a token with no masked neighbour stays, and nothing moves at rate 0
     stuck = torch.tensor([[P, A, B, C]])
-    stays = mdlm.shift_probe(stuck, stuck != P, 1.0, gen(), gen_start=1, mask_id=MASK)[1]
+    stays = sampling.shift_probe(stuck, stuck != P, 1.0, gen(), gen_start=1, mask_id=MASK)[1]
     assert stays.item() == 0
-    out, moved = mdlm.shift_probe(canvas, now, 0.0, gen(), gen_start=2, mask_id=MASK)
+    out, moved = sampling.shift_probe(canvas, now, 0.0, gen(), gen_start=2, mask_id=MASK)
     assert torch.equal(out, canvas) and moved.item() == 0
     # masked slots outside [gen_start, gen_end) (another block) are never entered
     edge = torch.tensor([[M, A, M, M, B, M]])
-    out, moved = mdlm.shift_probe(edge, edge != M, 1.0, gen(), gen_start=1, gen_end=5,
+    out, moved = sampling.shift_probe(edge, edge != M, 1.0, gen(), gen_start=1, gen_end=5,
                                   mask_id=MASK)
     assert torch.equal(out, torch.tensor([[M, M, A, B, M, M]])) and moved.item() == 2
 
@@ -213,7 +217,7 @@ def test_shift_probe_random_isolated_tokens():
             for i in range(P + torch.randint(0, 3, (1,), generator=g).item(), T, 3):
                 if torch.rand(1, generator=g) < 0.6:
                     now[b, i], canvas[b, i] = True, torch.randint(0, 256, (1,), generator=g)
-        out, moved = mdlm.shift_probe(canvas, now, 1.0, gen(trial), gen_start=P, mask_id=MASK)
+        out, moved = sampling.shift_probe(canvas, now, 1.0, gen(trial), gen_start=P, mask_id=MASK)
         assert torch.equal(out[:, :P], canvas[:, :P])
         assert ((out != canvas).sum(1) == 2 * moved).all()
         for b, i in now.nonzero().tolist():
@@ -231,7 +235,7 @@ def test_generate_with_tiny_probe_rate_equals_no_probe():
     # the probe has its own random stream: without a realised move the samples are identical
     model, prompt = tiny_model(), prompt_of("ab", 2)
     def run(rate):
-        return mdlm.generate(model, prompt, 16, steps=8, sampler="confidence", block_length=8,
+        return sampling.generate(model, prompt, 16, steps=8, sampler="confidence", block_length=8,
                                shift_rate=rate, generator=gen(4))
 
     base, tiny, some = run(0.0), run(1e-12), run(0.5)
@@ -250,10 +254,10 @@ def test_generate_with_tiny_probe_rate_equals_no_probe():
 def test_generate_ar():
     model = tiny_model(causal=True)
     prompt = prompt_of("hey", 2)
-    out = mdlm.generate_ar(model, prompt, 10, temperature=1.0, generator=gen())
+    out = sampling.generate_ar(model, prompt, 10, temperature=1.0, generator=gen())
     assert out["canvas"].shape == (2, 13) and torch.equal(out["canvas"][:, :3], prompt)
     assert not ((out["canvas"] == SLACK) | (out["canvas"] == MASK)).any()
-    empty = mdlm.generate_ar(Wrapped(model, token=EOS, bias=50.0), prompt_of("", 2), 10,
+    empty = sampling.generate_ar(Wrapped(model, token=EOS, bias=50.0), prompt_of("", 2), 10,
                                temperature=0.0)
     assert empty["canvas"].shape == (2, 10) and (empty["canvas"] == EOS).all()
     assert empty["model_calls"] == 1, "all rows ended: decoding should stop"
@@ -267,7 +271,7 @@ def write_ckpt(path, causal=False, slack=True):
     model = tiny_model(causal=causal)
     meta = {"objective": "ar" if causal else "mdlm", "schedule": "linear", "slack": slack,
             "collapse": "surface"}
-    mdlm.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(), "ema": None,
+    common.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(), "ema": None,
                           "step": 0, "meta": meta}, str(path))
     return str(path)
 
@@ -315,7 +319,7 @@ def test_cli_errors_and_text_mode(tmp_path, capsys):
 
 def test_uneven_last_block_fills_left_to_right():
     """Blocks of 5 over 12 positions: 5, 5 and a last block of 2, each filled before the next."""
-    out = mdlm.generate(tiny_model(), prompt_of("ab", 1), 12, steps=6, sampler="confidence",
+    out = sampling.generate(tiny_model(), prompt_of("ab", 1), 12, steps=6, sampler="confidence",
                         block_length=5, generator=gen(), record_steps=True)
     filled = [(h[0, 2:] != MASK).sum().item() for h in out["history"]]
     assert filled == [3, 5, 8, 10, 11, 12]  # ceil(masked in block / steps left in block) per step
@@ -346,11 +350,11 @@ def test_cli_prompts_file_at_several_rates(tmp_path):
     assert all(r["n_shifted"] == 0 for r in recs if r["rate"] == 0)
     assert sum(r["n_shifted"] for r in recs if r["rate"] == 0.5) > 0
     # "xyz" alone: a group of one, seed 3 + 3, canvas filled to 32 positions, 29 / 2 -> 15 steps
-    model = mdlm.model_from_checkpoint(mdlm.load_checkpoint(ckpt))
+    model = common.model_from_checkpoint(common.load_checkpoint(ckpt))
     # a slack-trained checkpoint: slack allowed, and decode.py's default rule for such models
-    alone = mdlm.generate(model, prompt_of("xyz", 1), 29, steps=4 * 4, sampler="confidence",
+    alone = sampling.generate(model, prompt_of("xyz", 1), 29, steps=4 * 4, sampler="confidence",
                           block_length=8, temperature=1.0, generator=gen(6), allow_slack=True,
-                          slack_rule=decode.SLACK_DEFAULT)
+                          slack_rule=decode.DEFAULT_SLACK_RULE)
     rec = next(r for r in recs if r["prompt"] == "xyz" and r["rate"] == 0)
     assert rec["output_ids"] == byte_output_ids(alone["canvas"][0].tolist(), 3)
     assert rec["output"] == mdlm.to_text(rec["output_ids"])
@@ -368,7 +372,7 @@ def test_cli_several_checkpoints_and_settings(tmp_path):
                         "--sampler", "confidence", "--block-length", "8", "--slack-rules", "auto",
                         "threshold", "--per-steps", "1", "2", "--shift-rates", "0", "0.1",
                         "--device", "cpu"]) == 0
-    for name, auto in (("a", decode.SLACK_DEFAULT), ("b", "plain")):
+    for name, auto in (("a", decode.DEFAULT_SLACK_RULE), ("b", "plain")):
         recs = [json.loads(line) for line in (tmp_path / "g" / f"{name}.jsonl").open()]
         settings = {(r["slack_rule"], r["per_step"]) for r in recs}
         assert settings == {(auto, 1), (auto, 2), ("threshold", 1), ("threshold", 2)}
@@ -388,23 +392,23 @@ def test_slack_rules_order_the_commits():
     log_p = probs.log()
     region = torch.ones(1, 4, dtype=torch.bool)
     commits = {}
-    for rule in mdlm.SLACK_RULES:  # 4 masked positions over 2 steps: commit 2 now
-        x, c = mdlm.confidence_commit(log_p, region, 2, 0.0, None, rule, slack_threshold=0.9)
+    for rule in sampling.SLACK_RULES:  # 4 masked positions over 2 steps: commit 2 now
+        x, c = sampling.confidence_commit(log_p, region, 2, 0.0, None, rule, slack_threshold=0.9)
         assert x.tolist() == [[SLACK, 5, SLACK, 7]] and c.sum() == 2
         commits[rule] = c[0].nonzero().flatten().tolist()
     assert commits == {"plain": [0, 2], "last": [1, 3], "threshold": [0, 1], "first": [0, 2]}
     # positions outside the region never take a commit: the k commits all land inside it
     region = torch.tensor([[True, False, True, False]])
-    for rule in mdlm.SLACK_RULES:
-        _, c = mdlm.confidence_commit(log_p, region, 1, 0.0, None, rule, slack_threshold=0.9)
+    for rule in sampling.SLACK_RULES:
+        _, c = sampling.confidence_commit(log_p, region, 1, 0.0, None, rule, slack_threshold=0.9)
         assert c[0].tolist() == [True, False, True, False], rule
 
 
-@pytest.mark.parametrize("rule", mdlm.SLACK_RULES)
+@pytest.mark.parametrize("rule", sampling.SLACK_RULES)
 def test_every_slack_rule_fills_every_block(rule):
     """A model that proposes slack often, decoded in blocks with each rule: no MASK is left."""
     model = Wrapped(tiny_model(), token=SLACK, bias=4.0)  # slack proposed most of the time
-    out = mdlm.generate(model, prompt_of("ab", 4), 24, steps=12, sampler="confidence",
+    out = sampling.generate(model, prompt_of("ab", 4), 24, steps=12, sampler="confidence",
                         block_length=8, allow_slack=True, slack_rule=rule, generator=gen(1))
     assert not (out["canvas"] == MASK).any() and (out["canvas"] == SLACK).any()
 

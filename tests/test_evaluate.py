@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+import common
+import conftest
 import data
 import evaluate
-import conftest
 import mdlm
 import objective
+import stats
+import tables
 import tasks
 
 tiny_model = functools.partial(conftest.tiny_model, n_embd=32)
@@ -27,8 +30,8 @@ def save_tiny(path, causal, seed=0, seq_len=32):
     m = tiny_model(causal, seed, seq_len)
     meta = {"objective": "ar" if causal else "mdlm", "schedule": "linear", "loss": "ce",
             "slack": False, "collapse": "surface"}
-    mdlm.save_checkpoint({"config": m.cfg.to_dict(), "model": m.state_dict(), "ema": m.state_dict(),
-                          "step": 0, "meta": meta}, str(path))
+    common.save_checkpoint({"config": m.cfg.to_dict(), "model": m.state_dict(),
+                            "ema": m.state_dict(), "step": 0, "meta": meta}, str(path))
     return str(path)
 
 
@@ -55,20 +58,20 @@ def run(argv, capsys):
 
 
 def test_unigram_entropy_by_hand():
-    assert evaluate.unigram_entropy([1, 1, 2, 2]) == pytest.approx(1.0)
-    assert evaluate.unigram_entropy([7, 7, 7]) == 0.0
-    assert evaluate.unigram_entropy([0, 1, 2, 3]) == pytest.approx(2.0)
+    assert tasks.unigram_entropy([1, 1, 2, 2]) == pytest.approx(1.0)
+    assert tasks.unigram_entropy([7, 7, 7]) == 0.0
+    assert tasks.unigram_entropy([0, 1, 2, 3]) == pytest.approx(2.0)
     # p = (1/2, 1/4, 1/4): H = 0.5 * 1 + 2 * 0.25 * 2 = 1.5 bits
-    assert evaluate.unigram_entropy([5, 5, 6, 9]) == pytest.approx(1.5)
-    assert math.isnan(evaluate.unigram_entropy([]))
+    assert tasks.unigram_entropy([5, 5, 6, 9]) == pytest.approx(1.5)
+    assert math.isnan(tasks.unigram_entropy([]))
 
 
 def test_distinct_n_by_hand():
-    assert evaluate.distinct_n([1, 1, 1, 1], 1) == 0.25
-    assert evaluate.distinct_n([1, 1, 1, 1], 2) == pytest.approx(1 / 3)  # (1,1) three times
-    assert evaluate.distinct_n([1, 2, 1, 2], 2) == pytest.approx(2 / 3)  # (1,2) (2,1) (1,2)
-    assert evaluate.distinct_n([1, 2, 3], 3) == 1.0
-    assert math.isnan(evaluate.distinct_n([1, 2], 3))
+    assert tasks.distinct_n([1, 1, 1, 1], 1) == 0.25
+    assert tasks.distinct_n([1, 1, 1, 1], 2) == pytest.approx(1 / 3)  # (1,1) three times
+    assert tasks.distinct_n([1, 2, 1, 2], 2) == pytest.approx(2 / 3)  # (1,2) (2,1) (1,2)
+    assert tasks.distinct_n([1, 2, 3], 3) == 1.0
+    assert math.isnan(tasks.distinct_n([1, 2], 3))
 
 
 def test_judge_nll_equals_a_loop_over_prefixes():
@@ -80,13 +83,13 @@ def test_judge_nll_equals_a_loop_over_prefixes():
         for j in range(len(cont)):
             x = torch.tensor([prompt + cont[:j]])
             want -= judge(x)[0, -1].float().log_softmax(-1)[cont[j]].item()
-    nll, n = evaluate.judge_nll(judge, prompt, cont)
+    nll, n = tasks.judge_nll(judge, prompt, cont)
     assert n == 6 and nll == pytest.approx(want, rel=1e-5)
     # text_metrics reports it per byte, with the continuation's entropy, distinct-2 and length
-    m = evaluate.text_metrics(judge, data.Vocab(), {"prompt": "Hi "}, {"output": "there!"})
+    m = tasks.text_metrics(judge, data.Vocab(), {"prompt": "Hi "}, {"output": "there!"})
     assert m["judge_nll"] == pytest.approx(want / 6, rel=1e-5) and m["length"] == 6.0
-    assert m["entropy"] == pytest.approx(evaluate.unigram_entropy(cont)) and m["distinct_2"] == 1.0
-    empty = evaluate.text_metrics(judge, data.Vocab(), {"prompt": "Hi "},
+    assert m["entropy"] == pytest.approx(tasks.unigram_entropy(cont)) and m["distinct_2"] == 1.0
+    empty = tasks.text_metrics(judge, data.Vocab(), {"prompt": "Hi "},
                                   {"output": "", "output_ids": []})
     assert (empty["length"] == 0.0 and math.isnan(empty["judge_nll"])
             and math.isnan(empty["entropy"]))
@@ -94,17 +97,17 @@ def test_judge_nll_equals_a_loop_over_prefixes():
 
 def test_judge_nll_truncates_to_the_judge_window():
     judge = tiny_model(causal=True, seq_len=8)
-    nll, n = evaluate.judge_nll(judge, [65] * 5, [66] * 20)
+    nll, n = tasks.judge_nll(judge, [65] * 5, [66] * 20)
     assert n == 8 + 1 - 5 and math.isfinite(nll)  # prompt + continuation = seq_len + 1 bytes
-    nll, n = evaluate.judge_nll(judge, [65] * 30, [66] * 3)  # long prompt: its tail is kept
+    nll, n = tasks.judge_nll(judge, [65] * 30, [66] * 3)  # long prompt: its tail is kept
     assert n == 1
-    assert evaluate.judge_nll(judge, [65], []) == (0.0, 0)
+    assert tasks.judge_nll(judge, [65], []) == (0.0, 0)
     with pytest.raises(ValueError):
-        evaluate.judge_nll(judge, [], [66])
+        tasks.judge_nll(judge, [], [66])
 
 
 def test_copy_metrics_by_hand():
-    m = lambda out, ref: evaluate.copy_metrics({"response": ref}, {"output": out})
+    m = lambda out, ref: tasks.copy_metrics({"response": ref}, {"output": out})
     assert m("abcdef", "abcdef") == {"exact": 1.0, "cer": 0.0, "dropped_doubled": 0.0}
     # one letter dropped: one deletion; doubled in its place: one substitution,
     # the probe's signature
@@ -118,7 +121,7 @@ def test_copy_metrics_by_hand():
 
 
 def test_grammar_metrics_by_hand():
-    m = lambda out: evaluate.grammar_metrics({"prompt": "the ", "response": ""}, {"output": out})
+    m = lambda out: tasks.grammar_metrics({"prompt": "the ", "response": ""}, {"output": out})
     # "the cat sees the ox.": 1 sentence of 5 words, 3 + 3 + 4 + 3 + 2 = 15 bytes of words
     assert m("cat sees the ox.") == {"parses": 1.0, "valid": 1.0, "lexicon": 1.0,
                                      "dropped_doubled": 0.0, "length": 16.0, "sentences": 1.0,
@@ -150,23 +153,23 @@ def test_bits_per_token_ar_matches_ar_loss():
     with torch.no_grad():
         ref = mdlm.ar_loss(model(x[:, :-1]), x).mean().item() / math.log(2)
         ref1 = mdlm.ar_loss(model(x[:2, :-1]), x[:2]).mean().item() / math.log(2)
-    assert (objective.bits_per_token(model, {"objective": "ar"}, val, 8, batch_size=2)[0]
+    assert (evaluate.bits_per_token(model, {"objective": "ar"}, val, 8, batch_size=2)[0]
             == pytest.approx(ref))
     # max_batches caps the windows read: one batch of 2 windows
-    got1, _ = objective.bits_per_token(model, {"objective": "ar"}, val, 8, batch_size=2,
+    got1, _ = evaluate.bits_per_token(model, {"objective": "ar"}, val, 8, batch_size=2,
                                        max_batches=1)
     assert got1 == pytest.approx(ref1, rel=1e-5)
     with pytest.raises(ValueError):  # shorter than one window
-        objective.bits_per_token(model, {"objective": "ar"}, val[:8], 8, 2)
+        evaluate.bits_per_token(model, {"objective": "ar"}, val[:8], 8, 2)
 
 
 def test_bits_per_token_mdlm_is_the_written_out_nelbo():
     model = tiny_model(causal=False, seq_len=16)
     val = np.random.default_rng(2).integers(0, 256, 200).astype(np.uint8)
     meta = {"objective": "mdlm", "schedule": "linear"}
-    a = objective.bits_per_token(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
-    assert a == objective.bits_per_token(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
-    assert a != objective.bits_per_token(model, meta, val, 16, batch_size=4, t_samples=3, seed=6)
+    a = evaluate.bits_per_token(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
+    assert a == evaluate.bits_per_token(model, meta, val, 16, batch_size=4, t_samples=3, seed=5)
+    assert a != evaluate.bits_per_token(model, meta, val, 16, batch_size=4, t_samples=3, seed=6)
     # the same estimate written out: 12 windows of 16 bytes in one batch, 3 stratified draws of t
     x = torch.from_numpy(val[:192].astype(np.int64)).view(12, 16)
     g, draws = torch.Generator().manual_seed(5), []
@@ -177,7 +180,7 @@ def test_bits_per_token_mdlm_is_the_written_out_nelbo():
             z_t = mdlm.forward_mask(x, t, "linear", mask_id=mask, generator=g)
             draws.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, "linear"))
     ref = torch.cat(draws).mean().item() / math.log(2)
-    got, _ = objective.bits_per_token(model, meta, val, 16, batch_size=12, t_samples=3, seed=5)
+    got, _ = evaluate.bits_per_token(model, meta, val, 16, batch_size=12, t_samples=3, seed=5)
     assert got == pytest.approx(ref)
 
 
@@ -199,26 +202,26 @@ def test_bootstrap_deterministic_contains_the_mean_and_shrinks_with_n():
     rng = np.random.default_rng(0)
     a = rng.normal(3.0, 1.0, 800)  # large spread between prompts ...
     b = a + 0.5 + rng.normal(0.0, 0.2, 800)  # ... a small one in the paired difference
-    first = evaluate.paired_bootstrap(a, b, n_boot=2000, seed=1)
-    assert first == evaluate.paired_bootstrap(a, b, n_boot=2000, seed=1)
+    first = stats.paired_bootstrap(a, b, n_boot=2000, seed=1)
+    assert first == stats.paired_bootstrap(a, b, n_boot=2000, seed=1)
     mean, lo, hi = first
     assert mean == pytest.approx(np.mean(b - a)) and lo < mean < hi and lo < 0.5 < hi
-    assert evaluate.paired_bootstrap(a, b, seed=2) != first  # the seed matters
+    assert stats.paired_bootstrap(a, b, seed=2) != first  # the seed matters
     # the interval narrows about as 1 / sqrt(n): 50 prompts give a ~4x wider one than 800
-    _, lo50, hi50 = evaluate.paired_bootstrap(a[:50], b[:50], n_boot=2000, seed=1)
+    _, lo50, hi50 = stats.paired_bootstrap(a[:50], b[:50], n_boot=2000, seed=1)
     assert 2.5 < (hi50 - lo50) / (hi - lo) < 6.5
-    assert evaluate.paired_bootstrap(b, a, seed=1)[0] == pytest.approx(-mean)
+    assert stats.paired_bootstrap(b, a, seed=1)[0] == pytest.approx(-mean)
 
 
 def test_bootstrap_identical_inputs_and_nans():
     a = [1.0, 2.0, 5.0, 3.0]
-    assert evaluate.paired_bootstrap(a, a) == (0.0, 0.0, 0.0)
+    assert stats.paired_bootstrap(a, a) == (0.0, 0.0, 0.0)
     # nan pairs are dropped: only the pairs (1, 2) and (3, 5) remain
-    mean, lo, hi = evaluate.paired_bootstrap([1.0, float("nan"), 3.0], [2.0, 4.0, 5.0])
+    mean, lo, hi = stats.paired_bootstrap([1.0, float("nan"), 3.0], [2.0, 4.0, 5.0])
     assert mean == 1.5 and 1.0 <= lo <= hi <= 2.0
-    assert all(math.isnan(v) for v in evaluate.paired_bootstrap([float("nan")], [1.0]))
+    assert all(math.isnan(v) for v in stats.paired_bootstrap([float("nan")], [1.0]))
     with pytest.raises(ValueError):
-        evaluate.paired_bootstrap([1.0, 2.0], [1.0])
+        stats.paired_bootstrap([1.0, 2.0], [1.0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,13 +372,13 @@ def test_score_text_with_a_judge(tmp_path, capsys):
     assert status == 0, err
     res = json.loads((out / "results.json").read_text())
     m = tiny_model(causal=True)
-    nll, n = evaluate.judge_nll(m, mdlm.encode("The list "), mdlm.encode("type is fine."))
+    nll, n = tasks.judge_nll(m, mdlm.encode("The list "), mdlm.encode("type is fine."))
     per = res["runs"]["a"]["0"]["per_example"]
     assert (per["judge_nll"][0] == pytest.approx(nll / n, rel=1e-5)
             and per["judge_nll"][1] is None)  # empty
     assert per["length"] == [13.0, 0.0] and res["judge"]["ckpt"] == judge
     # the held-out continuations, scored by the same judge: the reference row and the dashed line
-    nll, n = evaluate.judge_nll(m, mdlm.encode("A dict "), mdlm.encode("maps keys."))
+    nll, n = tasks.judge_nll(m, mdlm.encode("A dict "), mdlm.encode("maps keys."))
     assert res["reference"]["per_example"]["judge_nll"][1] == pytest.approx(nll / n, rel=1e-5)
     assert "| true responses |" in (out / "results.md").read_text()
     assert all(d["mean_diff"] == 0 for d in res["differences"]
@@ -513,14 +516,14 @@ def test_curves_tabulates_every_key_and_tolerates_missing_ones(tmp_path, capsys)
 
 
 def test_svg_plot_is_valid_xml():
-    svg = evaluate.svg_plot({"ce <ft>": [(0, 3.0), (0.01, 4.0), (0.05, float("nan"))],
+    svg = tables.svg_plot({"ce <ft>": [(0, 3.0), (0.01, 4.0), (0.05, float("nan"))],
                              "ctc": [(0, 2.5)]},
                             "t", "x", "y", hline=("text", 2.0))
     root = ET.fromstring(svg)
     assert root.tag.endswith("svg")
     assert len(root.findall("{http://www.w3.org/2000/svg}polyline")) == 2
     assert "ce &lt;ft&gt;" in svg
-    ET.fromstring(evaluate.svg_plot({}, "empty", "x", "y"))  # no data at all still draws
+    ET.fromstring(tables.svg_plot({}, "empty", "x", "y"))  # no data at all still draws
 
 
 def test_every_flag_has_help(capsys):

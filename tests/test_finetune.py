@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import conftest
 import data
 import mdlm
 import objective
+import sampling
 import train
 
 # the output of a canvas row of the byte vocabulary
-byte_output_ids = functools.partial(mdlm.output_ids, vocab_size=mdlm.BYTE_VOCAB_SIZE)
+byte_output_ids = functools.partial(sampling.output_ids, vocab_size=mdlm.BYTE_VOCAB_SIZE)
 EOS, SLACK, MASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,13 +37,14 @@ tiny_model = functools.partial(conftest.tiny_model, n_embd=32)
 
 def batch_for(split, obj, model, seed=0, n=6, stats=None):
     gen = torch.Generator().manual_seed(seed)
-    return objective.get_batch(split, obj, n, gen, stats or {"truncated": 0}, model)
+    b = objective.get_batch(split, obj, n, gen, stats or {"truncated": 0}, model)
+    return conftest.noised(b, obj, gen)  # t and z_t, as train.py's loop draws them
 
 
 def loss_on_same_batch(model, ids, seed, **kw):
     obj = obj_for(**kw)
     b = batch_for(ids, obj, model, seed)
-    return objective.compute_loss(model, b, obj), b
+    return objective.loss(model(b["z_t"]), b, obj), b
 
 
 IDS = np.frombuffer(("abcabd " * 400).encode(), dtype=np.uint8)  # as data.load_corpus gives
@@ -86,11 +89,11 @@ def test_prompt_positions_are_never_masked_nor_scored(loss):
     model = tiny_model()
     obj = obj_for(loss=loss, slack_rate=0.1, prompt_len=10)
     b = batch_for(IDS, obj, model)
-    assert b["keep"][:, :10].all() and not b["keep"][:, 10:].any()
+    assert b["is_prompt"][:, :10].all() and not b["is_prompt"][:, 10:].any()
     assert torch.equal(b["z_t"][:, :10], b["z0"][:, :10])
     # change the prompt's logits only: the loss must not move
     logits = torch.randn(6, 32, mdlm.BYTE_VOCAB_SIZE, requires_grad=True)
-    out = objective.compute_loss(lambda z: logits, b, obj).sum()
+    out = objective.loss(logits, b, obj).sum()
     out.backward()
     assert logits.grad[:, :10].abs().max() == 0 and logits.grad[:, 10:].abs().max() > 0
 
@@ -119,10 +122,10 @@ def test_sft_reader(tmp_path):
                          ('{"prompt": "x"}', ":1: need string keys"),
                          ('["prompt", "response"]', ":1: need string keys")]:
         write_sft(path, [bad])
-        with pytest.raises(data.UserError, match=message):
+        with pytest.raises(common.UserError, match=message):
             data.read_sft(path)
     write_sft(path, [{"prompt": "a", "response": "b"}, '{"prompt": 1, "response": "b"}'])
-    with pytest.raises(data.UserError, match=":2:"):
+    with pytest.raises(common.UserError, match=":2:"):
         data.read_sft(path)
 
 
@@ -156,28 +159,28 @@ def pretrained(tmp_path_factory):
 def test_ctc_fine_tune_lowers_its_loss_and_learns_slack(pretrained):
     corpus, ckpt, d = pretrained
     out = str(d / "ctc")
-    common = ["--data", corpus, "--loss", "ctc", "--slack-rate", "0.2", "--prompt-len", "8", *TINY]
-    train.main(["--init-from", ckpt, "--out-dir", out, "--steps", "80", "--lr", "3e-3", *common])
+    flags = ["--data", corpus, "--loss", "ctc", "--slack-rate", "0.2", "--prompt-len", "8", *TINY]
+    train.main(["--init-from", ckpt, "--out-dir", out, "--steps", "80", "--lr", "3e-3", *flags])
     log = [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))]
     assert log[0]["step"] == 0 and "val_ctc_random" in log[0]  # the fine-tune's starting point
     log = [rec for rec in log if "loss" in rec]  # training steps
     first, last = sum(l["loss"] for l in log[:10]) / 10, sum(l["loss"] for l in log[-10:]) / 10
     assert last < 0.8 * first, (first, last)
-    fine = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    fine = common.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert fine["meta"]["slack"] is True and fine["meta"]["collapse"] == "surface"
-    model = mdlm.model_from_checkpoint(fine)
+    model = common.model_from_checkpoint(fine)
     # the fine-tuned model puts real probability on SLACK at masked positions;
     # the pretrained one none
     z = torch.tensor([mdlm.encode("the cat ") + [MASK] * 24])
     with torch.no_grad():
         p_slack = model(z).float().softmax(-1)[0, 8:, SLACK].mean().item()
-        p_before = (mdlm.model_from_checkpoint(mdlm.load_checkpoint(ckpt))(z)
+        p_before = (common.model_from_checkpoint(common.load_checkpoint(ckpt))(z)
                     .float().softmax(-1)[0, 8:, SLACK])
     assert p_slack > 0.05 and p_slack > 10 * p_before.mean().item(), (p_slack, p_before.mean())
     # decoding it uses slack in the canvas, yet the output never contains a SLACK (or MASK) id
     prompt = torch.tensor([mdlm.encode("the cat ")] * 8)
     gen = torch.Generator().manual_seed(0)
-    out = mdlm.generate(model, prompt, 24, steps=24, allow_slack=True, generator=gen)
+    out = sampling.generate(model, prompt, 24, steps=24, allow_slack=True, generator=gen)
     assert (out["canvas"][:, 8:] == SLACK).any()
     for row in out["canvas"].tolist():
         ids = byte_output_ids(row, 8, collapse="surface", slack=True)
@@ -188,7 +191,7 @@ def test_fine_tune_bad_input_keeps_files(pretrained, tmp_path, capsys):
     corpus, ckpt, d = pretrained
     model = tiny_model(vocab_size=SLACK)  # a vocabulary without SLACK (and MASK)
     no_slack = str(tmp_path / "noslack.pt")
-    mdlm.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(), "ema": None,
+    common.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(), "ema": None,
                           "meta": {"objective": "mdlm"}}, no_slack)
     sft = str(tmp_path / "bad.jsonl")
     write_sft(sft, [{"prompt": "a", "response": "b"}, {"prompt": "a"}])
@@ -219,12 +222,8 @@ def test_mix_placement_rows_are_random_or_aligned():
     with about --mix-random of them random; the other rows equal a pure "model" batch."""
     model = tiny_model()
     kw = dict(loss="ctc", slack_rate=0.25, prompt_len=4)
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    st = {"truncated": 0}
-    mix = objective.get_batch(IDS, obj_for(placement="mix", mix_random=0.5, **kw), 64, g(), st,
-                              model)
-    rnd = objective.get_batch(IDS, obj_for(placement="random", **kw), 64, g(), st, model)
-    mod = objective.get_batch(IDS, obj_for(placement="model", **kw), 64, g(), st, model)
+    mix, rnd, mod = (batch_for(IDS, obj_for(placement=p, mix_random=0.5, **kw), model, n=64)
+                     for p in ("mix", "random", "model"))
     is_rnd = (mix["z0"] == rnd["z0"]).all(1)
     is_mod = (mix["z0"] == mod["z0"]).all(1)
     assert (is_rnd | is_mod).all() and 10 < is_rnd.sum() < 54 and is_mod.sum() > 10
@@ -240,10 +239,10 @@ def test_grad_accum_equals_one_big_batch(tmp_path):
     train.main([*base, "--out-dir", str(tmp_path / "big"), "--batch-size", "8"])
     train.main([*base, "--out-dir", str(tmp_path / "acc"), "--batch-size", "4",
                 "--grad-accum", "2"])
-    a = mdlm.load_checkpoint(str(tmp_path / "big" / "ckpt.pt"))["model"]
-    b = mdlm.load_checkpoint(str(tmp_path / "acc" / "ckpt.pt"))["model"]
+    a = common.load_checkpoint(str(tmp_path / "big" / "ckpt.pt"))["model"]
+    b = common.load_checkpoint(str(tmp_path / "acc" / "ckpt.pt"))["model"]
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
     train.main([*base, "--out-dir", str(tmp_path / "one"), "--batch-size", "4"])
-    one = mdlm.load_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
+    one = common.load_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
     assert any(not torch.allclose(a[k], one[k], atol=1e-6) for k in a)  # a different batch differs

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+import common
+import conftest
 import ctc_slack
 import mdlm
 
@@ -37,9 +39,9 @@ def model_and_batch(obj, seed=0):
     model = mdlm.Transformer(mdlm.ModelConfig(vocab_size=obj.vocab_size, seq_len=obj.seq_len,
                                               n_layer=2, n_head=2,
                                               n_embd=32, causal=obj.ar))
-    b = objective.get_batch(IDS, obj, 16, torch.Generator().manual_seed(seed), {"truncated": 0},
-                            model)
-    return model, b
+    gen = torch.Generator().manual_seed(seed)
+    b = objective.get_batch(IDS, obj, 16, gen, {"truncated": 0}, model)
+    return model, conftest.noised(b, obj, gen)
 
 
 @pytest.mark.parametrize("obj", [
@@ -60,7 +62,7 @@ def test_bf16_autocast_steps_match_fp32(obj):
                       ("bf16", torch.autocast("cpu", dtype=torch.bfloat16))):
         model.zero_grad()
         with ctx:
-            loss = objective.compute_loss(model, b, obj).mean()
+            loss = objective.loss(model(b["x"][:, :-1] if obj.ar else b["z_t"]), b, obj).mean()
         loss.backward()
         grad = torch.cat([p.grad.flatten() for p in model.parameters()])
         out[name] = (loss.item(), grad)
@@ -109,9 +111,9 @@ def test_mfu_is_the_hand_count():
     n = V * C + L * per_block + 2 * C  # tied embedding / head once, blocks, final norm
     assert model.num_params() == n
     assert model.flops_per_token() == 6 * n + 12 * L * C * T
-    assert model.estimate_mfu(1000.0, "cpu", peak=1e12) == pytest.approx(
+    assert common.estimate_mfu(model, 1000.0, "cpu", peak=1e12) == pytest.approx(
         (6 * n + 12 * L * C * T) * 1000.0 / 1e12)
-    assert model.estimate_mfu(1000.0, "cpu") is None  # no peak known off CUDA
+    assert common.estimate_mfu(model, 1000.0, "cpu") is None  # no peak known off CUDA
 
 
 def test_ddp_with_gradient_accumulation_matches_one_process(tmp_path):
@@ -119,18 +121,18 @@ def test_ddp_with_gradient_accumulation_matches_one_process(tmp_path):
     process takes on the whole 8 examples (fp32: an exact comparison up to reduction order)."""
     corpus = tmp_path / "c.txt"
     corpus.write_bytes(IDS.tobytes())
-    common = ["--data", str(corpus), "--steps", "2", "--eval-interval", "2", "--dtype", "fp32",
+    flags = ["--data", str(corpus), "--steps", "2", "--eval-interval", "2", "--dtype", "fp32",
               *TINY]
-    train.main([*common, "--out-dir", str(tmp_path / "one"), "--batch-size", "8"])
+    train.main([*flags, "--out-dir", str(tmp_path / "one"), "--batch-size", "8"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29541", os.path.join(ROOT, "train.py"), *common,
+           "--master_port", "29541", os.path.join(ROOT, "train.py"), *flags,
            "--out-dir", str(tmp_path / "two"), "--batch-size", "4", "--grad-accum", "2"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     # a failing rank's own error comes first in stderr, the launcher's summary last
     assert p.returncode == 0, p.stderr[:3000] + "\n...\n" + p.stderr[-1000:]
-    one = mdlm.load_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
-    two = mdlm.load_checkpoint(str(tmp_path / "two" / "ckpt.pt"))["model"]
+    one = common.load_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
+    two = common.load_checkpoint(str(tmp_path / "two" / "ckpt.pt"))["model"]
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4), k
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import common
 import conftest
 import mdlm
 EOS, SLACK, MASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
@@ -54,7 +55,7 @@ def test_masking_rate_matches_schedule_and_keeps_prompt():
     keep = torch.zeros_like(z0, dtype=torch.bool)
     keep[:, :100] = True
     for schedule in mdlm.SCHEDULES:
-        z_t = mdlm.forward_mask(z0, t, schedule, mask_id=MASK, generator=gen, keep=keep)
+        z_t = mdlm.forward_mask(z0, t, schedule, mask_id=MASK, generator=gen, is_prompt=keep)
         assert (z_t[:, :100] == z0[:, :100]).all()
         visible = z_t[:, 100:] != MASK
         assert (z_t[:, 100:][visible] == z0[:, 100:][visible]).all()  # visible tokens are unchanged
@@ -68,7 +69,7 @@ def test_subs_parameterization():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, mdlm.BYTE_VOCAB_SIZE)
     z_t = torch.tensor([[MASK, 7, MASK, 9, MASK], [1, 2, 3, MASK, MASK]])
-    lp = mdlm.subs_log_probs(logits, z_t)
+    lp = mdlm.subs_log_probs(logits, z_t, allow_slack=False)
     assert torch.allclose(lp.exp().sum(-1), torch.ones(2, 5))
     assert torch.isinf(lp[..., MASK]).all() and torch.isinf(lp[..., SLACK]).all()
     assert torch.isfinite(mdlm.subs_log_probs(logits, z_t, allow_slack=True)[0, 0, SLACK])
@@ -144,7 +145,7 @@ def test_mdlm_loss_scores_only_masked_scored_positions():
     t = torch.tensor([0.5])
     lp = logits.index_fill(-1, torch.tensor([MASK]), float("-inf")).log_softmax(-1)
     expect = (1 / 0.5) * -(lp[0, 2, 12] + lp[0, 3, 13]) / 3
-    assert torch.allclose(mdlm.mdlm_loss(logits, z0, z_t, t, scored=scored), expect.reshape(1))
+    assert torch.allclose(mdlm.mdlm_loss(logits, z0, z_t, t, is_prompt=~scored), expect.reshape(1))
 
 
 def test_ar_loss_matches_hand_sum():
@@ -175,31 +176,31 @@ def test_tiny_model_overfits_one_batch():
 def test_checkpoint_round_trip_and_errors(tmp_path):
     model = tiny_model()
     path = str(tmp_path / "ckpt.pt")
-    mdlm.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(),
+    common.save_checkpoint({"config": model.cfg.to_dict(), "model": model.state_dict(),
                           "ema": None}, path)
-    again = mdlm.model_from_checkpoint(mdlm.load_checkpoint(path))
+    again = common.model_from_checkpoint(common.load_checkpoint(path))
     x = torch.randint(0, 256, (1, 8))
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
-    with pytest.raises(mdlm.CheckpointError, match="does not exist"):
-        mdlm.load_checkpoint(str(tmp_path / "missing.pt"))
+    with pytest.raises(common.CheckpointError, match="does not exist"):
+        common.load_checkpoint(str(tmp_path / "missing.pt"))
     raw = open(path, "rb").read()
     open(path, "wb").write(raw[: len(raw) // 2])  # truncated
-    with pytest.raises(mdlm.CheckpointError, match="corrupted"):
-        mdlm.load_checkpoint(path)
+    with pytest.raises(common.CheckpointError, match="corrupted"):
+        common.load_checkpoint(path)
     other = tiny_model(seq_len=32)
     ckpt = {"config": model.cfg.to_dict(), "model": {**other.state_dict(), "extra": torch.zeros(1)}}
-    with pytest.raises(mdlm.CheckpointError, match="does not match"):
-        mdlm.model_from_checkpoint(ckpt)
+    with pytest.raises(common.CheckpointError, match="does not match"):
+        common.model_from_checkpoint(ckpt)
 
 
 def test_checkpoint_meta_defaults_and_overrides():
     causal = mdlm.ModelConfig(vocab_size=mdlm.BYTE_VOCAB_SIZE, causal=True).to_dict()
-    assert mdlm.checkpoint_meta({"config": causal})["objective"] == "ar"
+    assert common.checkpoint_meta({"config": causal})["objective"] == "ar"
     config = mdlm.ModelConfig(vocab_size=mdlm.BYTE_VOCAB_SIZE).to_dict()
-    plain = mdlm.checkpoint_meta({"config": config})
+    plain = common.checkpoint_meta({"config": config})
     assert plain == {"objective": "mdlm", "schedule": "linear", "slack": False,
                      "collapse": "surface"}
     stored = {"objective": "mdlm", "slack": True, "collapse": "standard"}
-    got = mdlm.checkpoint_meta({"config": config, "meta": stored})
+    got = common.checkpoint_meta({"config": config, "meta": stored})
     assert got["slack"] is True and got["collapse"] == "standard" and got["schedule"] == "linear"

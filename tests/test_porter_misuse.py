@@ -214,7 +214,8 @@ def test_every_public_function_checks_its_arguments():
     refused(lambda: ctc_slack.collapse_tokens(torch.zeros(2, 2), SLACK), "one sequence")
     lp = torch.randn(2, 4, V).log_softmax(-1)
     lp[0, 0, 0] = math.nan
-    refused(lambda: ctc_slack.ctc_slack_align(lp, y, [4, 4], [3, 3], slack_id=SLACK), "NaN")
+    refused(lambda: ctc_slack.align_slack(lp, y, target_lengths=[3, 3], canvas_lengths=[4, 4],
+                                          slack_id=SLACK), "NaN")
 
 
 def test_masked_canvas_and_read_outputs_follow_prompt_lengths():

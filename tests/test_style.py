@@ -16,7 +16,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEAVES = ("mdlm.py", "ctc_slack.py")
-SHARED = ("data.py", "tasks.py", "objective.py")
+SHARED = ("common.py", "data.py", "objective.py", "sampling.py", "stats.py", "tables.py",
+          "tasks.py")
 ENTRY_POINTS = ("train.py", "decode.py", "evaluate.py", "bench.py", "prepare.py")
 FILES = LEAVES + SHARED + ENTRY_POINTS
 

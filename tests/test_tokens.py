@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import common
 import data
 import decode
 import evaluate
@@ -46,7 +47,7 @@ def test_prepare_writes_ids_and_their_vocabulary(corpus):
 def test_train_decode_and_bpb_on_a_token_file(corpus, tmp_path, capsys):
     out = str(tmp_path / "m")
     train.main(["--data", str(corpus / "corpus.bin"), "--out-dir", out, *TINY])
-    ckpt = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    ckpt = common.load_checkpoint(os.path.join(out, "ckpt.pt"))
     vocab = data.vocab_of(ckpt)
     assert ckpt["config"]["vocab_size"] == vocab.size and vocab.tokenizer == "words"
     assert ckpt["meta"]["vocab"]["mask"] == vocab.size - 1  # the special ids, on record
@@ -72,7 +73,7 @@ def test_a_token_model_without_its_tokenizer_prints_ids(corpus, tmp_path, capsys
     out = str(tmp_path / "m")
     train.main(["--data", str(tmp_path / "plain.bin"), "--vocab-size", str(n), "--out-dir", out,
                 *TINY])
-    vocab = data.vocab_of(mdlm.load_checkpoint(os.path.join(out, "ckpt.pt")))
+    vocab = data.vocab_of(common.load_checkpoint(os.path.join(out, "ckpt.pt")))
     assert vocab == data.Vocab(n, "none")
     capsys.readouterr()
     assert decode.main(["--ckpt", os.path.join(out, "ckpt.pt"), "--prompt-ids", "3", "--length",
@@ -94,7 +95,7 @@ def test_sft_records_as_ids(corpus, tmp_path):
     assert recs == data.read_sft(str(sft), vocab)  # ids or text: the same examples
     assert recs[0][1][-1] == vocab.specials[0]  # the response ends in this vocabulary's EOS
     (tmp_path / "bad.jsonl").write_text('{"prompt_ids": [1], "response_ids": [99999]}\n')
-    with pytest.raises(data.UserError, match="outside the vocabulary"):
+    with pytest.raises(common.UserError, match="outside the vocabulary"):
         data.read_sft(str(tmp_path / "bad.jsonl"), vocab)
 
 
@@ -153,7 +154,7 @@ def test_ids_past_the_vocabulary_deep_in_a_large_file_are_caught_by_the_batch_ch
     path = write(tmp_path / "big.bin", ids, "uint16", {"n_tokens": 50, "dtype": "uint16"})
     train_ids, _, vocab = data.load_corpus(path)  # the samples pass
     obj = objective.Objective(seq_len=16, vocab_size=vocab.size)
-    with pytest.raises(data.UserError, match="id 77"):
+    with pytest.raises(common.UserError, match="id 77"):
         objective.get_batch(train_ids[(3 << 20) - 8:(3 << 20) + 8], obj, 1,
                             torch.Generator().manual_seed(0), {"truncated": 0})
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import common
 import conftest
 import mdlm
 import objective
@@ -40,14 +41,14 @@ def test_a_bad_flag_in_a_fresh_process_is_one_line():
 
 
 def weights(path, key="model"):
-    return mdlm.load_checkpoint(path)[key]
+    return common.load_checkpoint(path)[key]
 
 
 def test_resume_is_bit_identical(tmp_path, corpus):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert train.main(["--data", corpus, "--out-dir", a, "--steps", "6", *TINY]) is None
     train.main(["--data", corpus, "--out-dir", b, "--steps", "3", *TINY])
-    assert mdlm.load_checkpoint(os.path.join(b, "ckpt.pt"))["step"] == 3
+    assert common.load_checkpoint(os.path.join(b, "ckpt.pt"))["step"] == 3
     train.main(["--data", corpus, "--out-dir", b, "--steps", "6", "--resume", *TINY])
     wa, wb = weights(os.path.join(a, "ckpt.pt")), weights(os.path.join(b, "ckpt.pt"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -55,7 +56,7 @@ def test_resume_is_bit_identical(tmp_path, corpus):
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
     # and the weights did move
     w0 = mdlm.Transformer(mdlm.ModelConfig.from_dict(
-        mdlm.load_checkpoint(os.path.join(a, "ckpt.pt"))["config"]))
+        common.load_checkpoint(os.path.join(a, "ckpt.pt"))["config"]))
     assert not torch.equal(w0.state_dict()["blocks.0.attn.qkv.weight"],
                            wa["blocks.0.attn.qkv.weight"])
 
@@ -80,7 +81,7 @@ def test_log_and_checkpoint_contents(tmp_path, corpus):
     lines = [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))]
     assert [l["step"] for l in lines] == [1, 2, 3, 4]
     assert all(l["tok_per_s"] > 0 for l in lines) and "val_bits" in lines[-1]
-    ckpt = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    ckpt = common.load_checkpoint(os.path.join(out, "ckpt.pt"))
     vocab = {"n_tokens": 256, "tokenizer": "bytes", "words": [], "eos": 256, "slack": 257,
              "mask": 258}
     assert ckpt["meta"] == {"objective": "mdlm", "schedule": "linear", "loss": "ce", "slack": False,
@@ -136,16 +137,17 @@ def test_bad_checkpoints_and_settings_leave_the_checkpoint_intact(tmp_path, corp
 
 
 def interrupting(exc, at_step):
-    """A compute_loss that raises `exc` (or returns NaN) at the given call."""
-    real, calls = objective.compute_loss, [0]
+    """An objective.loss that raises `exc` (or returns NaN) at the given training step (calls
+    under no_grad, validation's, are not counted)."""
+    real, calls = objective.loss, [0]
 
-    def fake(model, b, obj):
-        calls[0] += 1
-        if calls[0] == at_step:
+    def fake(logits, b, obj, kind=None):
+        calls[0] += torch.is_grad_enabled()
+        if calls[0] == at_step and torch.is_grad_enabled():
             if exc == "nan":
-                return real(model, b, obj) * float("nan")
+                return real(logits, b, obj, kind) * float("nan")
             raise exc
-        return real(model, b, obj)
+        return real(logits, b, obj, kind)
     return fake
 
 
@@ -153,15 +155,14 @@ def interrupting(exc, at_step):
                                          ("nan", "loss is nan")])
 def test_ctrl_c_and_nan_keep_last_checkpoint(tmp_path, corpus, monkeypatch, capsys, exc, message):
     out = str(tmp_path / "o")
-    # one compute_loss call per training step (validation of an MDLM scores through loss_terms)
-    monkeypatch.setattr(objective, "compute_loss", interrupting(exc, at_step=5))
+    monkeypatch.setattr(objective, "loss", interrupting(exc, at_step=5))
     with pytest.raises(SystemExit) as e:
         train.main(["--data", corpus, "--out-dir", out, "--steps", "10", "--ckpt-interval", "2",
                     *TINY])
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert message in err and "last good checkpoint" in err, err
-    ckpt = mdlm.load_checkpoint(os.path.join(out, "ckpt.pt"))
+    ckpt = common.load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["step"] == 4 and f"step {ckpt['step']}" in err
     assert not os.path.exists(os.path.join(out, "ckpt.pt.tmp"))
 

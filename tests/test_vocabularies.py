@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import bench
+import common
 import conftest
 import data
 import decode
@@ -84,12 +85,12 @@ def run(request, tmp_path_factory):
 
 def test_checkpoints_record_the_vocabulary_and_its_special_ids(run):
     for k in ("pre", "ar", "ce", "ctc"):
-        ckpt = mdlm.load_checkpoint(str(run[k]))
+        ckpt = common.load_checkpoint(str(run[k]))
         assert ckpt["config"]["vocab_size"] == run["n"] + 3
         rec = ckpt["meta"]["vocab"]
         assert (rec["n_tokens"], rec["eos"], rec["slack"], rec["mask"]) == (
             run["n"], run["n"], run["n"] + 1, run["n"] + 2)
-    assert mdlm.load_checkpoint(str(run["ctc"]))["meta"]["slack"]
+    assert common.load_checkpoint(str(run["ctc"]))["meta"]["slack"]
 
 
 def test_decode_with_and_without_a_prompt(run, capsys):
@@ -125,10 +126,10 @@ def test_bpb_agrees_with_trainings_validation(tmp_path):
     train.main([*TINY, *data_flags, "--out-dir", str(tmp_path / "pre"), "--eval-batches", "128"])
     log = [json.loads(line) for line in open(tmp_path / "pre" / "log.jsonl")]
     val_bits = [r["val_bits"] for r in log if "val_bits" in r][-1]
-    ckpt = mdlm.load_checkpoint(str(tmp_path / "pre" / "ckpt.pt"))
+    ckpt = common.load_checkpoint(str(tmp_path / "pre" / "ckpt.pt"))
     _, val, _ = data.load_corpus(data_flags[1], n_tokens=n)
-    bpb, se = objective.bits_per_token(mdlm.model_from_checkpoint(ckpt),
-                                       mdlm.checkpoint_meta(ckpt), val, 16, 32, t_samples=64)
+    bpb, se = evaluate.bits_per_token(common.model_from_checkpoint(ckpt),
+                                       common.checkpoint_meta(ckpt), val, 16, 32, t_samples=64)
     se_val = se * math.sqrt((len(val) // 16) * 64 / (128 * 4))  # bpb: windows x draws
     assert abs(bpb - val_bits) < 4 * math.hypot(se, se_val), (bpb, val_bits, se, se_val)
     assert 4 * math.hypot(se, se_val) < 0.25 * bpb  # tight enough to see a wrong mask id
@@ -178,7 +179,7 @@ def exact_nelbo_bits(model, x):
         for bits in range(1, 2 ** T):
             M = torch.tensor([(bits >> i) & 1 for i in range(T)], dtype=torch.bool)
             z = torch.where(M, mask, x)[None]
-            logp = mdlm.subs_log_probs(model(z), z)[0]  # (T, V)
+            logp = mdlm.subs_log_probs(model(z), z, allow_slack=False)[0]  # (T, V)
             loss = -logp[M.nonzero()[:, 0], x[M]].sum().item()
             m = int(M.sum())
             total += math.exp(math.lgamma(m) + math.lgamma(T - m + 1) - math.lgamma(T + 1)) * loss
@@ -194,6 +195,6 @@ def test_bpb_is_the_exact_nelbo_of_a_token_model():
     exact = np.mean([exact_nelbo_bits(model, torch.from_numpy(w)) for w in windows])
     val = np.tile(windows.reshape(-1), 256)  # each window 256 times: many draws in few calls
     meta = {"objective": "mdlm", "schedule": "linear"}
-    mc, se = objective.bits_per_token(model, meta, val, T, batch_size=512, t_samples=8, seed=0)
+    mc, se = evaluate.bits_per_token(model, meta, val, T, batch_size=512, t_samples=8, seed=0)
     assert abs(mc - exact) < 4 * se and se < 0.02 * exact, (mc, exact, se)
     assert exact > 1.0  # far from the 0.0 a MASK id of the byte vocabulary would give
