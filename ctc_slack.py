@@ -139,7 +139,8 @@ def _standard_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     The end is s = 2U or 2U-1 after T_b positions. Cost O(B * T * U) time and memory."""
     ext, skip, e, log_fwd, last, end_ok = _graves_lattice(log_probs, targets, U_b, slack_id,
                                                           canvas, mask_id)
-    read = lambda lf: torch.where(end_ok, lf.gather(1, last), NEG_TIME).logsumexp(1)  # noqa: E731
+    def read(lf):  # log P(y): the two end states summed, where they exist
+        return torch.where(end_ok, lf.gather(1, last), NEG_TIME).logsumexp(1)
     final = read(log_fwd)
     ends = set(T_b.tolist())  # read the end only at steps where some example ends
     for t, e_t in enumerate(e.unbind(1)):  # unbind once: per-step indexing makes backward O(T^2)

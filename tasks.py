@@ -299,8 +299,12 @@ def held_out_examples(val_ids, n, prompt_len, length):
     # cuts move forward to the next character start (UTF-8 continuation bytes are 10xxxxxx), so
     # that prompt and response are whole characters and encode back to exactly these bytes
     starts = np.append(np.flatnonzero(ids & 0xC0 != 0x80), len(ids))
-    cut = lambda k: int(starts[np.searchsorted(starts, k)])  # first char start >= k
-    text = lambda a, b: ids[a:b].tobytes().decode("utf-8", errors="replace")  # bad bytes: U+FFFD
+
+    def cut(k):  # the first character start >= k
+        return int(starts[np.searchsorted(starts, k)])
+
+    def text(a, b):  # bad bytes read as U+FFFD
+        return ids[a:b].tobytes().decode("utf-8", errors="replace")
     # evenly spaced, not random: the prompts cover the whole split instead of clustering
     starts_at = (cut(o) for o in np.linspace(0, len(ids) - span - 3, n))
     cuts = [(a, cut(a + prompt_len)) for a in starts_at]

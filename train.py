@@ -516,22 +516,22 @@ def loop(s, args, log, bar):
         objective.ema_update(run.ema, run.model, run.step, args.ema)
         run.step += 1
         if s.rank == 0:  # only rank 0 validates, logs and saves
-            since = (run.step - start, time.time() - t0)
-            log_step(s, loss_sum, schedule.at(run.step - 1), checks, log, bar, since, stats)
+            rec = {"step": run.step, "loss": loss_sum, "lr": schedule.at(run.step - 1),
+                   "time": time.time() - t0, "truncated": stats["truncated"]}
+            log_step(s, rec, run.step - start, checks, (log, bar))
             if run.step % checks.ckpt_interval == 0 or run.step == args.steps:
                 save(run, args, os.path.join(args.out_dir, "ckpt.pt"))
                 s.saved = run.step  # the new last good checkpoint
 
 
-def log_step(s, loss, lr, checks, log, bar, since, stats):
-    """One line of log.jsonl per step: loss, learning rate, tokens/s since this process started
-    (since = (steps done here, seconds elapsed)), MFU on CUDA; validation every eval_interval
-    steps and at the end; a sample every sample_interval steps. The line is flushed at once, so a
-    crash keeps every line."""
-    run, (done_here, elapsed), done = s.run, since, s.run.step
-    tok_s = done_here * checks.batch_size * s.grad_accum * s.obj.seq_len / elapsed
-    rec = {"step": done, "loss": loss, "lr": lr, "tok_per_s": tok_s, "time": elapsed,
-           "truncated": stats["truncated"]}
+def log_step(s, rec, done_here, checks, out):
+    """One line of log.jsonl per step: rec (step, loss, lr, seconds since this process started,
+    truncated examples) with tokens/s over the done_here steps of this process, MFU on CUDA;
+    validation every eval_interval steps and at the end; a sample every sample_interval steps;
+    out = (the log file, the progress bar). The line is flushed at once, so a crash keeps it."""
+    run, done, (log, bar), loss = s.run, s.run.step, out, rec["loss"]
+    tok_s = done_here * checks.batch_size * s.grad_accum * s.obj.seq_len / rec["time"]
+    rec = {**rec, "tok_per_s": tok_s}
     mfu = common.estimate_mfu(run.model, tok_s, s.device)  # None off CUDA or on an unknown card
     if mfu is not None:
         rec["mfu"] = mfu
