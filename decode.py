@@ -67,7 +67,8 @@ def parse_args(argv=None):
     a("--prompts", default=None,
       help="JSON lines {'prompt': text} or {'prompt_ids': [...]}: decode each (with --out)")
     a("--out", default=None, help="with --prompts: one JSON line per prompt and setting here "
-      "(a folder when there are several checkpoints)")
+      "(a folder, FOLDER/NAME.jsonl per checkpoint, when there are several checkpoints, when it "
+      "ends with / or is a folder already)")
     a("--length", type=int, default=None,
       help="positions to generate (default: the rest of the model's canvas after the prompt)")
     a("--steps", type=int, default=None,
@@ -320,12 +321,15 @@ def render_canvas(row, prompt_len, vocab=data.Vocab()):
     glyphs = {slack: "·", mask: "□", eos: "⏎"}
     if vocab.tokenizer == "bytes":
         glyphs[ord("\n")] = "↵"
-        other = lambda i: chr(i) if 32 <= i < 127 else f"\\x{i:02x}"  # noqa: E731
-    else:
-        other = lambda i: f"[{vocab.decode([i]) if vocab.has_text() else i}]"  # noqa: E731
+
+    def show(i):
+        if i in glyphs:
+            return glyphs[i]
+        if vocab.tokenizer == "bytes":
+            return chr(i) if 32 <= i < 127 else f"\\x{i:02x}"
+        return f"[{vocab.decode([i]) if vocab.has_text() else i}]"
     ids = [int(i) for i in row]  # a tensor row or a list, as ints
-    show = lambda part: "".join(glyphs.get(i) or other(i) for i in part)  # noqa: E731
-    return show(ids[:prompt_len]) + "▸" + show(ids[prompt_len:])
+    return "".join(map(show, ids[:prompt_len])) + "▸" + "".join(map(show, ids[prompt_len:]))
 
 
 def print_samples(out, args, P, meta, vocab, causal):
@@ -374,7 +378,8 @@ def main(argv=None):
                 if model.cfg.causal and max(rates) > 0:
                     raise common.UserError("the shift probe needs a masked diffusion checkpoint")
                 name = os.path.basename(os.path.dirname(os.path.abspath(path)))
-                out = args.out if len(args.ckpt) == 1 else os.path.join(args.out, f"{name}.jsonl")
+                folder = len(args.ckpt) > 1 or args.out.endswith("/") or os.path.isdir(args.out)
+                out = os.path.join(args.out, f"{name}.jsonl") if folder else args.out
                 decode_file(model, meta, vocab, args, rates, device, out)
             return 0
         model, meta, vocab = load(args.ckpt[0], device)

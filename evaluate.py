@@ -268,20 +268,21 @@ def score_run(metric_fn, metrics, refs, recs, idx):
 # `score`, part 4: the report (markdown tables, a hand-written SVG plot: no plotting dependency).
 
 
-def fmt(x, digits=3):
-    """A number for a table cell; nan (no value) shows as n/a."""
-    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
-
-
 def ci_table(items, label, rates):
     """Intervals as a table: rows = (label filled from the entry, metric), columns = rates, cells
     "mean [lo, hi]"."""
     rows = {}
     for d in items:
-        cell = f"{fmt(d['mean_diff'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]"
+        cell = f"{tables.num(d['mean_diff'])} [{tables.num(d['lo'])}, {tables.num(d['hi'])}]"
         rows.setdefault((label.format(**d), d["metric"]), {})[d["rate"]] = cell
     return [tables.table(["", "metric", *rates],
                   [[*k, *(c.get(r, "") for r in rates)] for k, c in rows.items()]), ""]
+
+
+def mean_sd(cell, metric):
+    """"mean", with " ± sd" over the seeds where the arm has several."""
+    sd = f" ± {tables.num(cell['seed_sd'][metric])}" if len(cell["seeds"]) > 1 else ""
+    return tables.num(cell["summary"][metric]) + sd
 
 
 def markdown_report(res):
@@ -292,17 +293,24 @@ def markdown_report(res):
     out += [f"Note: {n}" for n in res["notes"]] + [""] * bool(res["notes"])
     for k, m in enumerate(metrics):  # the primary metric first, the realised shift under it
         out += [f"## {m} ({tasks.BETTER.get(m, 'higher is better')}): mean per prompt", ""]
-        rows = [[name] + [fmt(runs[name][r]["summary"][m]) + (
-            f" ± {fmt(runs[name][r]['seed_sd'][m])}" if len(runs[name][r]["seeds"]) > 1 else "")
-            for r in rates] for name in runs]
-        rows += [["true responses"] + [fmt(ref["summary"][m])] * len(rates)] if ref else []
+        rows = [[name] + [mean_sd(runs[name][r], m) for r in rates] for name in runs]
+        rows += [["true responses"] + [tables.num(ref["summary"][m])] * len(rates)] if ref else []
         # shifted / committed tokens, as really moved
-        rows += [[f"realised shift: {name}"] + [fmt(runs[name][r]["realised_shift"], 4)
+        rows += [[f"realised shift: {name}"] + [tables.num(runs[name][r]["realised_shift"], 4)
                                                 for r in rates] for name in runs if k == 0]
         out += [tables.table(["name \\ shift rate", *rates], rows), ""]
-    out += ["## Change from rate 0, same name (95% paired bootstrap)", ""]
+    # every interval: 95%, two-level bootstrap over training seeds and prompts (stats.py)
+    out += ["Intervals: 95%, a two-level bootstrap over training seeds and prompts.", ""]
+    if res.get("primary_comparison"):
+        p = res["primary_comparison"]
+        out += [f"Primary comparison (declared before the test prompts were decoded): "
+                f"{p['arm']} - {res['baseline']}, {res['primary']}, shift rate {p['rate']}; "
+                f"every other comparison is exploratory.", ""]
+    out += ["## Change from rate 0, same name", ""]
     out += ci_table(res["robustness"], "{name}", rates[1:])
-    out += ["## Name minus baseline at equal rate (95% paired bootstrap)", ""]
+    out += ["## Share of the shift-0 score kept: name_r / name_0", ""]
+    out += ci_table(res["retained"], "{name}", rates[1:])
+    out += ["## Name minus baseline at equal rate", ""]
     out += ci_table(res["differences"], "{name} - {baseline}", rates)
     out += ["## Difference in degradation: (name_r - name_0) - (base_r - base_0)", ""]
     out += ci_table(res["diff_in_diff"], "{name} vs {baseline}", rates[1:])
@@ -408,7 +416,7 @@ def run_choose(args):
     flags = " ".join(f"{f} {v}" for f, v in zip(SETTING_FLAGS, parts) if v != "all")
     choice = {"setting": best, "flags": flags, "metric": metric, "scores": args.scores,
               "rates": res["rates"], "excluded": args.exclude, "candidates": means}
-    rows = [[s, fmt(m)] for s, m in means.items()]
+    rows = [[s, tables.num(m)] for s, m in means.items()]
     md = [f"# The decoder chosen on validation: {best}", "",
           f"mean {metric} over the arms (but {', '.join(args.exclude)}) and rates "
           f"{', '.join(res['rates'])}", "", tables.table(["setting", metric], rows), ""]
@@ -443,7 +451,7 @@ def run_curves(args):
         if not curves[key]:
             raise common.UserError(f"no log has values for the key {key!r}")
         steps = sorted({s for pts in curves[key].values() for s, _ in pts})
-        rows = [[name] + [fmt(dict(pts).get(s, stats.NAN), 4) for s in steps]
+        rows = [[name] + [tables.num(dict(pts).get(s, stats.NAN), 4) for s in steps]
                 for name, pts in per.items()]
         md += [f"## {key}", "", tables.table(["name", *steps], rows), ""]  # n/a: not logged
         # the file is named after the key, never after a run name (names may hold "/")
@@ -478,7 +486,7 @@ def run_lengths(args):
         arms.setdefault(tables.arm_of(name), []).append(c)
     first = next(iter(curves.values()))
     lengths = [L for L, (n, _, _) in first.items() if n >= args.min_count]
-    rows = [[L, first[L][0], fmt(first[L][1])] + [fmt(np.mean([c[L][2] for c in cs]))
+    rows = [[L, first[L][0], tables.num(first[L][1])] + [tables.num(np.mean([c[L][2] for c in cs]))
                                                   for cs in arms.values()] for L in lengths]
     md = ["# P(end) after a first sentence of L bytes: the data, and each arm's P(EOS)", ""]
     md += [tables.table(["L", "texts", "data", *arms], rows), ""]

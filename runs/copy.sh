@@ -47,7 +47,7 @@ RATES="0 0.01 0.02 0.05 0.1"
 ARMS="ce-ft ctc-random ctc-model ctc+ce-model ctc+ce-random"
 DECODE="--sampler confidence --temperature 0 --batch-size 512 $RUN"
 SCORE="--task copy --baseline ce-ft --n-boot $N_BOOT"
-record_setup "$OUT" seq_len=$SEQ slack_rate=0.1
+record_setup "$OUT" seq_len=$SEQ slack_rate=0.1 temperature=0
 
 # 1. the task: train, validation and test strings, none seen twice
 stage $OUT/task python evaluate.py task copy --out-dir $OUT/task $TASK --seed 0

@@ -48,7 +48,7 @@ RATES="0 0.01 0.02 0.05 0.1"
 ARMS="ce-ft ctc-random ctc-model ctc+ce-model ctc+ce-random"
 DECODE="--sampler confidence --temperature 0.8 --batch-size 512 $RUN"
 SCORE="--task grammar --baseline ce-ft --n-boot $N_BOOT"
-record_setup "$OUT" seq_len=$SEQ slack_rate=0.1
+record_setup "$OUT" seq_len=$SEQ slack_rate=0.1 temperature=0.8
 
 # 1. the task: prompt = the first word of a text of 1-3 sentences, response = the rest; at most
 #    40 bytes in all, so that prompt + response + EOS + 10% slack fit the 48-position canvas.

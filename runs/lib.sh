@@ -10,9 +10,9 @@
 #   DTYPE    bf16 (default) | fp32: autocast of training (bf16 matmuls; the CTC stays float64)
 #   THREADS  CPU threads per process (default: OMP_NUM_THREADS if set, else 2): results on a CPU
 #            repeat exactly for the same threads, torch version and machine kind
-#   JOBS     fine-tunes trained at once (default 1). The CPU models are small, so on 2 cores
-#            JOBS=2 THREADS=1 trained 1.5x the steps per second of one job on 2 threads
-#            (60 slack-CTC steps of the grammar model, timed once on a 2-core machine)
+#   JOBS     fine-tunes trained, and checkpoints decoded, at once (default 1). The CPU models
+#            are small and use two threads poorly, so on a 2-core machine JOBS=2 THREADS=1 is the
+#            faster way to run a whole script (bench.py train measures a step on your machine)
 #
 #   stage DIR COMMAND...   runs COMMAND unless DIR/DONE exists, then writes DIR/DONE holding the
 #                          stage's wall time in seconds. A stage that fails (or is interrupted)
@@ -85,11 +85,14 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=
 dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                        capture_output=True, text=True).stdout.strip()
 extra = {k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[6:])}
+cpu = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+       if line.startswith("model name")] if platform.system() == "Linux" else []
 json.dump({"commit": (commit.stdout.strip() or "unknown") + ("+changes" if dirty else ""),
            "size": sys.argv[2], "device": sys.argv[3], "dtype": sys.argv[4],
            "threads": torch.get_num_threads(), "jobs": int(sys.argv[5]),
            "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(),
+           "cpu": cpu[0] if cpu else platform.processor() or None, "cores": len(cpu) or None,
            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **extra},
           open(sys.argv[1], "w"), indent=1)
 EOF
@@ -120,10 +123,16 @@ stop_spawned() {
 trap stop_spawned INT TERM
 
 # decode_all DIR "CKPTS" ARGS...: decode.py ARGS for each checkpoint into DIR/NAME.jsonl, NAME the
-# name of the checkpoint's folder (ARM@SEED), each its own stage DIR/NAME, JOBS at once
+# name of the checkpoint's folder (ARM@SEED). With JOBS > 1 each checkpoint is its own stage
+# DIR/NAME, JOBS at once; else one process decodes them all (one stage DIR: no interpreter start
+# per checkpoint). Each checkpoint's file is the same either way
 decode_all() {
     local dir=$1 ckpts=$2 ckpt name
     shift 2
+    if [ "$JOBS" -le 1 ]; then
+        stage "$dir" python decode.py --ckpt $ckpts --out "$dir/" "$@"
+        return
+    fi
     mkdir -p "$dir"
     for ckpt in $ckpts; do
         name=$(basename "$(dirname "$ckpt")")

@@ -5,52 +5,50 @@ Turn experiment outputs into the project's results pages, so that no figure is t
     python runs/report.py                 # render results/README.md and README.md's verdict block
     python runs/report.py --results R --template T --readme README.md   # other paths (the tests)
 
---collect DIR takes every folder under DIR that has a setup.json (written by runs/lib.sh) as one
-experiment, e.g. exp/grammar, and replaces results/grammar/ with:
-    SCORE.json         each SCORE/results.json (val-score, score-auto, ...), per_example and
-                       prompt_indices dropped: the per-prompt values are most of the bytes, and
-                       every interval that needs them is already in the file
-    SCORE.svg          the plot of its primary metric;  curves.json, curves-KEY.svg: the curves
-    lengths.json       evaluate.py lengths' output, where the experiment has one
-    setup.json, task.json, times.json ({stage folder: seconds} from every DONE file)
-Rendering then reads only results/ and the template, never exp/: the committed pages can be
-rebuilt (and checked for staleness) on a machine that never ran an experiment.
+--collect DIR: runs/collect.py says what it copies. Rendering then reads only results/ and the
+template, never exp/: the committed pages can be rebuilt (and checked for staleness) on a machine
+that never ran an experiment.
 
-The template (runs/report.md) is markdown with placeholders {{NAME ARGS}}. EXP is a folder of
-results/ (grammar), EXP/SCORE a collected score file (grammar/score-auto), RATE a shift rate as
-in the file ("0", "0.01"). Numbers have 3 decimals unless said; a missing value shows as n/a (and
-a warning names it); an unknown placeholder or a missing file stops with an error.
+The template (runs/report.md) is markdown with placeholders {{NAME ARGS}}; its prose holds no
+number of its own (a test checks it). EXP is a folder of results/ (grammar), EXP/SCORE a
+collected score file (grammar/score-test), RATE a shift rate as in the file ("0", "0.01"), RUN a
+trained run (ce-ft@1, more/ce-ft@1). Numbers have 3 decimals unless said; a missing value shows
+as n/a (and a warning names it); an unknown placeholder or a missing file stops with an error.
+Every interval is the 95% two-level bootstrap over training seeds and prompts (stats.py).
     {{value EXP/SCORE ARM RATE METRIC}}     the arm's mean over its seeds, 0.812
     {{valuesd EXP/SCORE ARM RATE METRIC}}   the same, " ± SD" of the seeds added if it has several
     {{ref EXP/SCORE METRIC}}                the true responses' value
     {{shift EXP/SCORE ARM RATE}}            the fraction of tokens the probe really moved (4 dec.)
-    {{ci EXP/SCORE FAMILY ARM RATE METRIC}} a 95% paired bootstrap interval, +0.012 [-0.030, +0.050]
-                                            FAMILY: robustness, differences or diff_in_diff
+    {{ci EXP/SCORE FAMILY ARM RATE METRIC}} an interval, +0.012 [-0.030, +0.050]; FAMILY:
+                                            robustness, differences, diff_in_diff or retained
+    {{kept EXP/SCORE ARM RATE METRIC}}      the share of its shift-0 score an arm keeps, 94%
     {{table EXP/SCORE METRIC}}              arms x rates, "mean ± sd (n seeds)", the true
                                             responses, the baseline's realised shift (4 decimals)
     {{settings EXP/SCORE METRIC [RATE]}}    for names ARM:SETTING (val-score): base arms x settings,
                                             "mean ± sd" at RATE (default 0)
     {{diffs EXP/SCORE METRIC RATE...}}      arm - baseline intervals at those rates, then (bold
                                             title) the difference in degradation at the nonzero ones
-    {{curves EXP KEY}}                      arms (ARM@SEED pooled) x steps: mean over seeds, 4 dec.
+    {{curves EXP KEY [FILE]}}               arms (ARM@SEED pooled) x steps: mean over seeds, 4 dec.,
+                                            of FILE.json (default: curves; curves-more)
     {{lengths EXP}}                         P(end) after a first sentence of L bytes: the data's
                                             and each arm's P(EOS) (seeds pooled), per L
     {{setup EXP}}                           commit, threads, torch, Python, machine, device, dtype
     {{time EXP}}, {{time EXP GLOB}}         wall time of all stages / of those matching the glob
                                             (fnmatch: "ce-ft@*"), "73 min" (seconds under 1 min)
-    {{count EXP KEY}}                       a value of task.json (n_test)
-    {{json FILE KEY[.KEY...] [DIGITS]}}     a number from results/FILE (a benchmark's --json
-                                            output, say), by its dotted path; 2 decimals
-    {{verdict}}                             per results/EXP with score-auto.json, one row per
-                                            arm but the baseline (CE fine-tune) and
-                                            "pretrained", best mean of the primary metric at
-                                            shift 0 first: its difference from the baseline at 0
-                                            and in degradation at the highest rate, and a
-                                            reading of the intervals:
-        "CTC better" / "CE better" / "no difference" at shift 0 when the interval of arm - CE lies
-        above 0 / below 0 / holds 0, and "degrades less" / "degrades more" / "same" likewise for
-        the difference in degradation; for cer, dropped_doubled and judge_nll (lower is better)
-        above and below swap.
+    {{count EXP KEY}}                       a value of task.json (n_test) or setup.json (seq_len)
+    {{arg EXP RUN KEY}}                     a training setting of a run (steps, lr, batch_size)
+    {{params EXP RUN}}                      the run's model: "0.83M parameters (4 layers of 128)"
+    {{choice EXP}}                          the decoder chosen on validation prompts, in words
+    {{json FILE KEY[.KEY...] [DIGITS]}}     a number from results/FILE by its dotted path
+    {{verdict RATE...}}                     per results/EXP with score-test.json: its arms x shift
+                                            0 and the RATEs, each slack arm against the CE
+                                            fine-tune, read by stats.direction (see p_verdict)
+    {{primary EXP}}                         the pre-declared primary comparison and its reading
+    {{ncomp EXP RATE...}}                   the number of comparisons the verdict makes for EXP
+    {{converge EXP RATE}}                   each arm before and after its continuation
+    {{study RATE...}}                       the study's variants: what each changes, and each
+                                            slack arm against CE on it
+    {{bench EXP KIND}}                      a benchmark's table (KIND: ctc, train or cache)
 The lines between <!-- readme:start --> and <!-- readme:end --> are left out of
 results/README.md; rendered, they replace the lines between <!-- verdict:start --> and
 <!-- verdict:end --> of the top-level README.md (a README without those markers is left alone).
@@ -62,39 +60,26 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 
 # the tables, the statistics' reading rule and each metric's direction are the scorer's own
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tasks  # noqa: E402  (the project root is on the path only from here on)
+from collect import CollectError, collect  # noqa: E402
 from stats import direction  # noqa: E402
 from tables import arm_of, num, table  # noqa: E402
 
 LOWER_IS_BETTER = {m for m, why in tasks.BETTER.items() if why == tasks.LOWER}
-BULKY = ("per_example", "prompt_indices")
 VERDICT = ("<!-- verdict:start -->", "<!-- verdict:end -->")
 README_PART = ("<!-- readme:start -->", "<!-- readme:end -->")
 PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.S)
 GENERATED = ("<!-- generated by python runs/report.py from runs/report.md and the files of "
              "results/: edit those, not this page -->\n\n")
+MARK = {1: " ▲", -1: " ▼", 0: "", None: ""}  # the slack arm better / CE better / no difference
 
 
 class ReportError(Exception):
     """A missing input or a bad template: reported as one error: line, exit status 1."""
-
-
-# ----------------------------------------------------------------------------------------------
-# --collect: experiment folders -> results/EXP/
-
-
-def slim(x):
-    """x without the BULKY keys at any depth."""
-    if isinstance(x, dict):
-        return {k: slim(v) for k, v in x.items() if k not in BULKY}
-    if isinstance(x, list):
-        return [slim(v) for v in x]
-    return x
 
 
 def read_text(path):
@@ -106,69 +91,6 @@ def write_text(path, text):
     # "\n" everywhere: the pages must come out byte-identical on every platform
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
-
-
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-
-
-def stage_seconds(src):
-    """{stage folder: seconds} from every SRC/*/DONE (runs/lib.sh writes one integer there)."""
-    times = {}
-    for name in sorted(os.listdir(src)):
-        done = os.path.join(src, name, "DONE")
-        if os.path.isfile(done):
-            text = read_text(done).strip()
-            if not text.isdigit():
-                raise ReportError(f"{done}: expected the stage's seconds, found {text!r}")
-            times[name] = int(text)
-    return times
-
-
-def collect_experiment(src, dest):
-    """Replace dest with the slim copy of the experiment folder src; returns the files written."""
-    # dest is a generated folder: clearing it first drops files of score dirs that are gone
-    if os.path.isdir(dest):
-        shutil.rmtree(dest)
-    os.makedirs(dest)
-    shutil.copyfile(os.path.join(src, "setup.json"), os.path.join(dest, "setup.json"))
-    if os.path.isfile(os.path.join(src, "task", "task.json")):
-        shutil.copyfile(os.path.join(src, "task", "task.json"), os.path.join(dest, "task.json"))
-    for name in sorted(os.listdir(src)):
-        res_path = os.path.join(src, name, "results.json")
-        if not os.path.isfile(res_path):
-            continue
-        with open(res_path, encoding="utf-8") as f:
-            res = json.load(f)
-        write_json(os.path.join(dest, f"{name}.json"), slim(res))
-        svg = os.path.join(src, name, f"{res.get('primary')}.svg")
-        if os.path.isfile(svg):
-            shutil.copyfile(svg, os.path.join(dest, f"{name}.svg"))
-    curves = os.path.join(src, "curves")
-    if os.path.isfile(os.path.join(curves, "curves.json")):
-        shutil.copyfile(os.path.join(curves, "curves.json"), os.path.join(dest, "curves.json"))
-        for f in sorted(os.listdir(curves)):
-            if f.endswith(".svg"):
-                shutil.copyfile(os.path.join(curves, f), os.path.join(dest, f"curves-{f}"))
-    lengths = os.path.join(src, "lengths", "lengths.json")
-    if os.path.isfile(lengths):
-        shutil.copyfile(lengths, os.path.join(dest, "lengths.json"))
-    write_json(os.path.join(dest, "times.json"), stage_seconds(src))
-    return sorted(os.listdir(dest))
-
-
-def collect(exp_root, results):
-    """Collect every experiment folder (one with setup.json) under exp_root into results/."""
-    if not os.path.isdir(exp_root):
-        raise ReportError(f"{exp_root}: no such folder (run an experiment script first)")
-    names = [n for n in sorted(os.listdir(exp_root))
-             if os.path.isfile(os.path.join(exp_root, n, "setup.json"))]
-    if not names:
-        raise ReportError(f"{exp_root}: no experiment folder with a setup.json in it")
-    for name in names:
-        files = collect_experiment(os.path.join(exp_root, name), os.path.join(results, name))
-        print(f"collected {os.path.join(exp_root, name)} -> {os.path.join(results, name)}: "
-              f"{len(files)} files")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,6 +122,10 @@ def rate_label(rate):
     return "shift 0" if r == 0 else f"{r * 100:g}%"
 
 
+
+FAMILIES = ("robustness", "differences", "diff_in_diff", "retained")
+
+
 # ----------------------------------------------------------------------------------------------
 # The collected files, read once each; lookups that find nothing warn and give None (n/a).
 
@@ -221,7 +147,7 @@ class Results:
 
     def score(self, spec):
         if spec.count("/") != 1:
-            raise ReportError(f"{spec!r}: expected EXP/SCORE, e.g. grammar/score-auto")
+            raise ReportError(f"{spec!r}: expected EXP/SCORE, e.g. grammar/score-test")
         return self.load(spec + ".json")
 
     def warn(self, what):
@@ -246,9 +172,9 @@ class Results:
 
     def entry(self, res, family, name, rate, metric, where):
         """The comparison entry of family for (name, rate, metric), or None with a warning."""
-        if family not in ("robustness", "differences", "diff_in_diff"):
-            raise ReportError(f"{where}: FAMILY must be robustness, differences or "
-                              f"diff_in_diff, not {family!r}")
+        if family not in FAMILIES:
+            raise ReportError(f"{where}: FAMILY must be one of {', '.join(FAMILIES)}, not "
+                              f"{family!r}")
         r = self.rate(res, rate, where)
         for e in res.get(family, []):
             if (e["name"], e["rate"], e["metric"]) == (name, r, metric):
@@ -257,12 +183,22 @@ class Results:
         return None
 
     def experiments(self):
+        """The experiments with a verdict: those with a score of the test prompts."""
         return [n for n in sorted(os.listdir(self.root))
-                if os.path.isfile(os.path.join(self.root, n, "score-auto.json"))]
+                if os.path.isfile(os.path.join(self.root, n, "score-test.json"))]
+
+    def variants(self):
+        """The study's variants, the base first."""
+        names = [n for n in sorted(os.listdir(self.root)) if n.startswith("study-")]
+        return sorted(names, key=lambda n: n != "study-base")
 
 
 # ----------------------------------------------------------------------------------------------
 # The placeholders: each takes the Results and its arguments, returns markdown.
+
+
+def p_valuesd(rs, spec, arm, rate, metric):
+    return p_value(rs, spec, arm, rate, metric, sd=True)
 
 
 def p_value(rs, spec, arm, rate, metric, sd=False):
@@ -334,10 +270,10 @@ def p_diffs(rs, spec, metric, *rates):
     return out
 
 
-def p_curves(rs, exp, key):
-    curves = rs.load(f"{exp}/curves.json")["curves"]
+def p_curves(rs, exp, key, name="curves"):
+    curves = rs.load(f"{exp}/{name}.json")["curves"]
     if key not in curves:
-        raise ReportError(f"{exp}/curves.json: no key {key!r} (the keys are "
+        raise ReportError(f"{exp}/{name}.json: no key {key!r} (the keys are "
                           f"{', '.join(curves)})")
     pooled = {}  # {arm: {step: [value per seed]}}
     for run, points in curves[key].items():
@@ -385,11 +321,12 @@ def p_time(rs, exp, pattern="*"):
 
 
 def p_count(rs, exp, key):
-    task = rs.load(f"{exp}/task.json")
+    """A value of task.json or setup.json, as written (a float in its shortest form)."""
+    task = {**rs.load(f"{exp}/setup.json"), **rs.load(f"{exp}/task.json")}
     if key not in task:
-        rs.warn(f"{exp}/task.json: no key {key!r}")
+        rs.warn(f"{exp}/task.json or setup.json: no key {key!r}")
     value = task.get(key)
-    return num(value) if isinstance(value, float) else "n/a" if value is None else str(value)
+    return f"{value:g}" if isinstance(value, float) else "n/a" if value is None else str(value)
 
 
 def p_json(rs, rel, path, digits="2"):
@@ -407,70 +344,236 @@ def p_json(rs, rel, path, digits="2"):
     return num(value, int(digits)) if isinstance(value, (int, float)) else str(value)
 
 
+def percent(x):
+    return "n/a" if num(x) == "n/a" else f"{100 * x:.0f}%"
+
+
+def p_confidence(rs):
+    """The level of every interval on the pages (stats.py's percentiles)."""
+    return "95%"
+
+
+def p_kept(rs, spec, arm, rate, metric):
+    e = rs.entry(rs.score(spec), "retained", arm, rate, metric, spec)
+    if e is None:
+        return "n/a"
+    return f"{percent(e['mean_diff'])} [{percent(e['lo'])}, {percent(e['hi'])}]"
+
+
+def p_arg(rs, exp, run, key):
+    runs = rs.load(f"{exp}/runs.json")
+    if run not in runs or key not in runs[run]:
+        rs.warn(f"{exp}/runs.json: no {key!r} for {run!r}")
+        return "n/a"
+    value = runs[run][key]
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def p_params(rs, exp, run):
+    r = rs.load(f"{exp}/runs.json").get(run)
+    if r is None:
+        rs.warn(f"{exp}/runs.json: no run {run!r}")
+        return "n/a"
+    return f"{r['params'] / 1e6:.2f}M parameters ({r['n_layer']} layers of width {r['n_embd']})"
+
+
+def p_choice(rs, exp):
+    c = rs.load(f"{exp}/choice.json")
+    rule, per_step, block = c["setting"].split("/")
+    blocks = "one block" if block == "all" else f"blocks of {block}"
+    return (f"the `{rule}` slack rule, {per_step} position{'s' * (per_step != '1')} per step, "
+            f"{blocks}")
+
+
 # ----------------------------------------------------------------------------------------------
-# The verdict: per experiment, the CE fine-tune against each other fine-tune, read by rule.
+# The verdict: per experiment, the CE fine-tune against each slack fine-tune at shift 0 and at
+# each probe rate: the difference with its interval, marked by stats.direction, and the share of
+# its own shift-0 score each arm keeps. The primary comparison is marked; every other cell is
+# exploratory.
 
 
-def reading(diff, did, lower_is_better):
-    """The verdict's reading column: the difference at shift 0, then the one in degradation."""
-    at0 = {1: "CTC better", -1: "CE better", 0: "no difference", None: "n/a"}
-    probe = {1: "degrades less", -1: "degrades more", 0: "same", None: "n/a"}
-    return (f"{at0[direction(diff, lower_is_better)]} at shift 0; "
-            f"{probe[direction(did, lower_is_better)]} under the probe")
+def verdict_arms(res):
+    return [a for a in res["arms"] if a not in (res["baseline"], "pretrained")]
 
 
-def verdict_rows(rs, exp):
-    """One row per fine-tune of exp but the baseline and "pretrained", best mean at shift 0
-    first; the task, metric and baseline cells only on the first row."""
-    spec = f"{exp}/score-auto"
+def verdict_cell(rs, res, spec, arm, rate):
+    metric = res["primary"]
+    diff = rs.entry(res, "differences", arm, rate, metric, spec)
+    mark = MARK[direction(diff, metric in LOWER_IS_BETTER)]
+    primary = res.get("primary_comparison") or {}
+    dagger = " †" if (primary.get("arm"), primary.get("rate")) == (arm, rate) else ""
+    text = f"Δ {interval(diff)}{mark}{dagger}"
+    if float(rate) == 0:
+        return f"{mean_sd(res['arms'][arm].get(rate), metric)}; {text}"
+    kept = rs.entry(res, "retained", arm, rate, metric, spec)
+    return f"{text}; keeps {percent(kept and kept['mean_diff'])}"
+
+
+def verdict_rows(rs, exp, rates):
+    spec = f"{exp}/score-test"
     res = rs.score(spec)
     metric, base, arms = res["primary"], res["baseline"], res["arms"]
-    lower = metric in LOWER_IS_BETTER
-    zero = rs.rate(res, "0", spec)
-    means = {a: arms[a].get(zero, {}).get("summary", {}).get(metric) for a in arms
-             if a not in (base, "pretrained")}
-    means = {a: m for a, m in means.items() if isinstance(m, (int, float))}
-    # a stable sort: arms of equal means keep their order in the file
-    order = sorted(means, key=lambda a: means[a] if lower else -means[a])
-    top = max(res["rates"], key=float)
-    first = [exp, f"{metric} ({'lower' if lower else 'higher'} is better)",
-             f"{base} {mean_sd(arms.get(base, {}).get(zero), metric)}"]
-    rows = []
-    for arm in order:
-        diff = rs.entry(res, "differences", arm, zero, metric, spec)
-        # a score file of one rate (no probe) has no degradation to compare
-        did = rs.entry(res, "diff_in_diff", arm, top, metric, spec) if float(top) else None
-        rows.append((first if not rows else ["", "", ""])
-                    + [f"{arm} {mean_sd(arms[arm].get(zero), metric)}", interval(diff),
-                       f"{interval(did)} at {rate_label(top)}", reading(diff, did, lower)])
-    return rows or [first + ["n/a"] * 4]
+    found = [rs.rate(res, r, spec) for r in ["0", *rates]]
+    if None in found:
+        return []
+    rows = [[f"**{exp}**: {metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} "
+             f"is better)"] + [""] * len(found)]
+    kept = [rs.entry(res, "retained", base, r, metric, spec) for r in found[1:]]
+    rows.append([f"`{base}`", mean_sd(arms[base].get(found[0]), metric)]
+                + [f"{mean_sd(arms[base].get(r), metric)}; keeps {percent(k and k['mean_diff'])}"
+                   for r, k in zip(found[1:], kept)])
+    rows += [[f"`{arm}`"] + [verdict_cell(rs, res, spec, arm, r) for r in found]
+             for arm in verdict_arms(res)]
+    return rows
 
 
-def p_verdict(rs):
+def p_verdict(rs, *rates):
     exps = rs.experiments()
     if not exps:
-        raise ReportError(f"{rs.root}: no EXP/score-auto.json for {{{{verdict}}}}")
-    head = ["task", "metric", "CE fine-tune, shift 0", "slack fine-tune, shift 0",
-            "difference at shift 0", "difference in degradation", "reading"]
-    return table(head, [row for e in exps for row in verdict_rows(rs, e)])
+        raise ReportError(f"{rs.root}: no EXP/score-test.json for {{{{verdict}}}}")
+    head = ["arm", "shift 0"] + [rate_label(r) + (" (the paper's)" if float(r) == 0.01 else "")
+                                 for r in rates]
+    return table(head, [row for e in exps for row in verdict_rows(rs, e, rates)])
+
+
+def p_ncomp(rs, exp, *rates):
+    res = rs.score(f"{exp}/score-test")
+    return str(len(verdict_arms(res)) * (1 + len(rates)))
+
+
+def p_primary(rs, exp):
+    spec = f"{exp}/score-test"
+    res = rs.score(spec)
+    p = res.get("primary_comparison")
+    if not p:
+        rs.warn(f"{spec}: no primary comparison declared")
+        return "n/a"
+    metric = res["primary"]
+    e = rs.entry(res, "differences", p["arm"], p["rate"], metric, spec)
+    word = {1: f"`{p['arm']}` better", -1: f"`{res['baseline']}` better", 0: "no difference",
+            None: "n/a"}[direction(e, metric in LOWER_IS_BETTER)]
+    return (f"`{p['arm']}` - `{res['baseline']}`, {metric} at {rate_label(p['rate'])}: "
+            f"{interval(e)}, {word}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Convergence, the study and the benchmarks.
+
+
+def last_points(curves, key):
+    """{arm: [last value of each seed]} of a curves file's key."""
+    out = {}
+    for run, points in curves["curves"].get(key, {}).items():
+        values = [v for _, v in points if v is not None]
+        if values:
+            out.setdefault(arm_of(run), []).append(values[-1])
+    return out
+
+
+def sd_text(values):
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return num(mean, 4)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{num(mean, 4)} ± {num(sd, 4)}"
+
+
+def p_converge(rs, exp, rate):
+    """Per arm: its own validation objective (bits per response position) at the end of its
+    fine-tune and after the continuation, and the primary metric on validation prompts, at shift
+    0 and RATE, with the chosen decoder, at both points, each as mean ± sd over seeds."""
+    end = last_points(rs.load(f"{exp}/curves.json"), "val_bits")
+    more = last_points(rs.load(f"{exp}/curves-more.json"), "val_bits")
+    val, after = rs.score(f"{exp}/val-score"), rs.score(f"{exp}/val-score-more")
+    setting, metric = rs.load(f"{exp}/choice.json")["setting"], val["primary"]
+    rows = []
+    for arm in after["arms"]:
+        cells = [f"{sd_text(end[arm])} → {sd_text(more[arm])}" if arm in end and arm in more
+                 else "n/a"]
+        for r in ("0", rate):
+            before = rs.cell(val, f"{arm}:{setting}", r, f"{exp}/val-score")
+            cells.append(f"{mean_sd(before, metric)} → "
+                         f"{mean_sd(rs.cell(after, arm, r, f'{exp}/val-score-more'), metric)}")
+        rows.append([f"`{arm}`", *cells])
+    return table(["arm", "validation objective", f"{metric}, shift 0", f"{metric}, "
+                  f"{rate_label(rate)}"], rows)
+
+
+def variant_properties(rs, exp):
+    """[what it generates, response bytes, canvas, the EOS padding's share of the canvas]."""
+    task, setup = rs.load(f"{exp}/task.json"), rs.load(f"{exp}/setup.json")
+    T, rate = setup["seq_len"], setup["slack_rate"]
+    R = T - task["prompt_bytes_mean"]  # the response canvas
+    U = R - round(rate * R)  # its targets: the response, its EOS, EOS padding
+    padding = (U - task["response_bytes_mean"] - 1) / R
+    prompt = "nothing" if task["prompt_bytes_mean"] == 0 else "the first word"
+    return [prompt, f"{task['response_bytes_mean']:.0f} ± {task['response_bytes_sd']:.0f}",
+            str(T), percent(padding)]
+
+
+def p_study(rs, *rates):
+    names = [n for n in rs.variants() if os.path.isfile(os.path.join(rs.root, n, "score.json"))]
+    if not names:
+        raise ReportError(f"{rs.root}: no study-*/score.json for {{{{study}}}}")
+    props = [[f"`{n[len('study-'):]}`", *variant_properties(rs, n)] for n in names]
+    out = [table(["variant", "prompt", "response bytes", "canvas", "EOS padding"], props)]
+    res0 = rs.score(f"{names[0]}/score")
+    for arm in verdict_arms(res0):
+        rows = []
+        for n in names:
+            res, spec = rs.score(f"{n}/score"), f"{n}/score"
+            base = mean_sd(res["arms"][res["baseline"]].get("0"), res["primary"])
+            rows.append([f"`{n[len('study-'):]}`", base]
+                        + [verdict_cell(rs, res, spec, arm, r) for r in ["0", *rates]])
+        out.append(f"`{arm}` against `{res0['baseline']}`, {res0['primary']}:\n\n" + table(
+            ["variant", f"`{res0['baseline']}`, shift 0", "shift 0"] + [rate_label(r)
+                                                                         for r in rates], rows))
+    return "\n\n".join(out)
+
+
+def p_bench(rs, exp, kind):
+    b = rs.load(f"{exp}/bench-{kind}.json")
+    where = f"{b.get('device')}, torch {b.get('torch')}, {b.get('threads')} threads"
+    if kind == "ctc":
+        rows = [[f"{r['B']} x {r['T']} x {r['V']}", percent(r["slack"]), r["collapse"],
+                 "half" if r["visible"] else "none",
+                 f"{num(r['time_ratio'], 2)} / {num(r['mem_ratio'], 2)}"] for r in b["rows"]]
+        return table(["B x T x V", "slack", "collapse", "visible",
+                      "time / memory, ours ÷ F.ctc_loss"], rows) + f"\n\n({where})"
+    if kind == "train":
+        rows = [[name, num(r["ratio"], 2)] for name, r in b.items()
+                if isinstance(r, dict) and "ratio" in r]
+        return table(["step-time ratio", "median, same run"], rows) + f"\n\n({where})"
+    return (f"{b['calls_uncached']} model calls without the cache, {b['calls_cached']} with it, "
+            f"the same canvases ({b['identical']}): {num(b['ratio'], 2)} times as fast ({where})")
 
 
 PLACEHOLDERS = {  # name: (function, least and most arguments, usage)
     "value": (p_value, 4, 4, "EXP/SCORE ARM RATE METRIC"),
-    "valuesd": (lambda rs, *a: p_value(rs, *a, sd=True), 4, 4, "EXP/SCORE ARM RATE METRIC"),
+    "valuesd": (p_valuesd, 4, 4, "EXP/SCORE ARM RATE METRIC"),
     "ref": (p_ref, 2, 2, "EXP/SCORE METRIC"),
     "shift": (p_shift, 3, 3, "EXP/SCORE ARM RATE"),
     "ci": (p_ci, 5, 5, "EXP/SCORE FAMILY ARM RATE METRIC"),
+    "kept": (p_kept, 4, 4, "EXP/SCORE ARM RATE METRIC"),
     "table": (p_table, 2, 2, "EXP/SCORE METRIC"),
     "settings": (p_settings, 2, 3, "EXP/SCORE METRIC [RATE]"),
     "diffs": (p_diffs, 3, 99, "EXP/SCORE METRIC RATE..."),
-    "curves": (p_curves, 2, 2, "EXP KEY"),
+    "curves": (p_curves, 2, 3, "EXP KEY [FILE]"),
     "lengths": (p_lengths, 1, 1, "EXP"),
     "setup": (p_setup, 1, 1, "EXP"),
     "time": (p_time, 1, 2, "EXP [STAGE-GLOB]"),
     "count": (p_count, 2, 2, "EXP KEY"),
+    "arg": (p_arg, 3, 3, "EXP RUN KEY"),
+    "params": (p_params, 2, 2, "EXP RUN"),
+    "choice": (p_choice, 1, 1, "EXP"),
     "json": (p_json, 2, 3, "FILE KEY[.KEY...] [DIGITS]"),
-    "verdict": (p_verdict, 0, 0, ""),
+    "verdict": (p_verdict, 1, 9, "RATE..."),
+    "primary": (p_primary, 1, 1, "EXP"),
+    "ncomp": (p_ncomp, 2, 9, "EXP RATE..."),
+    "converge": (p_converge, 2, 2, "EXP RATE"),
+    "study": (p_study, 1, 9, "RATE..."),
+    "bench": (p_bench, 2, 2, "EXP KIND"),
+    "confidence": (p_confidence, 0, 0, ""),
 }
 
 
@@ -555,9 +658,9 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collect", metavar="DIR",
                    help="first copy every experiment folder under DIR (one with a setup.json, "
-                        "e.g. exp/grammar) into RESULTS/NAME/, slimmed: score files without "
-                        "per-prompt values, the plots, curves, setup, task counts, stage times; "
-                        "RESULTS/NAME/ is replaced. Without it, only render from RESULTS")
+                        "e.g. exp/grammar, or a variant exp/study/long) into RESULTS/NAME/, "
+                        "slimmed (runs/collect.py); RESULTS/NAME/ is replaced. Without it, only "
+                        "render from RESULTS")
     p.add_argument("--results", default="results", metavar="DIR",
                    help="the collected results, read by rendering; RESULTS/README.md is "
                         "written (default: results)")
@@ -576,7 +679,7 @@ def main(argv=None):
         if args.collect:
             collect(args.collect, args.results)
         run_render(args.results, args.template, args.readme)
-    except (ReportError, OSError, json.JSONDecodeError) as e:
+    except (ReportError, CollectError, OSError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

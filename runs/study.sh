@@ -30,7 +30,7 @@ CHOSEN=$(cat "$GRAMMAR/choice/flags.txt")
 case "$SIZE" in
 tiny)
     N="--n-train 300 --n-val 2 --n-test 6"; MODEL="--n-layer 1 --n-head 2 --n-embd 32"; B=16
-    PRE="--steps 20 --eval-interval 10"; FT="--steps 6 --eval-interval 3"; SEEDS="1 2"
+    PRE="--steps 10 --eval-interval 5"; FT="--steps 4 --eval-interval 2"; SEEDS="1"
     N_LONG="--n-train 100 --n-val 2 --n-test 4"; N_BOOT=50 ;;
 cpu)  # the model and steps of runs/grammar.sh; fewer test prompts for the long texts
     N="--n-train 20000 --n-val 16 --n-test 256"; MODEL="--n-layer 4 --n-head 4 --n-embd 128"
@@ -61,7 +61,7 @@ variant() {
 # the base: the grammar run's pretrained model and these arms, its test outputs scored alone
 mkdir -p $OUT/base
 ln -sfn "$(cd "$GRAMMAR" && pwd)/task" $OUT/base/task
-record_setup $OUT/base seq_len=48 slack_rate=0.1 variant='"base"'
+record_setup $OUT/base seq_len=48 slack_rate=0.1 temperature=0.8 variant='"base"'
 BASE_GENS="$GRAMMAR/test-gens/pretrained.jsonl"
 for arm in $ARMS; do BASE_GENS="$BASE_GENS $(ls "$GRAMMAR"/test-gens/"$arm"@*.jsonl)"; done
 python evaluate.py score $SCORE --refs $OUT/base/task/test.jsonl --gens $BASE_GENS \
@@ -71,7 +71,7 @@ for v in uncond pad spread long; do
     variant $v
     V=$OUT/$v
     COMMON="--seq-len $SEQ --batch-size $VB $TRAIN"
-    record_setup $V seq_len=$SEQ slack_rate=0.1 variant="\"$v\""
+    record_setup $V seq_len=$SEQ slack_rate=0.1 temperature=0.8 variant="\"$v\""
     stage $V/task python evaluate.py task grammar --out-dir $V/task $TASK --seed 0
     stage $V/pretrained python train.py --sft $V/task/train.jsonl --out-dir $V/pretrained \
         $COMMON $MODEL $PRE --lr 2e-3 --loss ce --seed 1337

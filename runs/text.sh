@@ -11,7 +11,7 @@
 #   DEVICE=cuda SIZE=gpu DATA=corpus.bin bash runs/text.sh   # a GPT-2-small-sized run on your
 #                                            # data (estimated: 30-40 minutes on one H100)
 #
-# Rerunning skips finished stages (runs/lib.sh). Results: OUT/score-auto/results.md and .json,
+# Rerunning skips finished stages (runs/lib.sh). Results: OUT/score-test/results.md and .json,
 # learning curves OUT/curves/.
 source "$(dirname "$0")/lib.sh"
 OUT="${OUT:-exp/text}"
@@ -59,11 +59,11 @@ done
 
 # 4. continue every held-out prompt (temperature 1), the confidence sampler in blocks of L / 4,
 #    one position per step, decode.py's default slack rule; score with the judge
-stage $OUT/test-auto python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
-    --out $OUT/test-auto --sampler confidence --block-length $((L / 4)) --per-step 1 \
+stage $OUT/test-gens python decode.py --ckpt $CKPTS --prompts $OUT/task/test.jsonl \
+    --out $OUT/test-gens --sampler confidence --block-length $((L / 4)) --per-step 1 \
     --temperature 1 --shift-rates $RATES --batch-size 64 $RUN
-python evaluate.py score --task text --refs $OUT/task/test.jsonl --gens $OUT/test-auto/*.jsonl \
-    --baseline ce-ft --judge $OUT/judge/ckpt.pt --n-boot $N_BOOT --out-dir $OUT/score-auto \
+python evaluate.py score --task text --refs $OUT/task/test.jsonl --gens $OUT/test-gens/*.jsonl \
+    --baseline ce-ft --judge $OUT/judge/ckpt.pt --n-boot $N_BOOT --out-dir $OUT/score-test \
     --device $DEVICE
 
 # 5. learning curves of every fine-tune

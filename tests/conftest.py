@@ -57,7 +57,6 @@ import subprocess  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ("grammar", "copy", "text")
 
 
 def run_script(name, out, env_extra=None):
@@ -69,13 +68,12 @@ def run_script(name, out, env_extra=None):
 
 @pytest.fixture(scope="session")
 def tiny_exp(tmp_path_factory):
-    """A folder holding grammar/, copy/ and text/: each runs/*.sh --tiny, started side by side
-    (two at a time: the machine has two cores)."""
+    """A folder holding grammar/, copy/, text/, study/ and bench/: each runs/*.sh --tiny, two at
+    a time (the machine has two cores); the study after the grammar run it builds on."""
     out = tmp_path_factory.mktemp("tiny-exp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    pending, logs = list(SCRIPTS), {}
-    while pending:
-        batch, pending = pending[:2], pending[2:]
+    logs = {}
+    for batch in (("grammar", "copy"), ("study", "text", "bench")):
         procs = {name: subprocess.Popen(["bash", os.path.join(ROOT, "runs", f"{name}.sh"),
                                          "--tiny", str(out / name)], cwd=ROOT, env=env, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,6 +1,7 @@
 """The experiment scripts of runs/, end to end at toy sizes (--tiny): every stage runs, the
-results files hold every arm, seed and rate, a second run skips every finished stage, a rerun
-from scratch reproduces the tables exactly, and the size and device presets are checked."""
+results files hold every arm, seed and rate, the decoder is chosen on validation prompts before
+the test prompts are decoded, a second run skips every finished stage, a rerun from scratch (two
+jobs at once) reproduces the tables exactly, and the size and device presets are checked."""
 import json
 import os
 import subprocess
@@ -9,34 +10,71 @@ import pytest
 
 from conftest import ROOT, run_script
 
-ARMS = {  # the arms each script scores in score-auto (seeds pooled), pretrained included
-    "grammar": {"pretrained", "ce-ft", "ctc-random", "ctc-model", "ctc+ce-model"},
-    "copy": {"pretrained", "ce-ft", "ctc-random", "ctc-model", "ctc+ce-model"},
+ARMS = {  # the arms each script scores on its test prompts (seeds pooled), pretrained included
+    "grammar": {"pretrained", "ce-ft", "ctc-random", "ctc-model", "ctc+ce-model",
+                "ctc+ce-random"},
+    "copy": {"pretrained", "ce-ft", "ctc-random", "ctc-model", "ctc+ce-model", "ctc+ce-random"},
     "text": {"pretrained", "ce-ft", "ctc-random", "ctc-model"},
 }
 SEEDS = {"grammar": 2, "copy": 2, "text": 1}  # at --tiny
+VARIANTS = ("base", "uncond", "pad", "spread", "long")
 
 
 @pytest.mark.parametrize("task", sorted(ARMS))
 def test_script_makes_every_result(tiny_exp, task):
     out = tiny_exp / task
-    res = json.load(open(out / "score-auto" / "results.json"))
+    res = json.load(open(out / "score-test" / "results.json"))
     assert set(res["arms"]) == ARMS[task] and len(res["rates"]) == 5
     for arm, by_rate in res["arms"].items():  # every fine-tuned arm with every seed
         seeds = 1 if arm == "pretrained" else SEEDS[task]
         assert all(len(cell["seeds"]) == seeds for cell in by_rate.values()), arm
-    assert os.path.exists(out / "score-auto" / f"{res['primary']}.svg")
+    assert os.path.exists(out / "score-test" / f"{res['primary']}.svg")
     assert os.path.exists(out / "curves" / "curves.md")
     setup = json.load(open(out / "setup.json"))
     assert setup["size"] == "tiny" and setup["device"] == "cpu" and setup["threads"] == 1
-    if task == "grammar":  # the decoder sweep, the slack rates, the end-of-text probe
-        val = json.load(open(out / "val-score" / "results.json"))
-        settings = {name.split(":")[1] for name in val["arms"]}
-        assert settings >= {f"{rule}/{n}" for rule in ("plain", "last", "threshold", "first")
-                            for n in (1, 2)}
-        rates = json.load(open(out / "score-rates" / "results.json"))
-        assert {"ctc-random-0.05", "ctc-random", "ctc-random-0.2"} <= set(rates["arms"])
+    if task == "text":
+        return
+    # the protocol: a primary comparison declared, the decoder chosen on validation prompts and
+    # used for the test prompts, every fine-tune continued and decoded on validation again
+    assert res["primary_comparison"] == {"arm": "ctc-random", "rate": "0.01"}
+    val = json.load(open(out / "val-score" / "results.json"))
+    settings = {name.split(":")[1] for name in val["arms"]}
+    assert settings == {f"{rule}/{n}/{b}" for rule in ("plain", "last", "threshold", "first")
+                        for n in (1, 2) for b in (("16", "8") if task == "grammar" else
+                                                  ("8", "16"))}
+    choice = json.load(open(out / "choice" / "choice.json"))
+    assert choice["setting"] in settings
+    rule, per_step, block = choice["setting"].split("/")
+    for line in open(out / "test-gens" / "ce-ft@1.jsonl"):
+        rec = json.loads(line)
+        assert (rec["slack_rule"], str(rec["per_step"]), str(rec["block_length"])) == (
+            rule, per_step, block)
+    more = json.load(open(out / "val-score-more" / "results.json"))
+    assert set(more["arms"]) == ARMS[task] - {"pretrained"}
+    assert os.path.exists(out / "curves-more" / "curves.md")
+    if task == "grammar":
         assert os.path.exists(out / "lengths" / "lengths.json")
+
+
+def test_the_study_varies_one_property_at_a_time(tiny_exp):
+    """runs/study.sh, after runs/grammar.sh: each variant's task, its arms with every seed, all
+    decoded with the decoder runs/grammar.sh chose; the base is the grammar run itself."""
+    chosen = json.load(open(tiny_exp / "grammar" / "choice" / "choice.json"))["setting"]
+    for v in VARIANTS:
+        res = json.load(open(tiny_exp / "study" / v / "score" / "results.json"))
+        assert set(res["arms"]) == {"pretrained", "ce-ft", "ctc-random", "ctc+ce-random"}, v
+        assert res["rates"] == ["0", "0.01", "0.1"] or v == "base", (v, res["rates"])
+        assert json.load(open(tiny_exp / "study" / v / "setup.json"))["variant"] == v
+        if v != "base":
+            rec = json.loads(open(tiny_exp / "study" / v / "test-gens" / "ce-ft@1.jsonl")
+                             .readline())
+            assert "/".join(str(rec[k]) for k in ("slack_rule", "per_step",
+                                                  "block_length")) == chosen
+    tasks = {v: [json.loads(line) for line in open(tiny_exp / "study" / v / "task" /
+                                                   "test.jsonl")] for v in VARIANTS[1:]}
+    assert all(r["prompt"] == "" for r in tasks["uncond"])
+    assert all(150 <= len(r["prompt"] + r["response"]) <= 205 for r in tasks["long"])
+    assert json.load(open(tiny_exp / "study" / "pad" / "setup.json"))["seq_len"] == 96
 
 
 @pytest.mark.parametrize("task", sorted(ARMS))
@@ -48,19 +86,21 @@ def test_a_second_run_skips_finished_stages(tiny_exp, task):
 
 
 def test_a_rerun_reproduces_the_tables(tiny_exp, tmp_path):
-    """The same script from scratch into another folder, its fine-tunes two at a time (JOBS=2):
-    every table is the same, byte for byte (the same seeds, threads and code give the same
-    checkpoints and outputs, whatever runs beside them)."""
+    """The same script from scratch into another folder, its fine-tunes and decodes two at a
+    time (JOBS=2, each checkpoint decoded in a process of its own): every table is the same,
+    byte for byte (the same seeds, threads and code give the same checkpoints and outputs,
+    whatever runs beside them and however the decoding is split)."""
     p = run_script("copy", tmp_path / "copy", {"JOBS": "2"})
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.count("== in the background") == 10  # 4 arms and CTC+CE random, 2 seeds
-    for score in ("score-auto", "score-rules", "score-term"):
+    assert p.stdout.count("== in the background") >= 20  # fine-tunes, continuations, decodes
+    for score in ("score-test", "val-score", "val-score-more"):
         a = (tiny_exp / "copy" / score / "results.md").read_text()
         b = (tmp_path / "copy" / score / "results.md").read_text()
         assert a == b, score
-    curves = [(d / "curves" / "curves.md").read_text() for d in (tiny_exp / "copy",
+    for curves in ("curves", "curves-more"):
+        a, b = [(d / curves / "curves.md").read_text() for d in (tiny_exp / "copy",
                                                                  tmp_path / "copy")]
-    assert curves[0] == curves[1]
+        assert a == b, curves
 
 
 def test_unknown_option_and_size_are_refused():
@@ -71,9 +111,12 @@ def test_unknown_option_and_size_are_refused():
                        capture_output=True, text=True, timeout=60, env={**os.environ,
                                                                          "SIZE": "huge"})
     assert p.returncode == 2 and "SIZE must be tiny, cpu or gpu" in p.stderr
+    p = subprocess.run(["bash", os.path.join(ROOT, "runs", "study.sh"), "--tiny", "/nowhere/s"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "run runs/grammar.sh first" in p.stderr
 
 
-@pytest.mark.parametrize("task", sorted(ARMS))
+@pytest.mark.parametrize("task", sorted(ARMS) + ["study"])
 def test_every_size_preset_is_complete(task):
     """Each script defines the same settings for every size, so SIZE=gpu (not runnable here)
     is at least complete: every variable the cpu preset sets, the gpu preset sets too."""
