@@ -29,7 +29,7 @@ case "$SIZE" in
 tiny)
     TASK="--n-train 200 --n-val 4 --n-test 8 --min-len 2 --max-len 4"; SEQ=16; B=16
     MODEL="--n-layer 1 --n-head 2 --n-embd 32"; PRE="--steps 20 --eval-interval 10"
-    FT="--steps 6 --eval-interval 3"; SEEDS="1 2"; MORE="--steps 4 --eval-interval 2 --warmup 1"
+    FT="--steps 6 --eval-interval 3"; SEEDS="1"; MORE="--steps 4 --eval-interval 2 --warmup 1"
     N_BOOT=50 ;;
 cpu)  # 0.83M parameters; every arm 2000 steps
     TASK="--n-train 20000 --n-val 200 --n-test 256 --min-len 8 --max-len 8"; SEQ=32; B=64
@@ -59,25 +59,12 @@ stage $OUT/pretrained python train.py --sft $OUT/task/train.jsonl --out-dir $OUT
 # 3. the arms, each with every seed: same init, data, steps and learning rate; 10% slack
 INIT="--sft $OUT/task/train.jsonl $COMMON --slack-rate 0.1"
 CKPTS="$OUT/pretrained/ckpt.pt"
-for seed in $SEEDS; do
-    for arm in $ARMS; do  # arm_flags: runs/lib.sh
-        spawn $OUT/$arm@$seed python train.py $INIT --init-from $OUT/pretrained/ckpt.pt $FT \
-            --lr 5e-4 $(arm_flags $arm) --seed $seed --out-dir $OUT/$arm@$seed
-        CKPTS="$CKPTS $OUT/$arm@$seed/ckpt.pt"
-    done
-done
-settle
+train_arms $OUT $OUT/pretrained/ckpt.pt $INIT $FT --lr 5e-4
 
 # 4. the decoder, on validation strings only: every slack rule x 1 or 2 positions per step x
 #    blocks of 8 or 16, at shift 0 and 5%; `choose` fixes the setting (its rule is stated above)
-decode_all $OUT/val-gens "$CKPTS" --prompts $OUT/task/val.jsonl \
-    --slack-rules plain last threshold first --per-steps 1 2 --block-lengths 8 16 \
-    --shift-rates 0 0.05 $DECODE
-python evaluate.py score $SCORE --refs $OUT/task/val.jsonl --gens $OUT/val-gens/*.jsonl \
-    --baseline ce-ft:plain/1/8 --out-dir $OUT/val-score
-stage $OUT/choice python evaluate.py choose --scores $OUT/val-score/results.json \
-    --out-dir $OUT/choice
-CHOSEN=$(cat $OUT/choice/flags.txt)
+choose_decoder $OUT ce-ft:plain/1/8 --slack-rules plain last threshold first --per-steps 1 2 \
+    --block-lengths 8 16
 
 # 5. the test strings, decoded once, at every probe rate, with the chosen decoder
 decode_all $OUT/test-gens "$CKPTS" --prompts $OUT/task/test.jsonl $CHOSEN \
@@ -87,16 +74,7 @@ python evaluate.py score $SCORE --refs $OUT/task/test.jsonl --gens $OUT/test-gen
 
 # 6. convergence: every fine-tune continued at a constant learning rate, validated as it goes,
 #    and its continuation decoding the validation strings with the chosen decoder
-MORE_CKPTS=""
-for seed in $SEEDS; do
-    for arm in $ARMS; do
-        spawn $OUT/more/$arm@$seed python train.py $INIT --init-from $OUT/$arm@$seed/ckpt.pt \
-            $MORE --lr 5e-4 --min-lr-ratio 1 $(arm_flags $arm) --seed $seed \
-            --out-dir $OUT/more/$arm@$seed
-        MORE_CKPTS="$MORE_CKPTS $OUT/more/$arm@$seed/ckpt.pt"
-    done
-done
-settle
+continue_arms $OUT $INIT $MORE --lr 5e-4 --min-lr-ratio 1
 decode_all $OUT/val-more "$MORE_CKPTS" --prompts $OUT/task/val.jsonl $CHOSEN \
     --shift-rates 0 0.05 $DECODE
 python evaluate.py score $SCORE --refs $OUT/task/val.jsonl --gens $OUT/val-more/*.jsonl \

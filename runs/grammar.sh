@@ -63,28 +63,14 @@ stage $OUT/pretrained python train.py --sft $OUT/task/train.jsonl --out-dir $OUT
 # 3. the arms, each with every seed: same init, data, steps and learning rate; 10% slack
 INIT="--sft $OUT/task/train.jsonl $COMMON --slack-rate 0.1"
 CKPTS="$OUT/pretrained/ckpt.pt"
-for seed in $SEEDS; do
-    for arm in $ARMS; do
-        spawn $OUT/$arm@$seed python train.py $INIT --init-from $OUT/pretrained/ckpt.pt $FT \
-            --lr 5e-4 $(arm_flags $arm) --seed $seed --out-dir $OUT/$arm@$seed
-        CKPTS="$CKPTS $OUT/$arm@$seed/ckpt.pt"
-    done
-done
-settle
-FT_CKPTS="${CKPTS#"$OUT/pretrained/ckpt.pt "}"
+train_arms $OUT $OUT/pretrained/ckpt.pt $INIT $FT --lr 5e-4
 
 # 4. the decoder, on validation prompts only: every slack rule x 1 or 2 positions per step x
 #    blocks of 16 or 8, at shift 0 and 5%, for every checkpoint; `choose` then fixes the setting
 #    (its rule is stated above). The ancestral sampler beside it shows what lengths the models
 #    themselves want
-decode_all $OUT/val-gens "$CKPTS" --prompts $OUT/task/val.jsonl \
-    --slack-rules plain last threshold first --per-steps 1 2 --block-lengths 16 8 \
-    --shift-rates 0 0.05 $DECODE
-python evaluate.py score $SCORE --refs $OUT/task/val.jsonl --gens $OUT/val-gens/*.jsonl \
-    --baseline ce-ft:plain/1/16 --out-dir $OUT/val-score
-stage $OUT/choice python evaluate.py choose --scores $OUT/val-score/results.json \
-    --out-dir $OUT/choice
-CHOSEN=$(cat $OUT/choice/flags.txt)
+choose_decoder $OUT ce-ft:plain/1/16 --slack-rules plain last threshold first --per-steps 1 2 \
+    --block-lengths 16 8
 decode_all $OUT/val-ancestral "$CKPTS" --prompts $OUT/task/val.jsonl --sampler ancestral \
     --per-step 1 --temperature 0.8 $RUN
 python evaluate.py score $SCORE --refs $OUT/task/val.jsonl --gens $OUT/val-ancestral/*.jsonl \
@@ -99,16 +85,7 @@ python evaluate.py score $SCORE --refs $OUT/task/test.jsonl --gens $OUT/test-gen
 # 6. convergence: every fine-tune continued from its last checkpoint at a constant learning rate
 #    (the fine-tunes' peak) and validated as it goes; the continued checkpoints decode the
 #    validation prompts with the chosen decoder, to be set beside their 2000-step selves
-MORE_CKPTS=""
-for seed in $SEEDS; do
-    for arm in $ARMS; do
-        spawn $OUT/more/$arm@$seed python train.py $INIT --init-from $OUT/$arm@$seed/ckpt.pt \
-            $MORE --lr 5e-4 --min-lr-ratio 1 $(arm_flags $arm) --seed $seed \
-            --out-dir $OUT/more/$arm@$seed
-        MORE_CKPTS="$MORE_CKPTS $OUT/more/$arm@$seed/ckpt.pt"
-    done
-done
-settle
+continue_arms $OUT $INIT $MORE --lr 5e-4 --min-lr-ratio 1
 decode_all $OUT/val-more "$MORE_CKPTS" --prompts $OUT/task/val.jsonl $CHOSEN \
     --shift-rates 0 0.05 $DECODE
 python evaluate.py score $SCORE --refs $OUT/task/val.jsonl --gens $OUT/val-more/*.jsonl \

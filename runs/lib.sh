@@ -140,3 +140,52 @@ decode_all() {
     done
     settle
 }
+
+# The protocol's steps, shared by the experiment scripts; they read the script's SEEDS, ARMS,
+# DECODE and SCORE. train_arms DIR INIT FLAGS...: every arm with every seed, fine-tuned from the
+# checkpoint INIT with train.py FLAGS into DIR/ARM@SEED (JOBS at once); their checkpoints are
+# added to CKPTS
+train_arms() {
+    local dir=$1 init=$2 seed arm
+    shift 2
+    for seed in $SEEDS; do
+        for arm in $ARMS; do
+            spawn $dir/$arm@$seed python train.py "$@" --init-from $init $(arm_flags $arm) \
+                --seed $seed --out-dir $dir/$arm@$seed
+            CKPTS="$CKPTS $dir/$arm@$seed/ckpt.pt"
+        done
+    done
+    settle
+}
+
+# continue_arms DIR FLAGS...: each fine-tune DIR/ARM@SEED continued from its last checkpoint
+# with train.py FLAGS into DIR/more/ARM@SEED; their checkpoints in MORE_CKPTS
+continue_arms() {
+    local dir=$1 seed arm
+    shift
+    MORE_CKPTS=""
+    for seed in $SEEDS; do
+        for arm in $ARMS; do
+            spawn $dir/more/$arm@$seed python train.py "$@" --init-from $dir/$arm@$seed/ckpt.pt \
+                $(arm_flags $arm) --seed $seed --out-dir $dir/more/$arm@$seed
+            MORE_CKPTS="$MORE_CKPTS $dir/more/$arm@$seed/ckpt.pt"
+        done
+    done
+    settle
+}
+
+# choose_decoder DIR BASELINE SWEEP...: the validation prompts DIR/task/val.jsonl decoded by
+# every checkpoint of CKPTS under every setting of the decode.py SWEEP flags, at shift 0 and 5%,
+# scored against BASELINE (ARM:SETTING), then the setting chosen by evaluate.py choose; its flags
+# in CHOSEN
+choose_decoder() {
+    local dir=$1 baseline=$2
+    shift 2
+    decode_all $dir/val-gens "$CKPTS" --prompts $dir/task/val.jsonl "$@" --shift-rates 0 0.05 \
+        $DECODE
+    python evaluate.py score $SCORE --refs $dir/task/val.jsonl --gens $dir/val-gens/*.jsonl \
+        --baseline $baseline --out-dir $dir/val-score
+    stage $dir/choice python evaluate.py choose --scores $dir/val-score/results.json \
+        --out-dir $dir/choice
+    CHOSEN=$(cat $dir/choice/flags.txt)
+}

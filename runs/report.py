@@ -252,22 +252,33 @@ def p_settings(rs, spec, metric, rate="0"):
 
 
 def p_diffs(rs, spec, metric, *rates):
+    """arm - baseline at the rates, then the difference in degradation at the nonzero ones, the
+    primary comparison marked; a line says how many comparisons the two tables make."""
     if not rates:
         raise ReportError(f"{spec}: {{{{diffs}}}} needs at least one RATE")
     res = rs.score(spec)
     base = res["baseline"]
     others = [a for a in res["arms"] if a != base]
     nonzero = [r for r in rates if float(r) != 0]
+    p = res.get("primary_comparison") or {}
+
+    def cell(family, a, r):
+        e = rs.entry(res, family, a, r, metric, spec)
+        primary = (family, metric, a, r) == ("differences", res["primary"], p.get("arm"),
+                                             rs.rate(res, p.get("rate", "0"), spec))
+        return interval(e) + (" †" if primary else "")
 
     def grid(family, cols):
-        rows = [[f"{a} - {base}"] + [interval(rs.entry(res, family, a, r, metric, spec))
-                                     for r in cols] for a in others]
+        rows = [[f"{a} - {base}"] + [cell(family, a, r) for r in cols] for a in others]
         return table([metric] + [rate_label(r) for r in cols], rows)
     out = grid("differences", rates)
     if nonzero:
         # (arm_r - arm_0) - (base_r - base_0): each arm's own quality at 0 cancels prompt by prompt
         out += "\n\n**difference in degradation**\n\n" + grid("diff_in_diff", nonzero)
-    return out
+    n = len(others) * (len(rates) + len(nonzero))
+    shown = bool(p) and metric == res["primary"] and p["arm"] in others and any(
+        float(r) == float(p["rate"]) for r in rates)
+    return out + f"\n\n({n} comparisons, exploratory{', but the primary one, †' * shown})"
 
 
 def p_curves(rs, exp, key, name="curves"):

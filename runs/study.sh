@@ -76,15 +76,8 @@ for v in uncond pad spread long; do
     stage $V/pretrained python train.py --sft $V/task/train.jsonl --out-dir $V/pretrained \
         $COMMON $MODEL $PRE --lr 2e-3 --loss ce --seed 1337
     CKPTS="$V/pretrained/ckpt.pt"
-    for seed in $SEEDS; do
-        for arm in $ARMS; do
-            spawn $V/$arm@$seed python train.py --sft $V/task/train.jsonl $COMMON \
-                --slack-rate 0.1 --init-from $V/pretrained/ckpt.pt $FT --lr 5e-4 \
-                $(arm_flags $arm) --seed $seed --out-dir $V/$arm@$seed
-            CKPTS="$CKPTS $V/$arm@$seed/ckpt.pt"
-        done
-    done
-    settle
+    train_arms $V $V/pretrained/ckpt.pt --sft $V/task/train.jsonl $COMMON --slack-rate 0.1 $FT \
+        --lr 5e-4
     decode_all $V/test-gens "$CKPTS" --prompts $V/task/test.jsonl --shift-rates $RATES $DECODE
     python evaluate.py score $SCORE --refs $V/task/test.jsonl --gens $V/test-gens/*.jsonl \
         --out-dir $V/score
