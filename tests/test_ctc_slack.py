@@ -8,6 +8,7 @@ mdlm.py's position-wise CE.
 """
 
 import itertools
+import functools
 import math
 
 import pytest
@@ -82,8 +83,9 @@ def feasible_canvas(gen, y, T_b, T_max, p_visible, collapse="surface", slack=SLA
     canvas = torch.full((y.shape[0], T_max), mask)  # rows without room stay all MASK
     for b in range(y.shape[0]):
         ys, T = y[b][y[b] >= 0].tolist(), int(T_b[b])
-        repeat = lambda i: collapse == "standard" and i and ys[i] == ys[i - 1]  # noqa: E731
-        seq = [x for i in range(len(ys)) for x in ([slack, ys[i]] if repeat(i) else [ys[i]])]
+        # under standard, a repeat needs a slack before it
+        repeats = [collapse == "standard" and i and ys[i] == ys[i - 1] for i in range(len(ys))]
+        seq = [x for i in range(len(ys)) for x in ([slack, ys[i]] if repeats[i] else [ys[i]])]
         if len(seq) > T:
             continue
         # where seq goes, in order
@@ -270,9 +272,9 @@ def test_gradcheck(collapse, algorithm):
     canvas = feasible_canvas(gen, y, T_b, 7, 0.4, collapse)
     y = y.clamp(min=0)  # padding is never read
     lp = torch.randn(3, 7, V, generator=gen, **f64).log_softmax(-1).requires_grad_()
-    fn = lambda x: ctc_slack_loss(x, y, T_b, U_b, slack_id=SLACK, canvas=canvas,  # noqa: E731
-                                  mask_id=MASK, collapse=collapse, reduction="none",
-                                  algorithm=algorithm)
+    fn = functools.partial(ctc_slack_loss, targets=y, input_lengths=T_b, target_lengths=U_b,
+                           slack_id=SLACK, canvas=canvas, mask_id=MASK, collapse=collapse,
+                           reduction="none", algorithm=algorithm)
     assert torch.isfinite(fn(lp)).all() and (canvas != MASK).sum() >= 4  # a real canvas, feasible
     assert torch.autograd.gradcheck(fn, (lp,), eps=1e-6, atol=1e-7)
 
@@ -484,8 +486,8 @@ def test_align_without_canvas_long():
     a = ctc_slack._align(lp, y, [T], [U], slack_id=vocab - 1)[0]
     assert collapse_tokens(a.tolist(), vocab - 1, "surface") == y[0].tolist()
     tail = torch.cat([y[0], torch.full((T - U,), vocab - 1)])
-    score = lambda z: lp[0].gather(1, z[:, None]).sum().item()  # noqa: E731
-    assert score(a) >= score(tail) and (a == vocab - 1).sum() == T - U
+    a_score, tail_score = (lp[0].gather(1, z[:, None]).sum().item() for z in (a, tail))
+    assert a_score >= tail_score and (a == vocab - 1).sum() == T - U
 
 
 def test_collapse_tokens():

@@ -107,7 +107,8 @@ def test_judge_nll_truncates_to_the_judge_window():
 
 
 def test_copy_metrics_by_hand():
-    m = lambda out, ref: tasks.copy_metrics({"response": ref}, {"output": out})
+    def m(out, ref):
+        return tasks.copy_metrics({"response": ref}, {"output": out})
     assert m("abcdef", "abcdef") == {"exact": 1.0, "cer": 0.0, "dropped_doubled": 0.0}
     # one letter dropped: one deletion; doubled in its place: one substitution,
     # the probe's signature
@@ -121,7 +122,8 @@ def test_copy_metrics_by_hand():
 
 
 def test_grammar_metrics_by_hand():
-    m = lambda out: tasks.grammar_metrics({"prompt": "the ", "response": ""}, {"output": out})
+    def m(out):
+        return tasks.grammar_metrics({"prompt": "the ", "response": ""}, {"output": out})
     # "the cat sees the ox.": 1 sentence of 5 words, 3 + 3 + 4 + 3 + 2 = 15 bytes of words
     assert m("cat sees the ox.") == {"parses": 1.0, "valid": 1.0, "lexicon": 1.0,
                                      "dropped_doubled": 0.0, "length": 16.0, "sentences": 1.0,
@@ -265,7 +267,8 @@ def test_score_copy_exact_numbers(tmp_path, capsys):
     # the realised shift: sum shifted / sum committed over the 4 prompts
     assert ce0["realised_shift"] == 0.0 and ce1["realised_shift"] == pytest.approx(4 / 40)
     assert ctc1["realised_shift"] == pytest.approx(4 / 32) and ctc1["n_committed"] == 32
-    pick = lambda fam, **kw: [d for d in res[fam] if all(d[k] == v for k, v in kw.items())]
+    def pick(fam, **kw):
+        return [d for d in res[fam] if all(d[k] == v for k, v in kw.items())]
     # (a) rate 0.1 minus rate 0, same name: ce loses 0.5 exact match, ctc nothing
     (d,) = pick("robustness", name="ce", rate="0.1", metric="exact")
     assert d["mean_diff"] == -0.5 and d["lo"] <= -0.5 <= d["hi"]
@@ -436,15 +439,17 @@ def test_score_compares_only_shared_rates_and_says_so(tmp_path, capsys):
 
 
 def test_task_is_deterministic_and_grammar_test_prompts_are_fresh(tmp_path, capsys):
-    argv = lambda d: ["task", "grammar", "--out-dir", str(tmp_path / d), "--n-train", "300",
-                      "--n-test", "200", "--seed", "3"]
+    def argv(d):
+        return ["task", "grammar", "--out-dir", str(tmp_path / d), "--n-train", "300",
+                "--n-test", "200", "--seed", "3"]
     assert run(argv("a"), capsys)[0] == 0 and run(argv("b"), capsys)[0] == 0
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "task.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     train, val, test = (data.read_jsonl(str(tmp_path / "a" / f"{n}.jsonl"))
                         for n in ("train", "val", "test"))
     task = json.loads((tmp_path / "a" / "task.json").read_text())
-    full = lambda recs: {r["prompt"] + r["response"] for r in recs}  # noqa: E731
+    def full(recs):  # each example's whole text
+        return {r["prompt"] + r["response"] for r in recs}
     assert len(train) == 300 and not full(train) & full(test)
     assert val and not full(val) & (full(train) | full(test))  # validation never peeks at test
     # the test set is drawn with seed + 1 and the overlaps dropped, and task.json says how many
