@@ -522,7 +522,7 @@ def _check_targets(targets, U_b, V, slack_id):
 
 def _check_batch(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
                  collapse):
-    """ctc_slack_loss's and ctc_slack_align's arguments: (targets, T_b, U_b, slack_id, canvas,
+    """ctc_slack_loss's and _align's arguments: (targets, T_b, U_b, slack_id, canvas,
     mask_id), on the device of log_probs."""
     _floats(log_probs, "log_probs")
     (B, T, V), dev = log_probs.shape, log_probs.device

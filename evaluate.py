@@ -11,16 +11,19 @@ probe); (b) a slack-CTC fine-tune degrades less under that probe than a matched 
     python evaluate.py score --task text --refs tasks/text/test.jsonl --judge out-ar/ckpt.pt \\
         --gens ce=gens/ce.jsonl ctc=gens/ctc.jsonl --out-dir eval/text
     python evaluate.py curves --logs ce=out-ce/log.jsonl ctc=out-ctc/log.jsonl --out-dir eval/curves
+    python evaluate.py choose --scores val/results.json --out-dir choice  # the decoder, on val
+    python evaluate.py lengths --ckpts a@1/ckpt.pt --refs tasks/grammar/train.jsonl --out-dir len
 
 `score` reads decode.py's output (a JSON line per prompt and shift rate) and writes results.json
-(every number, per-prompt values, settings), results.md (the tables, also printed) and PRIMARY.svg
-(the first of a task's METRICS against the shift rate); `curves` writes curves.md, .json, .svg. A
-difference "b - a" has a 95% interval from a paired bootstrap over prompts: one that excludes 0
-says the difference is unlikely to come from which prompts were drawn (not from training noise).
+(every number, per-prompt values per seed, settings), results.md (the tables, also printed) and
+PRIMARY.svg (the first of a task's tasks.METRICS against the shift rate); `curves` writes
+curves.md, .json, .svg. Runs named ARM@SEED are the training seeds of one arm; a difference
+"b - a" has a 95% interval from a two-level bootstrap over training seeds and prompts
+(stats.py): one that excludes 0 says the difference is unlikely to come from which seeds were
+trained or which prompts were drawn.
 
 Papers: Ye et al. 2026 (arXiv 2601.22947): the shift probe, CE vs slack-CTC fine-tuning; Sahoo et
-al. 2024, MDLM (arXiv 2406.07524): the NELBO in bits per byte, stratified t (sec. 3.5); Efron &
-Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13: percentile intervals.
+al. 2024, MDLM (arXiv 2406.07524): the NELBO in bits per byte, stratified t (sec. 3.5).
 """
 
 import argparse
@@ -517,7 +520,7 @@ TASK_FLAGS = {  # (flag, type, default, help) of each task beyond the common one
 
 
 def build_parser():
-    """The four subcommands and their flags."""
+    """The subcommands and their flags."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
