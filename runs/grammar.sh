@@ -64,6 +64,7 @@ stage $OUT/pretrained python train.py --sft $OUT/task/train.jsonl --out-dir $OUT
 INIT="--sft $OUT/task/train.jsonl $COMMON --slack-rate 0.1"
 CKPTS="$OUT/pretrained/ckpt.pt"
 train_arms $OUT $OUT/pretrained/ckpt.pt $INIT $FT --lr 5e-4
+settle
 
 # 4. the decoder, on validation prompts only: every slack rule x 1 or 2 positions per step x
 #    blocks of 16 or 8, at shift 0 and 5%, for every checkpoint; `choose` then fixes the setting

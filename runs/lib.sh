@@ -143,8 +143,8 @@ decode_all() {
 
 # The protocol's steps, shared by the experiment scripts; they read the script's SEEDS, ARMS,
 # DECODE and SCORE. train_arms DIR INIT FLAGS...: every arm with every seed, fine-tuned from the
-# checkpoint INIT with train.py FLAGS into DIR/ARM@SEED (JOBS at once); their checkpoints are
-# added to CKPTS
+# checkpoint INIT with train.py FLAGS into DIR/ARM@SEED (spawned: settle waits for them); their
+# checkpoints are added to CKPTS
 train_arms() {
     local dir=$1 init=$2 seed arm
     shift 2
@@ -155,7 +155,6 @@ train_arms() {
             CKPTS="$CKPTS $dir/$arm@$seed/ckpt.pt"
         done
     done
-    settle
 }
 
 # continue_arms DIR FLAGS...: each fine-tune DIR/ARM@SEED continued from its last checkpoint

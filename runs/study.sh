@@ -67,17 +67,34 @@ for arm in $ARMS; do BASE_GENS="$BASE_GENS $(ls "$GRAMMAR"/test-gens/"$arm"@*.js
 python evaluate.py score $SCORE --refs $OUT/base/task/test.jsonl --gens $BASE_GENS \
     --out-dir $OUT/base/score
 
-for v in uncond pad spread long; do
+# each variant's task and CE pretraining, then its arms, all spawned (JOBS at once), then its
+# test prompts decoded and scored
+VARIANTS="uncond pad spread long"
+for v in $VARIANTS; do
     variant $v
+    record_setup $OUT/$v seq_len=$SEQ slack_rate=0.1 temperature=0.8 variant="\"$v\""
+    stage $OUT/$v/task python evaluate.py task grammar --out-dir $OUT/$v/task $TASK --seed 0
+done
+for v in $VARIANTS; do
+    variant $v
+    spawn $OUT/$v/pretrained python train.py --sft $OUT/$v/task/train.jsonl \
+        --out-dir $OUT/$v/pretrained --seq-len $SEQ --batch-size $VB $TRAIN $MODEL $PRE \
+        --lr 2e-3 --loss ce --seed 1337
+done
+settle
+CKPTS=""  # train_arms lists them; each variant's are listed again below
+for v in $VARIANTS; do
+    variant $v
+    train_arms $OUT/$v $OUT/$v/pretrained/ckpt.pt --sft $OUT/$v/task/train.jsonl \
+        --seq-len $SEQ --batch-size $VB $TRAIN --slack-rate 0.1 $FT --lr 5e-4
+done
+settle
+for v in $VARIANTS; do
     V=$OUT/$v
-    COMMON="--seq-len $SEQ --batch-size $VB $TRAIN"
-    record_setup $V seq_len=$SEQ slack_rate=0.1 temperature=0.8 variant="\"$v\""
-    stage $V/task python evaluate.py task grammar --out-dir $V/task $TASK --seed 0
-    stage $V/pretrained python train.py --sft $V/task/train.jsonl --out-dir $V/pretrained \
-        $COMMON $MODEL $PRE --lr 2e-3 --loss ce --seed 1337
     CKPTS="$V/pretrained/ckpt.pt"
-    train_arms $V $V/pretrained/ckpt.pt --sft $V/task/train.jsonl $COMMON --slack-rate 0.1 $FT \
-        --lr 5e-4
+    for seed in $SEEDS; do
+        for arm in $ARMS; do CKPTS="$CKPTS $V/$arm@$seed/ckpt.pt"; done
+    done
     decode_all $V/test-gens "$CKPTS" --prompts $V/task/test.jsonl --shift-rates $RATES $DECODE
     python evaluate.py score $SCORE --refs $V/task/test.jsonl --gens $V/test-gens/*.jsonl \
         --out-dir $V/score
