@@ -85,9 +85,15 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=
 dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                        capture_output=True, text=True).stdout.strip()
 extra = {k: json.loads(v) for k, v in (a.split("=", 1) for a in sys.argv[6:])}
+try:  # a rerun keeps the commit whose run made the folder: its stages may be that commit's
+    old = json.load(open(sys.argv[1]))
+    first = old.get("first_commit") or old["commit"]
+except (OSError, ValueError, KeyError):
+    first = None
 cpu = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
        if line.startswith("model name")] if platform.system() == "Linux" else []
-json.dump({"commit": (commit.stdout.strip() or "unknown") + ("+changes" if dirty else ""),
+now = (commit.stdout.strip() or "unknown") + ("+changes" if dirty else "")
+json.dump({"commit": now, "first_commit": first or now,
            "size": sys.argv[2], "device": sys.argv[3], "dtype": sys.argv[4],
            "threads": torch.get_num_threads(), "jobs": int(sys.argv[5]),
            "torch": torch.__version__,

@@ -315,10 +315,14 @@ def p_setup(rs, exp):
     threads = s.get("threads")
     device = s.get("device") + (f" ({s['cuda']})" if s.get("cuda") else "")
     jobs = s.get("jobs", 1)  # fine-tunes trained side by side (runs/lib.sh JOBS)
-    return (f"commit {s.get('commit')}, {threads} thread{'s' * (threads != 1)} per process, "
+    first = s.get("first_commit", s.get("commit"))
+    commit = s.get("commit") + (f" (its first run: commit {first})" if first != s.get("commit")
+                                else "")
+    return (f"commit {commit}, {threads} thread{'s' * (threads != 1)} per process, "
             f"{jobs} job{'s' * (jobs != 1)} at once, "
-            f"torch {s.get('torch')}, Python {s.get('python')}, {s.get('machine')}, "
-            f"device {device}, dtype {s.get('dtype')}")
+            f"torch {s.get('torch')}, Python {s.get('python')}, {s.get('machine')}"
+            + (f" ({s['cpu']}, {s['cores']} cores)" if s.get("cpu") else "")
+            + f", device {device}, dtype {s.get('dtype')}")
 
 
 def p_time(rs, exp, pattern="*"):
