@@ -488,7 +488,7 @@ def loop(s, args, log, bar):
         # the clean canvases z0: prompt, then the response with its slack placed (and y)
         b = objective.get_batch(s.train, obj, n, run.gen, stats, run.model,
                                 align_batch=args.batch_size)
-        if not obj.ar:  # the forward process: t, then each response position masked w.p. 1 - alpha
+        if not obj.ar:  # the forward process: each response position masked w.p. 1 - alpha(t)
             b["t"] = mdlm.sample_t(n, generator=run.gen)  # (n,) stratified
             b["z_t"] = mdlm.forward_mask(b["z0"], b["t"], obj.schedule, mask_id=obj.mask_id,
                                          generator=run.gen, is_prompt=b["is_prompt"])  # (n, T)
