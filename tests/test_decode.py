@@ -379,6 +379,30 @@ def test_cli_several_checkpoints_and_settings(tmp_path):
         assert len(recs) == 2 * 2 * 2 * 2  # prompts x rules x per-steps x rates
 
 
+def test_block_lengths_sweep_and_a_model_without_slack_decoded_once(tmp_path):
+    """--block-lengths is a sweep like the others, recorded per output; a checkpoint that never
+    samples slack is decoded once per setting of the other flags and recorded under every rule,
+    which is exact: decoding it under each rule on its own gives the same outputs."""
+    (tmp_path / "b").mkdir()
+    ck = write_ckpt(tmp_path / "b" / "ckpt.pt", slack=False)
+    prompts = write_prompts(tmp_path / "p.jsonl", ["ab", "xyz"])
+    flags = ["--prompts", prompts, "--sampler", "confidence", "--temperature", "1",
+             "--shift-rates", "0", "0.1", "--device", "cpu", "--no-progress"]
+    assert decode.main(["--ckpt", ck, "--out", str(tmp_path / "all.jsonl"), *flags,
+                        "--slack-rules", "plain", "last", "first", "--block-lengths", "4",
+                        "8"]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "all.jsonl").open()]
+    assert {(r["slack_rule"], r["block_length"]) for r in recs} == {
+        (rule, b) for rule in ("plain", "last", "first") for b in (4, 8)}
+    for rule in ("last", "first"):
+        out = tmp_path / f"{rule}.jsonl"
+        assert decode.main(["--ckpt", ck, "--out", str(out), *flags, "--slack-rule", rule,
+                            "--block-length", "8"]) == 0
+        alone = [json.loads(line) for line in out.open()]
+        swept = [r for r in recs if r["slack_rule"] == rule and r["block_length"] == 8]
+        assert [r["output_ids"] for r in alone] == [r["output_ids"] for r in swept]
+
+
 def test_slack_rules_order_the_commits():
     """plain ranks every proposal by its probability; last puts slack proposals after every real
     one; threshold lets a slack proposal keep its rank when its probability is high enough; first

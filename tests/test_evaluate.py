@@ -546,3 +546,35 @@ def test_every_flag_has_help(capsys):
             evaluate.main(argv)
         assert e.value.code == 0
     assert "--gens" in capsys.readouterr().out
+
+
+def test_choose_takes_the_best_mean_setting(tmp_path, capsys):
+    """evaluate.py choose: the setting of the best mean primary metric over the fine-tuned arms
+    (each arm weighted alike, pretrained left out) and the file's rates; a tie goes to the
+    setting listed first; the flags decode.py takes, on one line."""
+    def cell(v):
+        return {"summary": {"parses": v}}
+    arms = {"pretrained:plain/1/16": {"0": cell(1.0)},  # left out, else it would win plain/1/16
+            "ce-ft:plain/1/16": {"0": cell(0.5)}, "ce-ft:last/2/8": {"0": cell(0.6)},
+            "ce-ft:first/1/all": {"0": cell(0.6)},
+            "ctc@1:plain/1/16": {"0": cell(0.5)}, "ctc@1:last/2/8": {"0": cell(0.6)},
+            "ctc@1:first/1/all": {"0": cell(0.6)}}
+    scores = tmp_path / "val.json"
+    scores.write_text(json.dumps({"primary": "parses", "rates": ["0"], "arms": arms}))
+    status, out, err = run(["choose", "--scores", str(scores), "--out-dir", str(tmp_path / "c")],
+                           capsys)
+    assert status == 0, err
+    choice = json.loads((tmp_path / "c" / "choice.json").read_text())
+    assert choice["setting"] == "last/2/8"  # ties first/1/all, listed later
+    assert (tmp_path / "c" / "flags.txt").read_text() == (
+        "--slack-rule last --per-step 2 --block-length 8\n")
+    arms["ce-ft:first/1/all"] = {"0": cell(0.9)}
+    scores.write_text(json.dumps({"primary": "parses", "rates": ["0"], "arms": arms}))
+    assert run(["choose", "--scores", str(scores), "--out-dir", str(tmp_path / "d")],
+               capsys)[0] == 0
+    assert (tmp_path / "d" / "flags.txt").read_text() == "--slack-rule first --per-step 1\n"
+    scores.write_text(json.dumps({"primary": "parses", "rates": ["0"],
+                                  "arms": {"ce-ft": {"0": cell(0.5)}}}))
+    status, _, err = run(["choose", "--scores", str(scores), "--out-dir", str(tmp_path / "e")],
+                         capsys)
+    assert status == 1 and "carries no setting" in err
