@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # What decides whether slack helps? The grammar experiment (runs/grammar.sh) is the base; each
 # variant here changes one property of its task and keeps the rest of the protocol: its own CE
-# pretraining, then ce-ft, ctc-random and ctc+ce-random with three seeds each, and the test
-# prompts decoded once, at shift-probe rates 0, 1% and 10%, with the decoder that runs/grammar.sh
-# chose on its validation prompts (fixed before any prompt here is decoded). The variants:
+# pretraining, then the two arms of the primary comparison (ce-ft and ctc-random) with three
+# seeds each, and the test prompts decoded once, at shift-probe rates 0, 1% and 10%, with the
+# decoder that runs/grammar.sh chose on its validation prompts (fixed before any prompt here is
+# decoded). The variants:
 #   uncond   no prompt: the whole text is generated (the base gives its first word)
 #   pad      a canvas twice as long for the same texts: most of it is EOS padding
 #   spread   texts of 24-30 bytes only: the output lengths barely vary (base: 8-40 bytes)
 #   long     texts of 5-8 sentences, 155-205 bytes: long outputs, where a shift can compound
+# The CPU preset runs the first three (VARIANTS="uncond pad spread long" adds the fourth: its
+# canvas is five times the base's); the other presets run all four.
 # The study is exploratory: it was designed after the grammar verdict was seen.
 #
 #   bash runs/study.sh [OUT]                 # OUT = exp/study, after runs/grammar.sh into
@@ -35,14 +38,16 @@ tiny)
 cpu)  # the model and steps of runs/grammar.sh; fewer test prompts for the long texts
     N="--n-train 20000 --n-val 16 --n-test 256"; MODEL="--n-layer 4 --n-head 4 --n-embd 128"
     B=64; PRE="--steps 6000 --eval-interval 500"; FT="--steps 2000 --eval-interval 500"
-    SEEDS="1 2 3"; N_LONG="--n-train 20000 --n-val 16 --n-test 64"; N_BOOT=2000 ;;
+    SEEDS="1 2 3"; N_LONG="--n-train 20000 --n-val 16 --n-test 64"; N_BOOT=2000
+    VARIANTS="${VARIANTS:-uncond pad spread}" ;;
 gpu)  # the GPU preset of runs/grammar.sh
     N="--n-train 200000 --n-val 16 --n-test 256"; MODEL="--n-layer 8 --n-head 8 --n-embd 512"
     B=512; PRE="--steps 24000 --eval-interval 2000"; FT="--steps 3000 --eval-interval 500"
     SEEDS="1 2 3"; N_LONG="--n-train 200000 --n-val 16 --n-test 256"; N_BOOT=2000 ;;
 esac
+VARIANTS="${VARIANTS:-uncond pad spread long}"
 RATES="0 0.01 0.1"
-ARMS="ce-ft ctc-random ctc+ce-random"
+ARMS="ce-ft ctc-random"
 DECODE="$CHOSEN --sampler confidence --temperature 0.8 --batch-size 512 $RUN"
 SCORE="--task grammar --baseline ce-ft --primary ctc-random 0.01 --n-boot $N_BOOT"
 
@@ -69,7 +74,6 @@ python evaluate.py score $SCORE --refs $OUT/base/task/test.jsonl --gens $BASE_GE
 
 # each variant's task and CE pretraining, then its arms, all spawned (JOBS at once), then its
 # test prompts decoded and scored
-VARIANTS="uncond pad spread long"
 for v in $VARIANTS; do
     variant $v
     record_setup $OUT/$v seq_len=$SEQ slack_rate=0.1 temperature=0.8 variant="\"$v\""
