@@ -34,7 +34,8 @@ case "$SIZE" in
 tiny)
     N="--n-train 300 --n-val 2 --n-test 6"; MODEL="--n-layer 1 --n-head 2 --n-embd 32"; B=16
     PRE="--steps 10 --eval-interval 5"; FT="--steps 4 --eval-interval 2"; SEEDS="1"
-    N_LONG="--n-train 100 --n-val 2 --n-test 4"; N_BOOT=50 ;;
+    N_LONG="--n-train 100 --n-val 2 --n-test 4"; N_BOOT=50
+    VARIANTS="${VARIANTS:-uncond pad spread long}" ;;
 cpu)  # the model and steps of runs/grammar.sh; fewer test prompts for the long texts
     N="--n-train 20000 --n-val 16 --n-test 256"; MODEL="--n-layer 4 --n-head 4 --n-embd 128"
     B=64; PRE="--steps 6000 --eval-interval 500"; FT="--steps 2000 --eval-interval 500"
@@ -43,9 +44,9 @@ cpu)  # the model and steps of runs/grammar.sh; fewer test prompts for the long 
 gpu)  # the GPU preset of runs/grammar.sh
     N="--n-train 200000 --n-val 16 --n-test 256"; MODEL="--n-layer 8 --n-head 8 --n-embd 512"
     B=512; PRE="--steps 24000 --eval-interval 2000"; FT="--steps 3000 --eval-interval 500"
-    SEEDS="1 2 3"; N_LONG="--n-train 200000 --n-val 16 --n-test 256"; N_BOOT=2000 ;;
+    SEEDS="1 2 3"; N_LONG="--n-train 200000 --n-val 16 --n-test 256"; N_BOOT=2000
+    VARIANTS="${VARIANTS:-uncond pad spread long}" ;;
 esac
-VARIANTS="${VARIANTS:-uncond pad spread long}"
 RATES="0 0.01 0.1"
 ARMS="ce-ft ctc-random"
 DECODE="$CHOSEN --sampler confidence --temperature 0.8 --batch-size 512 $RUN"
