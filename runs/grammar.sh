@@ -30,17 +30,18 @@ case "$SIZE" in
 tiny)
     TASK="--n-train 300 --n-val 6 --n-test 6"; MODEL="--n-layer 1 --n-head 2 --n-embd 32"; B=16
     PRE="--steps 20 --eval-interval 10"; FT="--steps 6 --eval-interval 3"; SEEDS="1 2"
-    MORE="--steps 4 --eval-interval 2 --warmup 1"; N_BOOT=50; MIN_COUNT=1 ;;
+    MORE="--steps 4 --eval-interval 2 --warmup 1"; N_BOOT=50; MIN_COUNT=1
+    BLOCKS="16" ;;  # one block length: the decoder grid is most of the toy run's time
 cpu)  # 0.83M parameters, 18M pretraining tokens; each fine-tune 2000 steps, 6M tokens
     TASK="--n-train 20000 --n-val 200 --n-test 320"; MODEL="--n-layer 4 --n-head 4 --n-embd 128"
     B=64; PRE="--steps 6000 --eval-interval 500"; FT="--steps 2000 --eval-interval 250"
     SEEDS="1 2 3"; MORE="--steps 500 --eval-interval 100 --warmup 50"; N_BOOT=2000
-    MIN_COUNT=50 ;;
+    MIN_COUNT=50; BLOCKS="16 8" ;;
 gpu)  # 25M parameters, 590M pretraining tokens: about 40 minutes on one H100 (estimated)
     TASK="--n-train 200000 --n-val 200 --n-test 320"; MODEL="--n-layer 8 --n-head 8 --n-embd 512"
     B=512; PRE="--steps 24000 --eval-interval 2000"; FT="--steps 3000 --eval-interval 500"
     SEEDS="1 2 3"; MORE="--steps 750 --eval-interval 150 --warmup 75"; N_BOOT=2000
-    MIN_COUNT=50 ;;
+    MIN_COUNT=50; BLOCKS="16 8" ;;
 esac
 SEQ=48
 COMMON="--seq-len $SEQ --batch-size $B $TRAIN"
@@ -67,11 +68,11 @@ train_arms $OUT $OUT/pretrained/ckpt.pt $INIT $FT --lr 5e-4
 settle
 
 # 4. the decoder, on validation prompts only: every slack rule x 1 or 2 positions per step x
-#    blocks of 16 or 8, at shift 0 and 5%, for every checkpoint; `choose` then fixes the setting
-#    (its rule is stated above). The ancestral sampler beside it shows what lengths the models
-#    themselves want
+#    blocks of 16 or 8 (BLOCKS), at shift 0 and 5%, for every checkpoint; `choose` then fixes
+#    the setting (its rule is stated above). The ancestral sampler beside it shows what lengths
+#    the models themselves want
 choose_decoder $OUT ce-ft:plain/1/16 --slack-rules plain last threshold first --per-steps 1 2 \
-    --block-lengths 16 8
+    --block-lengths $BLOCKS
 decode_all $OUT/val-ancestral "$CKPTS" --prompts $OUT/task/val.jsonl --sampler ancestral \
     --per-step 1 --temperature 0.8 $RUN
 python evaluate.py score $SCORE --refs $OUT/task/val.jsonl --gens $OUT/val-ancestral/*.jsonl \

@@ -1,9 +1,16 @@
 """Make the top-level scripts importable from the tests (the project is flat, not a package)."""
 import os
+import shlex
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 import torch  # noqa: E402
 
@@ -47,16 +54,22 @@ def run_main(main, argv, capsys):
         code = e.code
     return code, capsys.readouterr().err
 
+
 # ----------------------------------------------------------------------------------------------
 # The experiment scripts at toy sizes, run once per test session and shared (read only) by
-# test_runs.py and test_report.py: each script takes about half a minute, so running them once
-# keeps the suite within its time. No test may change these folders.
-
-import subprocess  # noqa: E402
-
-import pytest  # noqa: E402
+# test_runs.py and test_report.py. They are most of the suite's time, so they start in the
+# background as soon as collection shows a test that needs them, as two chains of one CPU thread
+# each (the study reads the grammar run's outputs; the copy script also runs a second time, two
+# jobs at once, for the test that its tables repeat), and the tests that read them run last:
+# the other tests run meanwhile. No test may change these folders.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY_CHAINS = (  # (script, output folder under the toy root, extra environment), run in order
+    (("grammar", "exp/grammar", ""), ("study", "exp/study", "")),
+    (("copy", "exp/copy", ""), ("copy", "rerun/copy", "JOBS=2"), ("text", "exp/text", ""),
+     ("bench", "exp/bench", "")),
+)
+_toy = {}  # "root": the toy runs' folder, "chains": their running shells
 
 
 def run_script(name, out, env_extra=None):
@@ -66,19 +79,52 @@ def run_script(name, out, env_extra=None):
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
-@pytest.fixture(scope="session")
-def tiny_exp(tmp_path_factory):
-    """A folder holding grammar/, copy/, text/, study/ and bench/: each runs/*.sh --tiny, two at
-    a time (the machine has two cores); the study after the grammar run it builds on."""
-    out = tmp_path_factory.mktemp("tiny-exp")
+def toy_log(root, out):
+    """Where the toy run into root/out writes its output."""
+    return Path(root) / "logs" / (out.replace("/", "-") + ".log")
+
+
+def start_toy_runs():
+    root = Path(tempfile.mkdtemp(prefix="tiny-exp-"))
+    (root / "logs").mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    logs = {}
-    for batch in (("grammar", "copy"), ("study", "text", "bench")):
-        procs = {name: subprocess.Popen(["bash", os.path.join(ROOT, "runs", f"{name}.sh"),
-                                         "--tiny", str(out / name)], cwd=ROOT, env=env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                 for name in batch}
-        for name, p in procs.items():
-            logs[name] = p.communicate(timeout=900)[0]
-            assert p.returncode == 0, f"runs/{name}.sh --tiny failed:\n{logs[name][-3000:]}"
-    return out
+    chains = []
+    for chain in TOY_CHAINS:
+        command = " && ".join(f"{extra} bash runs/{name}.sh --tiny {shlex.quote(str(root / out))}"
+                              f" > {shlex.quote(str(toy_log(root, out)))} 2>&1"
+                              for name, out, extra in chain)
+        chains.append(subprocess.Popen(["bash", "-c", command], cwd=ROOT, env=env,
+                                       start_new_session=True))
+    _toy.update(root=root, chains=chains)
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
+def pytest_collection_modifyitems(session, config, items):
+    toy = [item for item in items if "tiny_exp" in getattr(item, "fixturenames", ())]
+    if toy:
+        items[:] = [item for item in items if item not in toy] + toy
+        start_toy_runs()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for p in _toy.get("chains", []):
+        if p.poll() is None:  # interrupted: stop the chain's scripts too
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait()
+    if "root" in _toy:
+        shutil.rmtree(_toy["root"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_exp():
+    """A folder holding grammar/, copy/, text/, study/ and bench/, each runs/*.sh --tiny (and,
+    beside it, rerun/copy: copy.sh again with JOBS=2)."""
+    if not _toy:
+        start_toy_runs()
+    for p, chain in zip(_toy["chains"], TOY_CHAINS):
+        p.wait(timeout=1200)
+        if p.returncode:
+            logs = [toy_log(_toy["root"], out) for _, out, _ in chain]
+            last = [log for log in logs if log.exists()][-1]
+            pytest.fail(f"{last.name} (runs/*.sh --tiny) failed:\n{last.read_text()[-3000:]}")
+    return _toy["root"] / "exp"
