@@ -43,9 +43,9 @@ import data
 import mdlm
 import sampling
 
-# the slack rule of slack-trained checkpoints, chosen on the grammar task's validation prompts
-# (3 seeds per arm; results/README.md, "The decoder"): no slack-aware rule beat LLaDA's plain one
-# for the random-placement CTC, and the model-aligned arms decode alike under every rule
+# the slack rule of slack-trained checkpoints when none is asked for: LLaDA's, which treats slack
+# as any other token; the experiment scripts choose theirs on validation prompts (evaluate.py
+# choose), since which rule suits a model is a question of its task and training
 DEFAULT_SLACK_RULE = "plain"
 
 # ----------------------------------------------------------------------------------------------

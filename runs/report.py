@@ -468,7 +468,7 @@ def p_primary(rs, exp):
     word = {1: f"`{p['arm']}` better", -1: f"`{res['baseline']}` better", 0: "no difference",
             None: "n/a"}[direction(e, metric in LOWER_IS_BETTER)]
     return (f"`{p['arm']}` - `{res['baseline']}`, {metric} at {rate_label(p['rate'])}: "
-            f"{interval(e)}, {word}")
+            f"{interval(e)} ({word})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,6 +546,21 @@ def p_study(rs, *rates):
     return "\n\n".join(out)
 
 
+# bench.py train's comparisons: what each ratio divides, and the two medians it divides
+TRAIN_BENCH = {
+    "mdlm-vs-ar": ("MDLM pretraining step ÷ AR step, time", "mdlm_step_s", "ar_step_s"),
+    "encoder": ("`mdlm.Transformer` ÷ `nn.TransformerEncoder`, throughput", "ours_tok_s",
+                "encoder_tok_s"),
+    "ctc-vs-ce": ("slack-CTC fine-tune step ÷ CE step, time", "ctc_step_s", "ce_step_s"),
+}
+
+
+def median_text(key, value):
+    """A bench.py median as the page shows it: throughputs (KEY_tok_s) in tokens per second,
+    times (KEY_s, in seconds) in milliseconds."""
+    return f"{value:,.0f} tokens/s" if key.endswith("tok_s") else f"{1000 * value:.1f} ms"
+
+
 def p_bench(rs, exp, kind):
     b = rs.load(f"{exp}/bench-{kind}.json")
     where = f"{b.get('device')}, torch {b.get('torch')}, {b.get('threads')} threads"
@@ -556,11 +571,18 @@ def p_bench(rs, exp, kind):
         return table(["B x T x V", "slack", "collapse", "visible",
                       "time / memory, ours ÷ F.ctc_loss"], rows) + f"\n\n({where})"
     if kind == "train":
-        rows = [[name, num(r["ratio"], 2)] for name, r in b.items()
-                if isinstance(r, dict) and "ratio" in r]
-        return table(["step-time ratio", "median, same run"], rows) + f"\n\n({where})"
+        rows = []
+        for name, r in b.items():
+            if not (isinstance(r, dict) and "ratio" in r):
+                continue
+            what, a, z = TRAIN_BENCH.get(name, (name, None, None))
+            medians = (f"{median_text(a, r[a])} ÷ {median_text(z, r[z])}"
+                       if a in r and z in r else "")
+            rows.append([what, medians, num(r["ratio"], 2)])
+        return table(["what is divided", "medians", "ratio"], rows) + f"\n\n({where})"
+    same = "the same canvases" if b["identical"] else "DIFFERENT canvases (a bug)"
     return (f"{b['calls_uncached']} model calls without the cache, {b['calls_cached']} with it, "
-            f"the same canvases ({b['identical']}): {num(b['ratio'], 2)} times as fast ({where})")
+            f"{same}: {num(b['ratio'], 2)} times as fast ({where})")
 
 
 PLACEHOLDERS = {  # name: (function, least and most arguments, usage)
