@@ -576,8 +576,11 @@ def p_bench(rs, exp, kind):
             if not (isinstance(r, dict) and "ratio" in r):
                 continue
             what, a, z = TRAIN_BENCH.get(name, (name, None, None))
-            medians = (f"{median_text(a, r[a])} ÷ {median_text(z, r[z])}"
-                       if a in r and z in r else "")
+            if a in r and z in r:
+                medians = f"{median_text(a, r[a])} ÷ {median_text(z, r[z])}"
+            else:  # bench.py wrote a comparison this page does not know: its ratio alone
+                rs.warn(f"{exp}/bench-train.json: {name} has no medians this page can name")
+                medians = "n/a"
             rows.append([what, medians, num(r["ratio"], 2)])
         return table(["what is divided", "medians", "ratio"], rows) + f"\n\n({where})"
     same = "the same canvases" if b["identical"] else "DIFFERENT canvases (a bug)"

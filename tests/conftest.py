@@ -1,4 +1,5 @@
-"""Make the top-level scripts importable from the tests (the project is flat, not a package)."""
+"""Shared by the tests: the top-level scripts made importable (the project is flat, not a
+package), the one test model, and the experiment scripts' toy runs."""
 import os
 import shlex
 import shutil
@@ -72,9 +73,9 @@ TOY_CHAINS = (  # (script, output folder under the toy root, extra environment),
 _toy = {}  # "root": the toy runs' folder, "chains": their running shells
 
 
-def run_script(name, out, env_extra=None):
+def run_script(name, out):
     """bash runs/NAME.sh --tiny OUT, one CPU thread: the CompletedProcess."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(["bash", os.path.join(ROOT, "runs", f"{name}.sh"), "--tiny", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
@@ -101,7 +102,7 @@ def start_toy_runs():
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
 def pytest_collection_modifyitems(session, config, items):
     toy = [item for item in items if "tiny_exp" in getattr(item, "fixturenames", ())]
-    if toy:
+    if toy and not config.option.collectonly:
         items[:] = [item for item in items if item not in toy] + toy
         start_toy_runs()
 
