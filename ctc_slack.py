@@ -312,6 +312,63 @@ class _BandLogZ(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
 
+# Uneven batches. The band above is padded to the batch's widest shape: B x (K_max+1) x (U_max+1)
+# cells and K_max + 1 steps, so one row with a short target (large K) beside rows with long ones
+# (large U) makes every row pay K_max x U_max. Rows of similar shape are therefore grouped, and
+# each group runs the band on its own slices (its own T, U and K maxima); autograd carries the
+# gradient back through the indexing. The rule (band_groups): sort the rows by (K_b, U_b); a row
+# joins the current group while the group's padded band, n_g x (K_g+1) x (U_g+1), stays within
+# PAD_FACTOR times the cells its rows need, sum of (K_b+1)(U_b+1), or under SMALL_BAND cells (a
+# small band costs its steps' fixed overhead, not its cells, and another group adds steps). So a
+# batch allocates at most PAD_FACTOR x its rows' own cells, plus SMALL_BAND per group; an even
+# batch is one group and runs the band above unchanged. Each group costs its own K_g + 1 steps.
+PAD_FACTOR = 2
+SMALL_BAND = 2**16
+
+
+def band_groups(K_b, U_b):
+    """The rows of a batch (K_b, U_b: (B,) slack and target counts) cut into groups by the rule
+    above: a list of lists of row indices, each row in exactly one, in (K_b, U_b) order."""
+    K, U = K_b.tolist(), U_b.tolist()
+
+    def padded(g):  # the cells of the group's band
+        return len(g) * (max(K[b] for b in g) + 1) * (max(U[b] for b in g) + 1)
+
+    def need(g):  # the cells its rows would fill alone
+        return sum((K[b] + 1) * (U[b] + 1) for b in g)
+    groups = []
+    for b in sorted(range(len(K)), key=lambda b: (K[b], U[b])):
+        g = groups[-1] + [b] if groups else []
+        if g and (padded(g) <= PAD_FACTOR * need(g) or padded(g) <= SMALL_BAND):
+            groups[-1] = g
+        else:
+            groups.append([b])
+    return groups
+
+
+def _by_groups(fn, log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
+    """fn (_BandLogZ.apply, or the band's Viterbi) on each group of band_groups, on the group's
+    own slices; its outputs reassembled in row order: (B,) vectors, and (B, T) alignments with
+    slack past a group's T. One group: fn on the batch as it is."""
+    groups = band_groups((T_b - U_b).clamp(min=0), U_b)
+    if len(groups) == 1:
+        return fn(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
+    outs = []
+    for g in groups:
+        i = torch.tensor(g, device=T_b.device)
+        T_g, U_g = max(int(T_b[i].max()), 1), int(U_b[i].max())  # the group's own maxima
+        c = None if canvas is None else canvas[i, :T_g]
+        outs.append(fn(log_probs[i, :T_g], targets[i, :U_g], T_b[i], U_b[i], slack_id, c,
+                       mask_id))
+    order = torch.tensor([b for g in groups for b in g], device=T_b.device).argsort()
+    single = torch.is_tensor(outs[0])  # one output (an alignment) or a tuple (log Z, feasible)
+    parts = [outs] if single else list(zip(*outs))
+    T = log_probs.shape[1]
+    joined = [torch.cat([pad(x, (0, T - x.shape[1]), value=slack_id) if x.dim() == 2 else x
+                         for x in part])[order] for part in parts]
+    return joined[0] if single else tuple(joined)
+
+
 # ----------------------------------------------------------------------------------------------
 # Standard: Graves CTC on edited log-probs, so PyTorch's native kernel runs it. A visible
 # position is a one-hot emission row (log 1 = 0 for its token, log 0 for every other), and given
@@ -399,7 +456,7 @@ def _fill_canvas(targets, T_b, U_b, is_slack, slack_id):
 
 
 @torch.no_grad()
-def _align_surface(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
+def _align_band(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     """Viterbi over the band: the argmax j of each row's cummax is where the best path entered
     row d, by a slack at position j + d - 1; following these from (U, K) places all K slacks."""
     em, _, neg, low = _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
@@ -431,6 +488,11 @@ def _align_surface(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     t = torch.arange(T, device=em.device)
     is_slack = torch.where(feasible[:, None], is_slack[:, :T], t >= U_b[:, None])
     return _fill_canvas(targets, T_b, U_b, is_slack, slack_id)
+
+
+def _align_surface(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
+    """The best alignment (B, T): _align_band per group of rows of similar shape (band_groups)."""
+    return _by_groups(_align_band, log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,8 +639,8 @@ def _nll(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id, collapse, zero
     args = (log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
     if algorithm == "time":
         logz, ok = (_surface_time if collapse == "surface" else _standard_time)(*args)
-    elif collapse == "surface":
-        logz, ok = _BandLogZ.apply(*args)
+    elif collapse == "surface":  # the band, per group of rows of similar shape (band_groups)
+        logz, ok = _by_groups(_BandLogZ.apply, *args)
     else:
         logz, ok = _StandardLogZ.apply(*args)
     bad = 0.0 if zero_infinity else float("inf")
