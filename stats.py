@@ -275,7 +275,8 @@ LENGTH_BINS = 5
 
 def length_edges(ref_lengths, bins=LENGTH_BINS):
     """The bin edges: the data's quantiles 0, 1/bins, ..., 1 (equal ones merged)."""
-    edges = np.unique(np.quantile(np.asarray(ref_lengths, dtype=float), np.linspace(0, 1, bins + 1)))
+    q = np.linspace(0, 1, bins + 1)
+    edges = np.unique(np.quantile(np.asarray(ref_lengths, dtype=float), q))
     return np.repeat(edges, 2) if len(edges) == 1 else edges  # one length: the bin [L, L]
 
 
