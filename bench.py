@@ -6,6 +6,8 @@ load on a shared machine slows both sides alike. Nothing is asserted: the number
     python bench.py ctc                       # ctc_slack_loss vs torch.nn.functional.ctc_loss
     python bench.py ctc --quick --threads 1   # T = 256, 512, 1024 at 10% slack only
     python bench.py ctc --device cuda         # on a GPU, plus cuDNN's CTC where it applies
+                                              # each also times uneven batches (one short
+                                              # target among long ones; --uneven T1,T2)
     python bench.py train                     # training steps: MDLM / AR, ours /
                                               # nn.TransformerEncoder, slack-CTC / CE fine-tuning
     python bench.py train --device cuda --dtype bf16 --compile
@@ -77,8 +79,10 @@ def ctc_case(B, T, V, rate, visible, device, gen):
     a slack between)."""
     K = round(rate * T)
     _, slack, mask = mdlm.special_ids(V)
-    # drawn on the CPU from one generator, then moved: the same case on every device
-    lp = torch.randn(B, T, V, generator=gen).log_softmax(-1).to(device).requires_grad_()
+    # drawn on the CPU from one generator, then moved: the same case on every device; the MASK
+    # column at -inf (SUBS: an MDLM never predicts MASK, and the loss refuses a canvas without it)
+    raw = torch.randn(B, T, V, generator=gen).index_fill_(2, torch.tensor([mask]), float("-inf"))
+    lp = raw.log_softmax(-1).to(device).requires_grad_()
     # steps of 1..n-1 modulo n (n = V - 3 ordinary ids): tokens 0..n-1, never the previous one
     n = V - 3
     y = torch.randint(1, n, (B, T - K), generator=gen).cumsum(1) % n  # (B, U)
@@ -194,10 +198,62 @@ def print_ctc_row(row, cuda):
     print(line, flush=True)
 
 
+def uneven_case(B, T, V, device, gen):
+    """Random log-probs (a leaf, B x T x V) and targets y for two batches on them: uneven, where
+    row 1's target has U = 8 tokens (K = T - 8) and the other rows T - K at 10% slack, and even,
+    where every row has those T - K. -> lp, y, T_b and the two U_b."""
+    U = T - round(0.1 * T)
+    _, slack, _ = mdlm.special_ids(V)
+    lp = torch.randn(B, T, V, generator=gen).log_softmax(-1).to(device).requires_grad_()
+    y = torch.randint(0, V - 3, (B, U), generator=gen).to(device)  # ordinary ids only
+    even = torch.full((B,), U, device=device)
+    uneven = even.clone()
+    uneven[1] = min(8, U)  # one short target: a band padded to the batch is B x (T-8) x U
+    return lp, y, torch.full((B,), T, device=device), uneven, even
+
+
+def bench_uneven(a, device, gen):
+    """Batches whose rows differ in shape (one short target among long ones): time and memory of
+    ctc_slack_loss (surface, no canvas) on the uneven batch against F.ctc_loss on the same batch,
+    and against ctc_slack_loss on the even batch (every row long), all interleaved in one run."""
+    Ts = [24] if a.tiny else [int(t) for t in a.uneven.split(",") if t]
+    if not Ts:
+        return []
+    B, V = 4, a.vocab_size + 3 if a.vocab_size else 7 if a.tiny else 259
+    _, slack, _ = mdlm.special_ids(V)
+    print(f"\nuneven batches: B rows of T positions, row 1's target 8 tokens, the others at 10% "
+          f"slack; ratios: ours / F on the same batch, uneven / even (ours on every row at 10%)")
+    print(f"{'B':>3} {'T':>5} {'V':>6} | {'ours ms':>8} {'F ms':>8} {'ratio':>6} {'even ms':>8} "
+          f"{'ratio':>6} | {'ours MB':>8} {'F MB':>8} {'ratio':>6} {'even MB':>8} {'ratio':>6}")
+    rows = []
+    for T in Ts:
+        lp, y, T_b, U_b, U_even = uneven_case(B, T, V, device, gen)
+        fns = [lambda: F.ctc_loss(lp.transpose(0, 1), y, T_b, U_b, blank=slack, reduction="sum")]
+        fns += [lambda u=u: ctc_slack.ctc_slack_loss(lp, y, T_b, u, slack_id=slack,
+                                                     reduction="sum") for u in (U_b, U_even)]
+
+        def step(fn):  # forward + backward from a fresh gradient
+            lp.grad = None
+            fn().backward()
+        (ref, ours, even) = round_robin([lambda f=f: step(f) for f in fns], a.repeats, device)
+        ref_mb, ours_mb, even_mb = (ctc_memory(f, lp) for f in fns)
+        r = dict(B=B, T=T, V=V, target_lengths=U_b.tolist(), ours_ms=ours * 1e3, ref_ms=ref * 1e3,
+                 even_ms=even * 1e3, ours_mb=ours_mb, ref_mb=ref_mb, even_mb=even_mb,
+                 time_ratio=ours / ref, mem_ratio=ours_mb / ref_mb, even_time_ratio=ours / even,
+                 even_mem_ratio=ours_mb / even_mb)
+        print(f"{B:>3} {T:>5} {V:>6} | {r['ours_ms']:>8.2f} {r['ref_ms']:>8.2f} "
+              f"{r['time_ratio']:>6.2f} {r['even_ms']:>8.2f} {r['even_time_ratio']:>6.2f} | "
+              f"{ours_mb:>8.2f} {ref_mb:>8.2f} {r['mem_ratio']:>6.2f} {even_mb:>8.2f} "
+              f"{r['even_mem_ratio']:>6.2f}", flush=True)
+        rows.append(r)
+    return rows
+
+
 def bench_ctc(a, device):
     """Median forward + backward time and memory of ctc_slack_loss (surface and standard, without
     a canvas and with a 50% visible one) against F.ctc_loss without a canvas (it cannot take one),
-    same log-probs, reduction 'sum', blank = slack; cuDNN too on CUDA where its rules allow."""
+    same log-probs, reduction 'sum', blank = slack; cuDNN too on CUDA where its rules allow.
+    Then the uneven batches (bench_uneven): JSON "rows" and "uneven"."""
     gen = torch.Generator().manual_seed(0)  # the same cases on every run and device
     cuda = device.startswith("cuda")
     print(f"device {device}, threads {torch.get_num_threads()}, median of {a.repeats}; "
@@ -224,7 +280,7 @@ def bench_ctc(a, device):
                 row.update(cudnn_ms=times[5] * 1e3, ours_over_cudnn=times[k] / times[5])
             rows.append(row)
             print_ctc_row(row, cuda)
-    return {"rows": rows}
+    return {"rows": rows, "uneven": bench_uneven(a, device, gen)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -421,6 +477,9 @@ def parse_args(argv=None):
     c.add_argument("--shapes", default="",
                    help="comma-separated BxTxV shapes instead of the presets")
     c.add_argument("--rates", default="0.1", help="comma-separated slack rates K/T for --shapes")
+    c.add_argument("--uneven", default="1024,2048",
+                   help="comma-separated T of the uneven batches (B 4: one target of 8 tokens, "
+                        "three at 10%% slack); '' for none (default 1024,2048)")
     # train: whole optimizer steps; sizes default to train.py's (batch, length) and mdlm's (model)
     t = sub.add_parser("train", parents=[common], help="training-step ratios")
     t.add_argument("--steps", type=int, default=15, help="timed steps per side (default: 15)")

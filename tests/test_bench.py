@@ -33,7 +33,7 @@ def run_bench(tmp_path, *args):
 
 def test_ctc(tmp_path):
     """Four rows per shape (surface and standard, without and with a canvas), each with its time
-    and memory ratio against F.ctc_loss measured in the same run."""
+    and memory ratio against F.ctc_loss measured in the same run; then the uneven batch."""
     out, res = run_bench(tmp_path, "ctc")  # one shape: B 2, T 24, V 7, 10% slack
     rows = [line for line in out.splitlines() if line.strip().startswith("2 ")]  # B = 2 rows
     assert len(rows) == 4 and out.count("standard") == 2 and out.count("surface") == 2, out
@@ -42,6 +42,13 @@ def test_ctc(tmp_path):
         assert 0 < row["time_ratio"] < float("inf") and 0 < row["mem_ratio"] < float("inf")
         assert row["cudnn"] == "n/a (CPU)"  # cuDNN is reported, and here says why it did not run
     assert res["command"] == "ctc" and res["device"] == "cpu" and res["threads"] == 1
+    # the uneven batch (one short target among long ones): against F.ctc_loss on the same batch
+    # and against the even batch, both ratios measured in the same run
+    assert "uneven batches" in out and len(res["uneven"]) == 1
+    row = res["uneven"][0]
+    assert sorted(row["target_lengths"]) == [8, 22, 22, 22] and row["T"] == 24
+    for k in ("time_ratio", "mem_ratio", "even_time_ratio", "even_mem_ratio"):
+        assert 0 < row[k] < float("inf"), row
 
 
 def test_train(tmp_path):
