@@ -52,9 +52,9 @@ import tasks
 
 
 def run_task(args):
-    """Write out_dir/train.jsonl, val.jsonl (not for text), test.jsonl and task.json. Validation
-    prompts are for choosing settings (decoder rules, training length); test prompts only score
-    what was chosen."""
+    """Write out_dir/train.jsonl, val.jsonl, test-old.jsonl (not for text), test.jsonl and
+    task.json. Validation prompts are for choosing settings (decoder rules, training length);
+    test prompts only score what was chosen."""
     files, dropped = {}, {}
     if args.task == "text":  # text fine-tunes train on the corpus itself: a test set only
         train_ids, val_ids, vocab = data.load_corpus(args.data, n_tokens=args.vocab_size)
@@ -74,18 +74,24 @@ def run_task(args):
                                      sentences=(args.min_sentences, args.max_sentences))
         files["train"] = make(args.n_train, seed=args.seed)
         seen = {r["prompt"] + r["response"] for r in files["train"]}  # each example's full text
-        # test from seed + 1, validation from seed + 2; a text drawn before is dropped, so no
-        # model may pass by recalling an answer and validation never peeks at a test prompt
-        for split, n, seed in [("test", args.n_test, args.seed + 1), ("val", args.n_val,
-                                                                       args.seed + 2)]:
+        # test-old from seed + 1 (the test prompts of earlier runs, decoded for the slack-rule and
+        # rate sweeps before the primary comparison was declared: a second, labelled set),
+        # validation from seed + 2, test from seed + 3 (a seed never decoded before: the fresh
+        # test prompts, decoded once, after every choice). A text drawn before is dropped, so no
+        # model may pass by recalling an answer, validation never peeks at a test prompt, and the
+        # fresh prompts hold no text of the old ones. The draws keep their order, so train, val
+        # and test-old are the files earlier runs had
+        for split, n, seed in [("test-old", args.n_test, args.seed + 1),
+                               ("val", args.n_val, args.seed + 2),
+                               ("test", args.n_test, args.seed + 3)]:
             drawn = make(n, seed=seed)
             files[split] = [r for r in drawn if r["prompt"] + r["response"] not in seen]
             dropped[split] = len(drawn) - len(files[split])
             seen |= {r["prompt"] + r["response"] for r in files[split]}
     # the flags and the counts: enough to redo the files
     task = {**{k: v for k, v in vars(args).items() if k not in ("mode", "out_dir")},
-            **{f"n_{k}": len(v) for k, v in files.items()},
-            **{f"dropped_{k}": v for k, v in dropped.items()}}
+            **{f"n_{k.replace('-', '_')}": len(v) for k, v in files.items()},
+            **{f"dropped_{k.replace('-', '_')}": v for k, v in dropped.items()}}
     # what the test examples look like: how long prompts and responses are, in bytes
     for part in ("prompt", "response"):
         sizes = [len((r.get(part) or "").encode()) for r in files["test"]]
@@ -254,17 +260,58 @@ def shared_prompts(gens):
     return rates, idx, notes
 
 
-def score_run(metric_fn, metrics, refs, recs, idx):
-    """Per-example metrics, their means (nan values left out) and the realised shift of one run."""
+def score_run(metric_fn, metrics, refs, recs, idx, task=None, ref_lengths=None):
+    """Per-example metrics, their means (nan values left out), the realised shift of one run, and
+    `whole`: what only the run's outputs together show (whole_output). ref_lengths: the data's
+    response lengths at these prompts (default: the run's own, as for the true responses)."""
+    std = tasks.STANDARDISED.get(task)
     rows = [metric_fn(refs[i], recs[i]) for i in idx]
-    per = {m: [row[m] for row in rows] for m in metrics}  # {metric: values in idx order}
+    per = {m: [row[m] for row in rows] for m in metrics if not std or m != std["metric"]}
+    whole, summary = {}, {}
+    if "length" in per:
+        whole = whole_output(task, per, [recs[i] for i in idx], [refs[i] for i in idx],
+                             per["length"] if ref_lengths is None else ref_lengths)
+    if std:  # the rate standardised to the data's lengths, linearised per example (stats.py)
+        s = stats.length_standardised(per[std["of"]], per[std["length"]],
+                                      per["length"] if ref_lengths is None else ref_lengths)
+        per[std["metric"]], summary[std["metric"]] = s["per_example"], s["std"]
+    per = {m: per[m] for m in metrics}  # {metric: values in idx order}, in the task's order
     committed, shifted = (sum(recs[i][k] for i in idx) for k in ("n_committed", "n_shifted"))
     # the realised probe rate: moved tokens / all commits (re-fills of vacated slots included)
-    summary = {m: float(np.mean([x for x in per[m] if not math.isnan(x)] or [stats.NAN]))
-               for m in metrics}  # nan values left out
-    return {"summary": summary, "per_example": per,
+    summary = {m: summary.get(m, float(np.mean([x for x in per[m] if not math.isnan(x)]
+                                               or [stats.NAN]))) for m in metrics}
+    return {"summary": summary, "per_example": per, "whole": whole,
             "n_committed": committed, "n_shifted": shifted,
             "realised_shift": shifted / committed if committed else stats.NAN}
+
+
+def whole_output(task, per, recs, refs, ref_lengths):
+    """{length_tv, length_shares, coverage, distinct_valid}: the run's output lengths against
+    the data's (total variation between the two histograms over stats.py's length bins, with
+    the shares shorter and longer than every text of the data last), the data's mass in the
+    bins it reaches, and the share of its outputs that are valid and distinct (prompt + output
+    told apart; a model that writes one safe text for every prompt of a first word scores low
+    however often that text parses)."""
+    s = stats.length_standardised([0.0] * len(recs), per["length"], ref_lengths)
+    out = {"length_tv": s["length_tv"], "length_shares": s["shares"], "coverage": s["coverage"]}
+    valid = tasks.VALID.get(task)
+    if valid:
+        texts = {(ref.get("prompt") or "") + (rec.get("output") or "")
+                 for ref, rec, ok in zip(refs, recs, per[valid]) if ok == 1}
+        out["distinct_valid"] = len(texts) / len(recs)
+    return out
+
+
+def pool_whole(arms, runs):
+    """Each arm's `whole` at each rate: the mean over its seeds (length_shares bin by bin), and
+    every seed's value (whole_by_seed)."""
+    for by_rate in arms.values():
+        for r, cell in by_rate.items():
+            seeds = [runs[n][r]["whole"] for n in cell["seeds"]]
+            keys = [k for k in seeds[0] if all(k in w for w in seeds)]
+            cell["whole"] = {k: np.mean([w[k] for w in seeds], axis=0).tolist() for k in keys}
+            cell["whole_by_seed"] = {k: [w[k] for w in seeds] for k in keys
+                                     if not isinstance(seeds[0][k], list)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,6 +335,25 @@ def mean_sd(cell, metric):
     return tables.num(cell["summary"][metric]) + sd
 
 
+WHOLE = {"length_tv": "length histogram against the data's: total variation (0 = the data's)",
+         "coverage": "the data's share in the length bins the outputs reach",
+         "distinct_valid": "share of outputs that are valid and distinct"}
+
+
+def whole_tables(res):
+    """A table per number of the whole output (WHOLE), arms x rates, where the file has them."""
+    out, rates, ref = [], res["rates"], (res.get("reference") or {}).get("whole", {})
+    for key, title in WHOLE.items():
+        cells = {name: [by_rate[r].get("whole", {}).get(key) for r in rates]
+                 for name, by_rate in res["arms"].items()}
+        if all(v is None for row in cells.values() for v in row):
+            continue
+        rows = [[name] + [tables.num(v) for v in row] for name, row in cells.items()]
+        rows += [["true responses"] + [tables.num(ref[key])] * len(rates)] if key in ref else []
+        out += [f"## {key}: {title}", "", tables.table(["name \\ shift rate", *rates], rows), ""]
+    return out
+
+
 def markdown_report(res):
     """All tables of one `score` run as a markdown string: per arm the mean over its seeds, with
     their standard deviation after +- where an arm has several."""
@@ -302,8 +368,11 @@ def markdown_report(res):
         rows += [[f"realised shift: {name}"] + [tables.num(runs[name][r]["realised_shift"], 4)
                                                 for r in rates] for name in runs if k == 0]
         out += [tables.table(["name \\ shift rate", *rates], rows), ""]
+    out += whole_tables(res)
     # every interval: 95%, two-level bootstrap over training seeds and prompts (stats.py)
-    out += ["Intervals: 95%, a two-level bootstrap over training seeds and prompts.", ""]
+    out += ["Intervals: 95%, a two-level bootstrap over training seeds and prompts (each arm's "
+            "seeds on their own; paired_lo and paired_hi in results.json resample the seeds an "
+            "arm shares with the baseline jointly).", ""]
     if res.get("primary_comparison"):
         p = res["primary_comparison"]
         out += [f"Primary comparison (declared before the test prompts were decoded): "
@@ -347,6 +416,11 @@ def run_score(args):
         if arm not in map(tables.arm_of, gens) or f"{float(rate):g}" not in rates:
             raise common.UserError(f"--primary {arm} {rate}: no such arm, or no such shift rate")
         primary = {"arm": arm, "rate": f"{float(rate):g}"}
+    if args.primary_metric is not None:  # the declared primary first: tables, plot, choose
+        if args.primary_metric not in metrics:
+            raise common.UserError(f"--primary-metric {args.primary_metric}: the {args.task} "
+                                   f"task's metrics are {', '.join(metrics)}")
+        metrics = (args.primary_metric, *(m for m in metrics if m != args.primary_metric))
     res = {"task": args.task, "primary": metrics[0], "metrics": list(metrics),
            "primary_comparison": primary, "names": list(gens), "baseline": baseline,
            "rates": rates, "n_prompts": len(idx), "prompt_indices": idx,
@@ -364,10 +438,34 @@ def run_score(args):
     # the true responses, scored alike: the quality (and the length) a model could aim for
     true = {i: {"output": refs[i].get("response") or "", "output_ids": refs[i].get("response_ids"),
                 "n_committed": 0, "n_shifted": 0} for i in idx}
-    res["reference"] = score_run(metric_fn, metrics, refs, true, idx)
-    res["runs"] = runs = {name: {r: score_run(metric_fn, metrics, refs, g[r], idx) for r in rates}
+    res["reference"] = score_run(metric_fn, metrics, refs, true, idx, args.task)
+    ref_lengths = res["reference"]["per_example"].get("length")
+    res["runs"] = runs = {name: {r: score_run(metric_fn, metrics, refs, g[r], idx, args.task,
+                                              ref_lengths) for r in rates}
                           for name, g in gens.items()}
     res["arms"] = arms = stats.group_seeds(runs, metrics)
+    pool_whole(arms, runs)
+    if ref_lengths is not None:  # the length bins every run is measured in, and why
+        edges = stats.length_edges(ref_lengths)
+        res["lengths"] = {"bins": stats.LENGTH_BINS, "edges": edges.tolist(),
+                          "data_shares": np.bincount(stats.length_bin(ref_lengths, edges),
+                                                     minlength=len(edges) - 1).tolist()}
+        res["lengths"]["data_shares"] = [c / len(ref_lengths)
+                                         for c in res["lengths"]["data_shares"]]
+        res["notes"].append(
+            f"Length bins: the true responses' quantiles 0, 20, ..., 100% (bytes "
+            f"{', '.join(tables.num(e, 1) for e in edges)}), so each holds about a fifth of the "
+            f"data; an output outside the data's lengths is in no bin. length_tv: total variation "
+            f"between a run's length histogram and the data's over these bins and the two outside.")
+    std = tasks.STANDARDISED.get(args.task)
+    if std and std["metric"] in metrics:
+        res["standardised"] = {**std, "bins": stats.LENGTH_BINS}
+        res["notes"].append(
+            f"{std['metric']}: the share of outputs that {std['of']}, standardised to the data's "
+            f"length distribution: sum over the length bins of the data's share of the bin times "
+            f"the run's rate among its outputs in the bin (0 where it has none); coverage is the "
+            f"data's share in the bins the run reaches. Writing shorter texts than the data "
+            f"cannot raise it.")
     res.update(stats.comparisons(arms, baseline, rates, metrics, args.n_boot, args.seed))
     # everything needed to rerun (or distrust) the numbers travels with them
     res["settings"] = {**vars(args), "gens": paths, "torch": torch.__version__,
@@ -389,7 +487,8 @@ def run_score(args):
 # is declared here, not picked after the fact: among the settings of a validation score (names
 # ARM:SETTING), the one whose primary metric, averaged over the fine-tuned arms (each arm the
 # mean of its seeds, every arm weighted alike) and over the file's shift rates, is best; a tie
-# goes to the setting listed first.
+# goes to the setting listed first. The primary is the one the score declares (grammar's
+# parses_std: a decoder that makes the models write shorter texts is not chosen for it).
 
 SETTING_FLAGS = ("--slack-rule", "--per-step", "--block-length")  # the parts of "plain/1/16"
 
@@ -536,7 +635,8 @@ def build_parser():
             a("--n-val", type=int, default=128,
               help="validation examples drawn, for choosing settings (default: 128)")
             a("--seed", type=int, default=1337,
-              help="seed of train; test uses seed + 1, validation seed + 2 (default: 1337)")
+              help="seed of train; test uses seed + 3, validation seed + 2, the earlier test "
+                   "prompts (test-old) seed + 1 (default: 1337)")
         for flag, typ, default, text in flags:
             a(flag, type=typ, default=default, help=f"{text} (default: {default})")
     a = sub.add_parser("bpb", help="held-out bits per byte of checkpoints").add_argument
@@ -560,6 +660,9 @@ def build_parser():
     a("--primary", nargs=2, default=None, metavar=("ARM", "RATE"),
       help="the pre-declared primary comparison: ARM - baseline on the primary metric at shift "
            "rate RATE; every other comparison of the file is exploratory (default: none)")
+    a("--primary-metric", default=None,
+      help="the pre-declared primary metric, one of the task's (default: its first: "
+           + ", ".join(f"{t} {m[0]}" for t, m in tasks.METRICS.items()) + ")")
     a("--judge", default=None,
       help="AR checkpoint (train.py --objective ar) that scores --task text")
     a("--n-boot", type=int, default=2000, help="bootstrap resamples per interval (default: 2000)")

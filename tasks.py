@@ -329,18 +329,29 @@ def held_out_token_examples(val_ids, n, prompt_len, length, vocab):
 # The metrics of one output, per task (evaluate.py score averages them), checked by hand in the
 # tests. The primary metric of a task comes first.
 
-METRICS = {"copy": ("exact", "cer", "dropped_doubled"),
-           "grammar": ("parses", "valid", "lexicon", "dropped_doubled", "length", "sentences",
-                       "words", "word_bytes"),
+METRICS = {"copy": ("exact", "cer", "dropped_doubled", "length_error", "length"),
+           "grammar": ("parses_std", "parses", "valid", "lexicon", "dropped_doubled", "length",
+                       "sentences", "words", "sentence_words", "word_bytes"),
            "text": ("judge_nll", "entropy", "distinct_2", "length")}
 LOWER = "lower is better"  # table titles say which way is good; other metrics: higher is better
 BETTER = {"cer": LOWER, "dropped_doubled": LOWER, "judge_nll": LOWER, "entropy": "bits",
-          "length": "bytes", "sentences": "per text", "words": "per text", "word_bytes": "bytes"}
+          "length": "bytes", "sentences": "per text", "words": "per text", "word_bytes": "bytes",
+          "sentence_words": "per sentence", "length_error": "bytes, output - answer"}
 NAN = float("nan")  # "no value": an empty output has no entropy; JSON writes it as null
 #
 # Why several per task: a model stuck in a loop ("the the the ...") is predictable, so the judge
 # gives it a flattering perplexity; byte entropy and distinct-n measure variety instead.
 # dropped_doubled counts the probe's signature: a token moved one slot leaves a gap and a duplicate.
+#
+# The primary metric must not reward writing less. The share of grammar outputs that parse does:
+# a short text of short words has less to get wrong. So grammar's primary is parses_std, the parse
+# rate standardised to the data's length distribution (stats.length_standardised: per length bin
+# of the data's quantiles, the share that parses, weighted by the data's share of the bin; a bin
+# the model never reaches counts 0). evaluate.py score derives it from each run's parses and
+# lengths. Copy's exact match cannot be raised by length (an output of another length is never the
+# answer): it stays the primary, with the length error beside it.
+STANDARDISED = {"grammar": {"metric": "parses_std", "of": "parses", "length": "length"}}
+VALID = {"copy": "exact", "grammar": "parses"}  # what makes an output valid, for distinct_valid
 
 
 def unigram_entropy(ids):
@@ -384,18 +395,22 @@ def judge_nll(judge, prompt_ids, cont_ids):
 
 
 def copy_metrics(ref, gen):
-    """exact, cer and dropped_doubled of one copy output against its known answer."""
+    """exact, cer, dropped_doubled, length_error (output bytes - answer bytes) and length of one
+    copy output against its known answer."""
     out, want = gen["output"], ref["response"]
     # CER = edit distance / answer length: a letter one slot off costs exactly one edit
     cer = levenshtein(out, want) / len(want) if want else NAN
     return {"exact": float(out == want), "cer": cer,
-            "dropped_doubled": float(dropped_doubled(out, want))}
+            "dropped_doubled": float(dropped_doubled(out, want)),
+            "length_error": float(len(out.encode("utf-8")) - len(want.encode("utf-8"))),
+            "length": float(len(out.encode("utf-8")))}
 
 
 def grammar_metrics(ref, gen):
     """parses, valid, lexicon, dropped_doubled, length of one grammar output, and the length taken
-    apart (few sentences, or short ones of short words?): sentences, words, word_bytes. All of
-    prompt + output (the prompt opens the sentence) but dropped_doubled and length: output alone."""
+    apart (few sentences, or short ones of short words?): sentences, words, sentence_words (words
+    per sentence), word_bytes. All of prompt + output (the prompt opens the sentence) but
+    dropped_doubled and length: output alone."""
     out = gen["output"]
     g = grammar_check(ref["prompt"] + out)
     words = grammar_words(out)  # the output's words, counted as grammar_check counts them
@@ -407,7 +422,9 @@ def grammar_metrics(ref, gen):
     return {"parses": float(g["parses"]), "valid": valid, "lexicon": lexicon,
             "dropped_doubled": g["bad"] / max(len(words), 1),
             "length": float(len(out.encode("utf-8"))), "sentences": float(g["sentences"]),
-            "words": float(g["words"]), "word_bytes": float(np.mean(
+            "words": float(g["words"]),
+            "sentence_words": g["words"] / g["sentences"] if g["sentences"] else NAN,
+            "word_bytes": float(np.mean(
                 [len(w.encode("utf-8")) for w in text_words])) if text_words else NAN}
 
 

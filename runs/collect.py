@@ -6,6 +6,9 @@ An experiment is a folder with a setup.json (runs/lib.sh writes one), EXP/ or EX
 the folder collected (a variant is collected as EXP-VARIANT); each replaces results/NAME/ with:
     SCORE.json      each SCORE/results.json (val-score, score-test, ...), without the per-prompt
                     values (most of the bytes; every interval that needs them is in the file)
+    SCORE-examples.json   for a score with a primary comparison (the ones whose intervals the
+                    pages publish): every run's per-prompt values at every rate, compact and
+                    exact (stats.examples_of), from which stats.recompute redoes every interval
     SCORE.svg       the plot of its primary metric
     choice.json     the decoder chosen on validation prompts (evaluate.py choose)
     CURVES.json, CURVES-KEY.svg   the learning curves (curves/, curves-more/)
@@ -23,6 +26,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import common  # noqa: E402  (the project root is on the path only from here on)
+import stats  # noqa: E402
 
 BULKY = ("per_example", "per_seed", "prompt_indices")
 RUN_ARGS = ("steps", "lr", "warmup", "min_lr_ratio", "batch_size", "seq_len", "slack_rate",
@@ -46,6 +50,28 @@ def write_json(path, obj):
     """Indented JSON with "\\n" line ends: the pages must come out byte-identical everywhere."""
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_examples(path, res):
+    """The compact per-prompt values of a score: one line per run and rate (a diff shows which
+    changed), the prompt indices and the true responses' values first."""
+    ex = stats.examples_of(res)
+    lines = [f'{{"prompt_indices": {json.dumps(ex["prompt_indices"])},',
+             f' "reference": {json.dumps(ex["reference"])},', ' "runs": {']
+    items = [(name, r, codes) for name, by_rate in ex["runs"].items()
+             for r, codes in by_rate.items()]
+    for k, (name, r, codes) in enumerate(items):
+        first = k == 0 or items[k - 1][0] != name
+        last = k + 1 == len(items) or items[k + 1][0] != name
+        lines.append(("  " + json.dumps(name) + ": {" if first else "   ")
+                     + f"{json.dumps(r)}: {json.dumps(codes)}" + ("}" if last else "")
+                     + ("," if k + 1 < len(items) else ""))
+    lines.append(" }}")
+    text = "\n".join(lines) + "\n"
+    if json.loads(text) != ex:  # the hand-made layout must read back as the same object
+        raise CollectError(f"{path}: the compact per-prompt values do not read back")
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
 
 
 def stage_seconds(src):
@@ -107,6 +133,8 @@ def collect_experiment(src, dest):
             with open(res_path, encoding="utf-8") as f:
                 res = json.load(f)
             write_json(os.path.join(dest, f"{name}.json"), slim(res))
+            if res.get("primary_comparison"):
+                write_examples(os.path.join(dest, f"{name}-examples.json"), res)
             svg = os.path.join(src, name, f"{res.get('primary')}.svg")
             if os.path.isfile(svg):
                 shutil.copyfile(svg, os.path.join(dest, f"{name}.svg"))

@@ -109,15 +109,17 @@ def test_judge_nll_truncates_to_the_judge_window():
 def test_copy_metrics_by_hand():
     def m(out, ref):
         return tasks.copy_metrics({"response": ref}, {"output": out})
-    assert m("abcdef", "abcdef") == {"exact": 1.0, "cer": 0.0, "dropped_doubled": 0.0}
+    assert m("abcdef", "abcdef") == {"exact": 1.0, "cer": 0.0, "dropped_doubled": 0.0,
+                                     "length_error": 0.0, "length": 6.0}
     # one letter dropped: one deletion; doubled in its place: one substitution,
     # the probe's signature
     assert m("abdef", "abcdef") == {"exact": 0.0, "cer": pytest.approx(1 / 6),
-                                    "dropped_doubled": 0.0}
+                                    "dropped_doubled": 0.0, "length_error": -1.0, "length": 5.0}
     assert m("abccef", "abcdef") == {"exact": 0.0, "cer": pytest.approx(1 / 6),
-                                     "dropped_doubled": 1.0}
+                                     "dropped_doubled": 1.0, "length_error": 0.0, "length": 6.0}
     assert m("ba", "ab")["cer"] == 1.0  # a swap is two substitutions: 2 / 2
     assert m("", "abcd")["cer"] == 1.0 and m("abcdxyz", "abcd")["cer"] == 0.75
+    assert m("abcdxyz", "abcd")["length_error"] == 3.0
     assert tasks.levenshtein("kitten", "sitting") == 3  # the textbook example
 
 
@@ -127,19 +129,22 @@ def test_grammar_metrics_by_hand():
     # "the cat sees the ox.": 1 sentence of 5 words, 3 + 3 + 4 + 3 + 2 = 15 bytes of words
     assert m("cat sees the ox.") == {"parses": 1.0, "valid": 1.0, "lexicon": 1.0,
                                      "dropped_doubled": 0.0, "length": 16.0, "sentences": 1.0,
-                                     "words": 5.0, "word_bytes": 3.0}
+                                     "words": 5.0, "sentence_words": 5.0, "word_bytes": 3.0}
     # "badder" is badger with the g dropped and a d doubled: 1 of the 2 output words; the full text
     # "the badder runs." has 3 words, 2 in the lexicon, and its one sentence is not valid
     assert m("badder runs.") == {"parses": 0.0, "valid": 0.0, "lexicon": pytest.approx(2 / 3),
                                  "dropped_doubled": 0.5, "length": 12.0, "sentences": 1.0,
-                                 "words": 3.0, "word_bytes": pytest.approx(13 / 3)}
+                                 "words": 3.0, "sentence_words": 3.0,
+                                 "word_bytes": pytest.approx(13 / 3)}
     assert m("cat sees. an eel runs.")["sentences"] == 2.0  # "the cat sees. an eel runs."
     assert m("cat sees. an eel runs.")["word_bytes"] == pytest.approx(19 / 6)
+    assert m("cat sees. an eel runs.")["sentence_words"] == 3.0  # 6 words, 2 sentences
     assert (m("cat sees. an eel runs.")["valid"] == 1.0
             and m("cat sees. eel an runs.")["valid"] == 0.5)
     # nothing generated: "the " alone is one invalid sentence of one lexicon word
     assert m("") == {"parses": 0.0, "valid": 0.0, "lexicon": 1.0, "dropped_doubled": 0.0,
-                     "length": 0.0, "sentences": 1.0, "words": 1.0, "word_bytes": 3.0}
+                     "length": 0.0, "sentences": 1.0, "words": 1.0, "sentence_words": 1.0,
+                     "word_bytes": 3.0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,12 +263,23 @@ def test_score_copy_exact_numbers(tmp_path, capsys):
     ctc0, ctc1 = (res["runs"]["ctc-random/confidence"][r] for r in ("0", "0.1"))
     # the records of ce were written in reverse order: they are matched by i, not by position
     assert ce0["per_example"] == {"exact": [1.0] * 4, "cer": [0.0] * 4,
-                                  "dropped_doubled": [0.0] * 4}
+                                  "dropped_doubled": [0.0] * 4, "length_error": [0.0] * 4,
+                                  "length": [4.0] * 4}
     assert ce1["per_example"] == {"exact": [0.0, 0.0, 1.0, 1.0], "cer": [0.25, 0.25, 0.0, 0.0],
-                                  "dropped_doubled": [1.0, 0.0, 0.0, 0.0]}
-    assert ce1["summary"] == {"exact": 0.5, "cer": 0.125, "dropped_doubled": 0.25}
+                                  "dropped_doubled": [1.0, 0.0, 0.0, 0.0],
+                                  "length_error": [0.0, -1.0, 0.0, 0.0],
+                                  "length": [4.0, 3.0, 4.0, 4.0]}
+    assert ce1["summary"] == {"exact": 0.5, "cer": 0.125, "dropped_doubled": 0.25,
+                              "length_error": -0.25, "length": 3.75}
     assert ctc0["summary"] == ctc1["summary"] == {"exact": 0.75, "cer": 0.0625,
-                                                  "dropped_doubled": 0.25}
+                                                  "dropped_doubled": 0.25, "length_error": 0.0,
+                                                  "length": 4.0}
+    # the whole output: "egh" is shorter than every answer (in no length bin: a quarter of the
+    # outputs outside the data's lengths), two of four outputs exact and distinct
+    assert ce1["whole"]["length_tv"] == 0.25 and ce1["whole"]["distinct_valid"] == 0.5
+    assert ce0["whole"] == {"length_tv": 0.0, "length_shares": [1.0, 0.0, 0.0],
+                            "coverage": 1.0, "distinct_valid": 1.0}
+    assert res["lengths"] == {"bins": 5, "edges": [4.0, 4.0], "data_shares": [1.0]}
     # the realised shift: sum shifted / sum committed over the 4 prompts
     assert ce0["realised_shift"] == 0.0 and ce1["realised_shift"] == pytest.approx(4 / 40)
     assert ctc1["realised_shift"] == pytest.approx(4 / 32) and ctc1["n_committed"] == 32
@@ -274,10 +290,11 @@ def test_score_copy_exact_numbers(tmp_path, capsys):
     assert d["mean_diff"] == -0.5 and d["lo"] <= -0.5 <= d["hi"]
     (d,) = pick("robustness", name="ctc-random/confidence", rate="0.1", metric="exact")
     assert d["mean_diff"] == d["lo"] == d["hi"] == 0.0
-    # the first three metrics of each name (exact, cer, dropped_doubled), at the one shifted rate
-    assert len(res["robustness"]) == 3 * 2 and len(res["diff_in_diff"]) == 3 * 1
+    # the first four metrics of each name (exact, cer, dropped_doubled, length_error), at the
+    # one shifted rate
+    assert len(res["robustness"]) == 4 * 2 and len(res["diff_in_diff"]) == 4 * 1
     # (b) each name minus the baseline, every metric, every rate
-    assert len(res["differences"]) == 3 * 2
+    assert len(res["differences"]) == 5 * 2
     (d,) = pick("differences", name="ctc-random/confidence", rate="0", metric="exact")
     assert d["mean_diff"] == -0.25 and d["baseline"] == "ce"
     (d,) = pick("differences", name="ctc-random/confidence", rate="0.1", metric="cer")
@@ -345,20 +362,37 @@ def test_score_grammar_exact_numbers(tmp_path, capsys):
     assert status == 0, err
     res = json.loads((out / "results.json").read_text())
     # "the cat sees the ox." (5 words, 15 bytes) and "an ox sleeps." (3 words, 10 bytes)
-    assert res["runs"]["m"]["0"]["summary"] == {"parses": 1.0, "valid": 1.0, "lexicon": 1.0,
-                                                "dropped_doubled": 0.0, "length": 13.0,
-                                                "sentences": 1.0, "words": 4.0,
+    assert res["runs"]["m"]["0"]["summary"] == {"parses_std": 0.5, "parses": 1.0, "valid": 1.0,
+                                                "lexicon": 1.0, "dropped_doubled": 0.0,
+                                                "length": 13.0, "sentences": 1.0, "words": 4.0,
+                                                "sentence_words": 4.0,
                                                 "word_bytes": pytest.approx((3 + 10 / 3) / 2)}
+    # parses_std: the data's responses have 9 and 10 bytes, half in the first length bin and half
+    # in the last; the 16-byte output is longer than any of the data's (in no bin), so only the
+    # last bin is reached, where all parse: 0.5 x 0 + 0.5 x 1
+    assert res["primary"] == "parses_std" and res["lengths"]["data_shares"] == [0.5, 0, 0, 0, 0.5]
+    assert res["runs"]["m"]["0"]["whole"]["coverage"] == 0.5
+    assert res["standardised"] == {"metric": "parses_std", "of": "parses", "length": "length",
+                                   "bins": 5}
     # "the badder runs.": 0 of 1 sentences, 2 of 3 words, 1 of 2 output words dropped/doubled;
     # "an ": 0 of 1 sentence, 1 of 1 word, no output words
     s = res["runs"]["m"]["0.5"]["summary"]
-    assert s == {"parses": 0.0, "valid": 0.0, "lexicon": pytest.approx((2 / 3 + 1) / 2),
-                 "dropped_doubled": 0.25, "length": 6.0, "sentences": 1.0, "words": 2.0,
+    assert s == {"parses_std": 0.0, "parses": 0.0, "valid": 0.0,
+                 "lexicon": pytest.approx((2 / 3 + 1) / 2), "dropped_doubled": 0.25,
+                 "length": 6.0, "sentences": 1.0, "words": 2.0, "sentence_words": 2.0,
                  "word_bytes": pytest.approx((13 / 3 + 2) / 2)}
     assert res["runs"]["m"]["0.5"]["realised_shift"] == 0.5 and res["differences"] == []
     (d,) = [d for d in res["robustness"] if d["metric"] == "parses"]
     assert d["mean_diff"] == -1.0
-    ET.parse(out / "parses.svg")
+    ET.parse(out / "parses_std.svg")
+    # the old primary on request, the new one still computed beside it
+    status, _, err = run(["score", "--task", "grammar", "--refs", refs, "--gens", f"m={gens}",
+                          "--out-dir", str(tmp_path / "p"), "--n-boot", "10",
+                          "--primary-metric", "parses"], capsys)
+    res = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert status == 0 and res["metrics"][:2] == ["parses", "parses_std"], err
+    assert run(["score", "--task", "grammar", "--refs", refs, "--gens", f"m={gens}", "--out-dir",
+                str(tmp_path / "q"), "--primary-metric", "exact"], capsys)[0] == 1
 
 
 def test_score_text_with_a_judge(tmp_path, capsys):
@@ -434,6 +468,50 @@ def test_score_compares_only_shared_rates_and_says_so(tmp_path, capsys):
     assert res["rates"] == ["0", "0.1"] and "0.05" in res["notes"][0] and "Note:" in out
 
 
+def test_every_interval_recomputes_from_the_collected_per_prompt_values(tmp_path, capsys):
+    """A grammar score of two arms of two seeds each and a one-seed pretrained model, collected as
+    runs/collect.py collects it: the slim file and the compact per-prompt values, from which
+    stats.recompute gives every published interval again, bit for bit (the standardised rate
+    derived again from the flags and the lengths)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("collect", conftest.ROOT + "/runs/collect.py")
+    collect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect)
+    refs = tasks.grammar_examples(12, seed=5)
+    exp = tmp_path / "exp"
+    (exp / "score-test").mkdir(parents=True)
+    (exp / "setup.json").write_text("{}")
+    rng = np.random.default_rng(0)
+    outs = [r["response"] for r in refs] + ["ox sleeps.", "cat.", "", "cat runs. an eel hides."]
+    paths = []
+    for name in ("pretrained", "ce-ft@1", "ce-ft@2", "ctc@1", "ctc@2"):
+        recs = [gen(i, outs[rng.integers(len(outs))], rate, 10, int(rate * 10))
+                for rate in (0, 0.1) for i in range(len(refs))]
+        paths.append(f"{name}=" + write_jsonl(tmp_path / f"{name}.jsonl", recs))
+    refs_path = write_jsonl(tmp_path / "test.jsonl", refs)
+    status, _, err = run(["score", "--task", "grammar", "--refs", refs_path, "--gens", *paths,
+                          "--baseline", "ce-ft", "--primary", "ctc", "0.1", "--n-boot", "200",
+                          "--out-dir", str(exp / "score-test")], capsys)
+    assert status == 0, err
+    collect.collect_experiment(str(exp), str(tmp_path / "results"))
+    slim = json.loads((tmp_path / "results" / "score-test.json").read_text())
+    examples = json.loads((tmp_path / "results" / "score-test-examples.json").read_text())
+    assert "per_seed" not in json.dumps(slim) and set(examples["runs"]) == {
+        "pretrained", "ce-ft@1", "ce-ft@2", "ctc@1", "ctc@2"}
+    assert isinstance(examples["runs"]["ctc@1"]["0"]["parses"], str)  # a string of flags
+    assert "parses_std" not in examples["runs"]["ctc@1"]["0"]  # derived again
+    again = stats.recompute(slim, examples)
+    for family in ("robustness", "differences", "diff_in_diff", "retained"):
+        assert json.loads(tables.json_text(again[family])) == slim[family], family
+    (e,) = [e for e in slim["differences"] if (e["name"], e["rate"], e["metric"]) == (
+        "ctc", "0.1", "parses_std")]
+    assert not math.isnan(e["paired_lo"])  # ctc and ce-ft hold the same seeds
+    # a changed flag changes the recomputed intervals: the values are what they rest on
+    flags = examples["runs"]["ctc@1"]["0.1"]["parses"]
+    examples["runs"]["ctc@1"]["0.1"]["parses"] = "".join("1" for _ in flags)
+    assert stats.recompute(slim, examples)["differences"] != slim["differences"]
+
+
 # ----------------------------------------------------------------------------------------------
 # `task`
 
@@ -445,17 +523,23 @@ def test_task_is_deterministic_and_grammar_test_prompts_are_fresh(tmp_path, caps
     assert run(argv("a"), capsys)[0] == 0 and run(argv("b"), capsys)[0] == 0
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "task.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    train, val, test = (data.read_jsonl(str(tmp_path / "a" / f"{n}.jsonl"))
-                        for n in ("train", "val", "test"))
+    train, val, test, old = (data.read_jsonl(str(tmp_path / "a" / f"{n}.jsonl"))
+                             for n in ("train", "val", "test", "test-old"))
     task = json.loads((tmp_path / "a" / "task.json").read_text())
     def full(recs):  # each example's whole text
         return {r["prompt"] + r["response"] for r in recs}
     assert len(train) == 300 and not full(train) & full(test)
     assert val and not full(val) & (full(train) | full(test))  # validation never peeks at test
-    # the test set is drawn with seed + 1 and the overlaps dropped, and task.json says how many
-    drawn = tasks.grammar_examples(200, 4)
-    assert test == [r for r in drawn if r["prompt"] + r["response"] not in full(train)]
+    # the fresh test set is drawn with seed + 3 and every text drawn before dropped (train, the
+    # old test set of seed + 1, validation of seed + 2), and task.json says how many
+    drawn = tasks.grammar_examples(200, 6)
+    seen = full(train) | full(old) | full(val)
+    assert test == [r for r in drawn if r["prompt"] + r["response"] not in seen]
     assert task["n_test"] == len(test) and task["dropped_test"] == 200 - len(test)
+    # the old test set and validation are what earlier runs drew: seed + 1, then seed + 2
+    assert old == [r for r in tasks.grammar_examples(200, 4)
+                   if r["prompt"] + r["response"] not in full(train)]
+    assert task["n_test_old"] == len(old) and task["dropped_test_old"] == 200 - len(old)
     assert task["seed"] == 3 and task["n_val"] == len(val)
     # a copy task small enough to collide: 26 one-letter strings, 20 of them in train
     assert run(["task", "copy", "--out-dir", str(tmp_path / "c"), "--n-train", "20",
@@ -573,6 +657,14 @@ def test_choose_takes_the_best_mean_setting(tmp_path, capsys):
     assert run(["choose", "--scores", str(scores), "--out-dir", str(tmp_path / "d")],
                capsys)[0] == 0
     assert (tmp_path / "d" / "flags.txt").read_text() == "--slack-rule first --per-step 1\n"
+    # the file's declared primary decides: parses_std (grammar's) against plain parses
+    arms = {"ce-ft:short/1/16": {"0": {"summary": {"parses_std": 0.3, "parses": 0.9}}},
+            "ce-ft:long/1/16": {"0": {"summary": {"parses_std": 0.6, "parses": 0.7}}}}
+    scores.write_text(json.dumps({"primary": "parses_std", "rates": ["0"], "arms": arms}))
+    assert run(["choose", "--scores", str(scores), "--out-dir", str(tmp_path / "s")],
+               capsys)[0] == 0
+    choice = json.loads((tmp_path / "s" / "choice.json").read_text())
+    assert choice["setting"] == "long/1/16" and choice["metric"] == "parses_std"
     scores.write_text(json.dumps({"primary": "parses", "rates": ["0"],
                                   "arms": {"ce-ft": {"0": cell(0.5)}}}))
     status, _, err = run(["choose", "--scores", str(scores), "--out-dir", str(tmp_path / "e")],
