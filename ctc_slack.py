@@ -349,9 +349,9 @@ def band_groups(K_b, U_b):
 def _by_groups(fn, log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     """fn (_BandLogZ.apply, or the band's Viterbi) on each group of band_groups, on the group's
     own slices; its outputs reassembled in row order: (B,) vectors, and (B, T) alignments with
-    slack past a group's T. One group: fn on the batch as it is."""
+    slack past a group's T. One group (or an empty batch): fn on the batch as it is."""
     groups = band_groups((T_b - U_b).clamp(min=0), U_b)
-    if len(groups) == 1:
+    if len(groups) <= 1:
         return fn(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
     outs = []
     for g in groups:

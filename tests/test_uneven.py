@@ -158,6 +158,12 @@ def test_an_even_batch_is_the_plain_band():
     seen = []
     assert ctc_slack._by_groups(lambda *a: seen.append(a) or "out", *args) == "out"
     assert len(seen) == 1 and all(x is y for x, y in zip(seen[0], args))
+    # an empty batch: no group, and fn gets it as it is
+    assert band_groups(args[2][:0], args[3][:0]) == []
+    seen.clear()
+    ctc_slack._by_groups(lambda *a: seen.append(a), *(x[:0] if torch.is_tensor(x) else x
+                                                       for x in args))
+    assert len(seen) == 1 and len(seen[0][0]) == 0
 
 
 @pytest.mark.parametrize("T", [1024, 2048])
