@@ -55,6 +55,17 @@ from torch.nn.functional import pad
 # through it adds exactly nothing in float64 (finite log-probs are assumed to be above -1e20).
 NEG_TIME = -1e30
 
+# A log-prob below LOG_ZERO is log 0: its exp is 0 in every float dtype (float64's smallest number
+# above 0 is e^-744.4), so the model's own probability there is 0. Codebases ban a token with a
+# finite stand-in (-1e6, torch.finfo(dtype).min); read as it is, such a number would swamp the
+# float64 sums that stand in for log 0 here, so every lattice reads it as -inf.
+LOG_ZERO = -746.0
+
+
+def _nonzero(log_p):
+    """Where exp(log_p) is a probability above 0: finite and >= LOG_ZERO (not NaN, not -inf)."""
+    return torch.isfinite(log_p) & (log_p >= LOG_ZERO)
+
 
 # ----------------------------------------------------------------------------------------------
 # 1. The definition: the collapse map, and the loss as a recursion over canvas positions.
@@ -65,13 +76,7 @@ def collapse_tokens(seq, slack_id, collapse="surface"):
     """The collapse map B on one sequence of ids (a list, or a 1-D tensor), as a list. surface:
     drop slack. standard: merge runs of equal tokens, then drop slack (so `a a <slack> a` ->
     `a a`, `a a a` -> `a`)."""
-    if collapse not in ("surface", "standard"):
-        raise ValueError(f"unknown collapse {collapse!r}; use 'surface' or 'standard'")
-    if isinstance(seq, torch.Tensor):
-        if seq.dim() != 1:
-            raise ValueError(f"collapse_tokens reads one sequence, got shape {tuple(seq.shape)}")
-        seq = seq.tolist()
-    seq = list(seq)
+    seq = _check_collapse_tokens(seq, slack_id, collapse)  # a list of ids
     if collapse == "standard":
         seq = [x for i, x in enumerate(seq) if i == 0 or x != seq[i - 1]]
     return [x for x in seq if x != slack_id]
@@ -82,7 +87,7 @@ def _time_emissions(log_probs, labels, canvas, mask_id):
     position has log-prob 0 for its own token and log 0 (NEG_TIME) for every other."""
     T = log_probs.shape[1]
     e = log_probs.gather(2, labels[:, None, :].expand(-1, T, -1)).double()  # (B, T, S)
-    ok = torch.isfinite(e)
+    ok = _nonzero(e)
     if canvas is not None:
         visible = (canvas != mask_id)[:, :, None]  # (B, T, 1)
         ok = ok & (~visible | (canvas.long()[:, :, None] == labels[:, None, :]))
@@ -204,7 +209,7 @@ def _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     flat, t, v, valid = _band_index(targets, T_b, U_b, slack_id, T, V)
     K1, U1 = t.shape[2], t.shape[3]
     em = log_probs.reshape(B, T * V).gather(1, flat).view(B, 2, K1, U1).double()
-    valid = valid & torch.isfinite(em)
+    valid = valid & _nonzero(em)
     visible = torch.zeros_like(valid)
     if canvas is not None:
         c = canvas.long().gather(1, t.view(1, -1).expand(B, -1)).view(B, 1, K1, U1)
@@ -328,21 +333,22 @@ SMALL_BAND = 2**16
 
 def band_groups(K_b, U_b):
     """The rows of a batch (K_b, U_b: (B,) slack and target counts) cut into groups by the rule
-    above: a list of lists of row indices, each row in exactly one, in (K_b, U_b) order."""
+    above: a list of lists of row indices, each row in exactly one, in (K_b, U_b) order. One pass:
+    in that order the group's K maximum is its newest row's, its U maximum and its cells a running
+    max and sum."""
     K, U = K_b.tolist(), U_b.tolist()
-
-    def padded(g):  # the cells of the group's band
-        return len(g) * (max(K[b] for b in g) + 1) * (max(U[b] for b in g) + 1)
-
-    def need(g):  # the cells its rows would fill alone
-        return sum((K[b] + 1) * (U[b] + 1) for b in g)
-    groups = []
+    groups, u_max, need = [], 0, 0
     for b in sorted(range(len(K)), key=lambda b: (K[b], U[b])):
-        g = groups[-1] + [b] if groups else []
-        if g and (padded(g) <= PAD_FACTOR * need(g) or padded(g) <= SMALL_BAND):
-            groups[-1] = g
-        else:
-            groups.append([b])
+        cells = (K[b] + 1) * (U[b] + 1)  # the cells row b fills alone
+        if groups:
+            g_u, g_need = max(u_max, U[b]), need + cells
+            padded = (len(groups[-1]) + 1) * (K[b] + 1) * (g_u + 1)  # the joined group's band
+            if padded <= PAD_FACTOR * g_need or padded <= SMALL_BAND:
+                groups[-1].append(b)
+                u_max, need = g_u, g_need
+                continue
+        groups.append([b])
+        u_max, need = U[b], cells
     return groups
 
 
@@ -383,8 +389,8 @@ def _by_groups(fn, log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
 
 def _standard_emissions(log_probs, T_b, canvas, mask_id):
     """The log-probs that F.ctc_loss reads (B, T, V): visible rows one-hot (0 at the token, -inf
-    elsewhere), non-finite entries -inf; free (B, T, V) bool, the entries that stay real,
-    differentiable log-probs (finite, at a masked position inside the example)."""
+    elsewhere), entries of probability 0 (below LOG_ZERO) -inf; free (B, T, V) bool, the entries
+    that stay real, differentiable log-probs (_nonzero, at a masked position inside the example)."""
     if log_probs.dtype not in (torch.float32, torch.float64):  # the native kernel's dtypes
         log_probs = log_probs.float()
     B, T, V = log_probs.shape
@@ -392,7 +398,7 @@ def _standard_emissions(log_probs, T_b, canvas, mask_id):
     if canvas is not None:
         visible = canvas != mask_id  # (B, T)
         keep &= ~visible
-    free = torch.isfinite(log_probs) & keep[..., None]  # (B, T, V)
+    free = _nonzero(log_probs) & keep[..., None]  # (B, T, V)
     lp = torch.where(free, log_probs, float("-inf"))  # (B, T, V)
     if canvas is not None:  # log 1 at the visible token; a token outside the vocabulary: none
         tok = canvas.long().clamp(0, V - 1)[..., None]  # (B, T, 1)
@@ -496,18 +502,319 @@ def _align_surface(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Checking what a caller passes. A malformed batch rarely breaks the lattice: a swapped length
-#    or id moves it, and the loss is a plausible number. So every public function checks its
-#    arguments first: a wrong kind of value is a TypeError, a wrong shape or value a ValueError,
-#    and the message names the argument and what was expected.
+# 4. The loss to call (the arguments of F.ctc_loss, batch-first), and the best alignment.
+# ----------------------------------------------------------------------------------------------
+
+
+def _nll(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id, collapse, zero_infinity,
+         algorithm):
+    """-log P(y | canvas) per example (B,), arguments checked."""
+    args = (log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
+    if algorithm == "time":
+        logz, ok = (_surface_time if collapse == "surface" else _standard_time)(*args)
+    elif collapse == "surface":  # the band, per group of rows of similar shape (band_groups)
+        logz, ok = _by_groups(_BandLogZ.apply, *args)
+    else:
+        logz, ok = _StandardLogZ.apply(*args)
+    bad = 0.0 if zero_infinity else float("inf")
+    nll = torch.where(ok, -logz, bad).to(log_probs.dtype)  # (B,); where() keeps NaN out of grads
+    # NaN in, NaN out: the lattices read a NaN as log 0, so it would pass for an infeasible
+    # example (+inf, or 0 with zero_infinity). The NaN is a constant here: no gradient.
+    inside = torch.arange(log_probs.shape[1], device=log_probs.device) < T_b[:, None]  # (B, T)
+    has_nan = (torch.isnan(log_probs.detach()).any(-1) & inside).any(1)  # (B,)
+    return torch.where(has_nan, float("nan"), nll)
+
+
+def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
+                   mask_id=None, collapse="surface", reduction="mean", zero_infinity=False,
+                   algorithm="band"):
+    """-log P(y | canvas) = -log sum over alignments a with B(a) = y that agree with the visible
+    positions of prod_t p_t(a_t). Arguments mirror torch.nn.functional.ctc_loss, batch-first:
+        log_probs (B, T, V) log-softmax outputs (raw logits are refused); a log-prob below
+            LOG_ZERO is log 0, as -inf. targets (B, U_max) ids, a tensor or lists, padded (never
+            slack_id); input_lengths T_b, target_lengths U_b.
+        slack_id: an int in [0, V), the blank. canvas (B, T) or None: where canvas != mask_id
+            the position is visible, fixed to its token; mask_id: an int other than slack_id,
+            whose column must have probability 0 (SUBS) unless mask_id >= V.
+        collapse: "surface" (delete slack) or "standard" (merge repeats, then delete slack).
+        reduction: "none" (B,), "sum", or "mean" (each loss / max(target length, 1), averaged);
+            an empty batch gives (0,) or 0.
+        zero_infinity: infeasible examples give 0 (and zero gradient) instead of +inf.
+        algorithm: "band" (the band for surface, the native CTC kernel for standard) or "time"
+            (the slow references of section 1, float64).
+    Infeasible examples (T_b < U_b, a visible token no alignment can use, too few positions for
+    standard repeats) give +inf, never NaN, and zero gradient; an example whose log-probs hold a
+    NaN (positions < T_b) gives NaN, never +inf, and a zero gradient. Surface runs in float64,
+    standard in the dtype of log_probs (float32 at least); the result has the dtype of log_probs.
+    The gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0 where
+    visible."""
+    targets, T_b, U_b, slack_id, canvas, mask_id = _check_loss(
+        log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id, collapse,
+        reduction, zero_infinity, algorithm)
+    if len(log_probs) == 0:  # an empty batch: nothing to score
+        return log_probs.sum((1, 2)) if reduction == "none" else log_probs.sum()
+    nll = _nll(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id, collapse, zero_infinity,
+               algorithm)
+    if reduction == "none":
+        return nll
+    return nll.sum() if reduction == "sum" else (nll / U_b.clamp(min=1).to(nll.dtype)).mean()
+
+
+def _align(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
+           mask_id=None, collapse="surface"):
+    """The most probable surface alignment consistent with the canvas, a (B, T) LongTensor of
+    tokens and slack (T = log_probs.shape[1]; slack_id from input_length on) that collapses to y
+    and agrees with every visible position; ties broken arbitrarily. Infeasible rows (T < U, or
+    no alignment agrees with the canvas) get the targets first, then slack (the first T targets
+    if T < U). Only the surface map: it is the one the "model" placement trains with. Arguments
+    as ctc_slack_loss's; log-probs holding a NaN are refused (no alignment is best among NaNs).
+    The porter's name for it is align_slack (keyword lengths, no T < U)."""
+    targets, T_b, U_b, slack_id, canvas, mask_id = _check_align(
+        log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id, collapse)
+    return _align_surface(log_probs.detach(), targets, T_b, U_b, slack_id, canvas, mask_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The porter API: the method as functions of tensors, in the order a training step calls
+#    them, then what a decoder needs. A canvas is P_b prompt positions, then R_b = T - P_b
+#    positions holding the U_b targets y and K_b = R_b - U_b slacks:
+#        z0:   T h e _ l i s t | t y p e · i s _ a · m u t a b l e   (place_slack, build_canvas)
+#        z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?     (? = MASK: your forward
+#                                                                       process)
+#    CE scores each masked position against z0; the slack CTC scores z_t against y under every
+#    alignment. Every length argument that is easy to swap is keyword-only.
+# ----------------------------------------------------------------------------------------------
+
+
+def slack_count(canvas_lengths, rate):
+    """K = round(rate * R): the slacks of a response canvas of R positions (an int or a tensor of
+    them), rounded half to even as Python's round. The target then has U = R - K tokens."""
+    R = _check_slack_count(canvas_lengths, rate)
+    return torch.round(R.double() * rate).long()
+
+
+def sft_layout(input_ids, *, prompt_lengths, rate, eos_id):
+    """From the rows an SFT trainer has (LLaDA's) to the slack CTC's layout, dropping no token.
+    In:  input_ids (B, L) ids: row b is its P_b prompt tokens, then its answer, then eos_id
+             padding to L; every position past the prompt is a target, the padding too (the
+             model learns to stop), as in LLaDA's SFT.
+         prompt_lengths: P_b, integers, or the bool prompt mask (B, L) (LLaDA's prompt_index).
+         rate: the slack rate; eos_id: the id the rows are padded with.
+    Out: targets (B, U_max): row b's L - P_b tokens after its prompt, then eos_id up to U_b;
+         target_lengths U_b (B,); canvas_length T >= L, the smallest at which each row keeps all
+         L - P_b of its tokens beside K_b = slack_count(T - P_b, rate) slacks: U_b = T - P_b - K_b.
+    The canvas thus grows by about rate / (1 - rate) of the answer instead of cutting its end.
+    Then place_slack(targets, target_lengths=U_b, canvas_lengths=T - P_b, ...) and
+    build_canvas(input_ids, response, prompt_lengths=P_b, canvas_length=T): the rows themselves
+    are the padded prompts. At rate 0, T = L and the targets are the rows after their prompts."""
+    input_ids, P, eos_id = _check_layout(input_ids, prompt_lengths, rate, eos_id)
+    L = input_ids.shape[1]
+    A = L - P  # (B,): each row's tokens after its prompt, all kept
+    T = L
+    while len(P) and bool((T - P - slack_count(T - P, rate) < A).any()):  # U_b grows with T
+        T += 1
+    U = T - P - slack_count(T - P, rate)  # (B,), U_b >= A_b
+    j = torch.arange(int(U.max()) if len(U) else 0, device=input_ids.device)[None, :]  # (1, U_max)
+    from_row = input_ids.gather(1, (P[:, None] + j).clamp(max=L - 1))  # (B, U_max)
+    return torch.where(j < A[:, None], from_row, eos_id), U, T  # eos_id past the row's end
+
+
+def place_slack(targets, placement="random", *, target_lengths, canvas_lengths, slack_id,
+                generator=None):
+    """Reference response canvas (B, R_max) long: the U_b targets (B, U_max) in order and
+    K_b = R_b - U_b slacks, at random positions ("random") or after the targets ("tail"); slack
+    past R_b. Always draws torch.rand(B, R_max, generator=generator) on CPU, whatever the
+    placement, so that runs differing only in placement see identical noise afterwards."""
+    targets, R, U, slack_id = _check_place(targets, placement, target_lengths, canvas_lengths,
+                                           slack_id, generator)
+    B, R_max, dev = len(R), int(R.max()) if len(R) else 0, targets.device
+    pos = torch.arange(R_max, device=dev)[None, :]  # (1, R_max)
+    scores = torch.rand(B, R_max, generator=generator).to(dev).masked_fill(pos >= R[:, None], 2.0)
+    # "random": the K_b lowest of R_b uniform scores (padding, 2.0, ranks last), a uniform subset.
+    rank = scores.argsort(1).argsort(1)  # (B, R_max)
+    is_slack = pos >= U[:, None] if placement == "tail" else rank < (R - U)[:, None]  # (B, R_max)
+    return _fill_canvas(targets, R, U, is_slack | (pos >= R[:, None]), slack_id)  # padding: slack
+
+
+def align_slack(log_probs, targets, *, target_lengths, canvas_lengths, slack_id,
+                collapse="surface"):
+    """The "model" placement (Imputer-style): the most probable alignment of y under log_probs
+    (B, R_max, V), typically response_log_probs of the model on an all-MASK response, as a
+    reference response canvas (B, R_max); no gradient. More targets than canvas positions is a
+    ValueError, not a silent fallback; a row whose visible tokens no alignment agrees with gets
+    the targets first, then slack."""
+    R, U = _check_align_slack(log_probs, target_lengths, canvas_lengths)
+    return _align(log_probs, targets, R, U, slack_id=slack_id, collapse=collapse)
+
+
+def response_positions(prompt_lengths, R_max, T):
+    """(B, R_max) canvas positions P_b + j of the response region, clamped to T - 1."""
+    j = torch.arange(R_max, device=prompt_lengths.device)
+    return (prompt_lengths[:, None] + j[None, :]).clamp(max=T - 1)
+
+
+def build_canvas(prompt, response, *, prompt_lengths, canvas_length):
+    """prompt (B, P_max) padded, response (B, R_max), prompt lengths P (B,) -> (z0 (B, T) long,
+    is_prompt (B, T) bool: the positions the forward process never masks nor the loss scores),
+    T = canvas_length: row b is its P_b prompt tokens, then its response, cut at T. The response
+    must reach T in every row: R_max >= T - min P_b."""
+    prompt, response, P, T = _check_build(prompt, response, prompt_lengths, canvas_length)
+    B = len(prompt)
+    pos = torch.arange(T, device=response.device)[None, :]  # (1, T)
+    is_prompt = pos < P[:, None]  # (B, T)
+    if prompt.shape[1]:
+        from_prompt = prompt.gather(1, pos.clamp(max=prompt.shape[1] - 1).expand(B, -1))
+    else:
+        from_prompt = torch.zeros(B, T, dtype=torch.long, device=response.device)
+    from_resp = response.gather(1, (pos - P[:, None]).clamp(0, response.shape[1] - 1))  # (B, T)
+    return torch.where(is_prompt, from_prompt, from_resp), is_prompt
+
+
+def response_log_probs(logits, R_max, *, prompt_lengths, mask_id):
+    """float32 log p (B, R_max, V) at the response positions, left-aligned so that the CTC sees
+    each response canvas as its own sequence. SUBS is the model's: its MASK column must have
+    probability 0 already (-inf, or a finite ban such as -1e6; an open one is refused), unless
+    the head has no MASK column (mask_id >= V). Visible positions need no carry-over: the CTC
+    reads them from z_t."""
+    P, R_max = _check_response_log_probs(logits, R_max, prompt_lengths, mask_id)
+    idx = response_positions(P, R_max, logits.shape[1])  # (B, R_max)
+    x = logits.float().gather(1, idx[..., None].expand(-1, -1, logits.shape[2]))  # (B, R_max, V)
+    # NaN in, NaN out, and no gradient (_nll): log_softmax's backward would spread a NaN over
+    # every logit of its position, so a response that holds one is detached.
+    nan = torch.isnan(x.detach()).flatten(1).any(1).view(-1, 1, 1)  # (B, 1, 1)
+    return torch.where(nan, x.detach(), x).log_softmax(-1)
+
+
+def slack_ctc_term(logits, z_t, targets, *, prompt_lengths, target_lengths, weight, slack_id,
+                   mask_id, collapse="surface", reduction="none", zero_infinity=False):
+    """The slack-CTC fine-tuning loss from the model's logits on the noised canvas z_t:
+        L_CTC(b) = weight_b * (-log P(y_b | z_t[b])) / R_b,    R_b = T - P_b
+    CE's weight w(t) and its 1/R: at K = 0 (target_lengths = R) and the surface collapse y is
+    the one alignment, and this equals MDLM's masked CE over the vocabulary without the MASK
+    column (SUBS), not a CE over every logit.
+        logits (B, T, V) float, batch-first as the model returns them, MASK column banned (see
+            response_log_probs). A time-first tensor is refused when B != T; at B == T no check
+            can tell, so mind the layout.
+        z_t (B, T) ids: P_b prompt tokens, then the response canvas, each position mask_id or
+            visible; it must mask a canvas holding y_b in order and K_b = R_b - U_b slacks, so
+            more visible slacks than K_b or tokens than U_b is an error (ids swapped? lengths?).
+        targets (B, U_max) ids (tensor or lists), padded past U_b, never slack_id.
+        prompt_lengths P_b in [0, T - 1]; target_lengths U_b <= R_b (more: swapped?).
+        weight: a number or (B,), w(t) per example (1 / p_mask per row, not p_mask).
+        slack_id, mask_id: different ints.
+        collapse "surface" or "standard". Standard merges equal neighbours, so each repeat in y
+            needs a slack between: EOS-padded targets rarely fit, and a row that cannot is an
+            error (end such targets at their first EOS).
+        reduction "none" (B,), "sum" or "mean" over rows; an empty batch gives (0,) or 0.
+        zero_infinity: how to score a row that no alignment agrees with (z_t does not mask a
+            canvas holding y: lengths swapped, visible tokens out of order, slack or a target
+            banned): False, the default, makes it a ValueError naming the cause (ctc_slack_loss
+            would give +inf); True scores it 0, no gradient.
+    Lengths may also be one int for every row, a (B, 1) column or a bool prefix mask (B, n).
+    Returns float32 (wider if logits or weight are), never +inf; NaN for a row whose response
+    logits hold a NaN (NaN in, NaN out), with no gradient."""
+    z_t, targets, P, R, U, w, slack_id, mask_id = _check_term(
+        logits, z_t, targets, prompt_lengths, target_lengths, weight, slack_id, mask_id,
+        collapse, reduction, zero_infinity)
+    if len(z_t) == 0:  # an empty batch: nothing to score
+        return logits.sum((1, 2)) if reduction == "none" else logits.sum()
+    R_max = int(R.max())
+    canvas = z_t.gather(1, response_positions(P, R_max, z_t.shape[1]))  # (B, R_max)
+    log_p = response_log_probs(logits, R_max, prompt_lengths=P, mask_id=mask_id)  # (B, R_max, V)
+    nll = _nll(log_p, targets, R, U, slack_id, canvas, mask_id, collapse, zero_infinity,
+               "band")  # -log P(y | z_t), (B,)
+    _check_feasible(nll, log_p, canvas, targets, R, U, slack_id, mask_id, collapse)
+    per = w * nll / R
+    return per if reduction == "none" else per.sum() if reduction == "sum" else per.mean()
+
+
+def masked_canvas(prompt, *, prompt_lengths, canvas_length, mask_id):
+    """Where decoding starts: (canvas (B, T), is_prompt (B, T)), row b its P_b prompt tokens
+    (prompt (B, P_max), padded; prompt_lengths (B,), or one int for every row) and MASK from P_b
+    to T. As in training, each response canvas runs to the end, R_b = T - P_b: prompts of
+    different lengths share a batch, and the padding of a short prompt is never read as prompt."""
+    prompt, P, T, mask_id = _check_masked_canvas(prompt, prompt_lengths, canvas_length, mask_id)
+    response = torch.full((len(prompt), T - int(P.min()) if len(P) else 1), mask_id,
+                          dtype=torch.long, device=prompt.device)
+    return build_canvas(prompt, response, prompt_lengths=P, canvas_length=T)
+
+
+# Decoding with low-confidence remasking (LLaDA's sampler): each step proposes a token at every
+# masked position and commits the k proposals it is most sure of. A rule on slack only reorders
+# those commits, so it is a ranking by groups: a penalty added to the confidence (p - 2) works on
+# one scale only (on log-probabilities it moves slack up to second place), while groups hold on
+# any scale, since only the order of the confidence within a group is read.
+
+
+def rank_in_groups(confidence, groups):
+    """The key (B, T) float64 to commit by: every position of group 0 above every one of group 1,
+    and so on; within a group, the most confident first (ties: the leftmost). confidence (B, T)
+    any scale where larger is surer (probabilities, log-probabilities, negated entropies);
+    groups (B, T) small ints. Commit the k largest keys (topk, or argsort descending)."""
+    groups = _check_confidence(confidence, groups, "groups")
+    by_conf = confidence.argsort(dim=-1, descending=True, stable=True)
+    r = by_conf.argsort(dim=-1)  # (B, T) place in the row's confidence order, 0 = surest
+    return -(groups.to(torch.float64) * confidence.shape[-1] + r)  # unique per row: no ties
+
+
+def slack_waits(confidence, proposals, *, slack_id, threshold=None):
+    """Which proposals (B, T) are slack that waits under the slack-last rule: every slack
+    proposal, or with a threshold only those whose confidence is under it (the threshold on the
+    confidence's own scale: log 0.9 for log-probabilities). A slack-trained model is often split
+    at a position between "this token here" and "the same token one slot later"; committing the
+    slack first fixes that split before the neighbours are known."""
+    proposals, slack_id = _check_slack_waits(confidence, proposals, slack_id, threshold)
+    waits = proposals == slack_id
+    return waits if threshold is None else waits & (confidence < threshold)
+
+
+def slack_last(confidence, proposals, *, slack_id, masked, threshold=None):
+    """The slack-last rule as the key (B, T) to commit by (rank_in_groups): first the masked
+    positions with a real proposal, then those whose proposal is slack that waits (slack_waits),
+    each by its confidence (any scale), then the positions already decoded, so that the k largest
+    keys are masked positions whenever k <= masked.sum(1). masked (B, T) bool: the positions this
+    step may fill. Give slack its own confidence: at -inf (a ban) it would fall below the decoded
+    positions, whose commit changes nothing and leaves MASK on the canvas."""
+    masked = _check_confidence(confidence, masked, "masked", torch.bool)
+    waits = slack_waits(confidence, proposals, slack_id=slack_id, threshold=threshold) & masked
+    return rank_in_groups(confidence, waits.long() + 2 * (~masked).long())
+
+
+def read_outputs(canvas, *, prompt_lengths, slack_id, eos_id, mask_id, collapse="surface"):
+    """The outputs of decoded canvases (B, T) as B lists of ids: each row from its P_b on
+    (prompt_lengths (B,), or one int for every row), read through the collapse map the model was
+    trained with, then cut at the first EOS (eos_id=None: not cut, for a corpus whose documents
+    EOS separates). A response that still holds MASK was not decoded to the end (a sampler that
+    let decoded positions take its commits: rank with slack_last): a ValueError, never ids."""
+    canvas, P, slack_id, eos_id = _check_read(canvas, prompt_lengths, slack_id, eos_id, mask_id,
+                                              collapse)
+    out = []
+    for row, p in zip(canvas.tolist(), P.tolist()):
+        ids = collapse_tokens(row[p:], slack_id, collapse)
+        out.append(ids[:ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Checking what a caller passes. A malformed batch rarely breaks the lattice: a swapped length
+#    or id moves it, and the loss is a plausible number. So each public function calls one check
+#    at its top: a wrong kind of value is a TypeError, a wrong shape or value a ValueError, and
+#    the message names the argument and, for the forms other codebases use, the one-line fix.
+#    Those forms are read as what they mean where nothing else can be meant: one number for every
+#    row, a (B, 1) column, a bool mask that marks a prefix of each row (LLaDA's prompt_index).
 # ----------------------------------------------------------------------------------------------
 
 COLLAPSES, REDUCTIONS = ("surface", "standard"), ("none", "sum", "mean")
 
 
 def _choice(value, name, allowed):
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _flag(value, name):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _int(x, name):
@@ -539,16 +846,50 @@ def _ids(x, name, dims, device=None):
 
 
 def _lengths(lengths, name, B, top, device):
-    """A (B,) long tensor of lengths in [0, top], or a ValueError naming the argument."""
-    x = torch.as_tensor(lengths, device=device)
-    x = x.long() if x.numel() == 0 else x  # [] (an empty batch) infers float: no value to check
-    if x.dim() != 1 or len(x) != B or x.dtype.is_floating_point or x.dtype == torch.bool:
-        raise ValueError(f"{name} must be {B} integers (one per row), got {tuple(x.shape)} "
-                         f"{x.dtype}")
+    """A (B,) long tensor of lengths in [0, top]. Also read as such: one number (every row), a
+    (B, 1) column, a bool (B, n) mask that marks a prefix of each row (its row sums)."""
+    try:
+        x = torch.as_tensor(lengths, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be integers, got {type(lengths).__name__}") from None
+    x = x.long() if x.numel() == 0 and x.dim() == 1 else x  # [] infers float: an empty batch
+    if x.dtype == torch.bool and x.dim() == 2:
+        if bool((x[:, 1:] & ~x[:, :-1]).any()):  # a False before a True: not a prefix
+            raise ValueError(f"{name}: a bool mask must mark a prefix of each row (then its row "
+                             f"sums are the lengths); pass {B} integers")
+        x = x.sum(1)
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be integers, got {x.dtype}" +
+                        (" (.long() them)" if x.dtype.is_floating_point else ""))
+    x = x[:, 0] if x.dim() == 2 and x.shape[1] == 1 else x  # (B, 1), as LLaDA keeps lengths
+    x = x.expand(B) if x.dim() == 0 else x
+    if x.shape != (B,):
+        raise ValueError(f"{name} must be {B} integers (one per row), got shape {tuple(x.shape)}")
     x = x.long()
-    if len(x) and (int(x.min()) < 0 or int(x.max()) > top):
+    if B and (int(x.min()) < 0 or int(x.max()) > top):
         raise ValueError(f"{name} must lie in [0, {top}], got {int(x.min())}..{int(x.max())}")
     return x
+
+
+def _weight(weight, B, device):
+    """w(t) per row (B,): one number, (B,) or a (B, 1) column; finite and >= 0."""
+    try:
+        w = torch.as_tensor(weight, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"weight must be a number or a (B,) tensor, got "
+                        f"{type(weight).__name__}") from None
+    if w.dtype == torch.bool or w.dtype.is_complex:
+        raise TypeError(f"weight must hold real numbers, got {w.dtype}")
+    w = w[:, 0] if w.dim() == 2 and w.shape[1] == 1 else w
+    w = w.expand(B) if w.dim() == 0 else w
+    if w.shape != (B,):
+        hint = (" (a (B, L) p_mask? the weight is its inverse, one per row: weight = "
+                "1 / p_mask[:, 0])" if w.dim() == 2 else "")
+        raise ValueError(f"weight must be a number or a (B,) = ({B},) tensor, each example's "
+                         f"w(t), got shape {tuple(w.shape)}{hint}")
+    if not bool((w.detach() >= 0).all() & torch.isfinite(w.detach()).all()):
+        raise ValueError("weight must be finite and >= 0 (w(t) = 1/t: keep t away from 0)")
+    return w
 
 
 def _floats(x, name):
@@ -582,6 +923,20 @@ def _check_targets(targets, U_b, V, slack_id):
         raise ValueError(f"targets hold slack_id {slack_id} within target_lengths")
 
 
+def _check_mask_banned(x, name, mask_id, inside):
+    """SUBS: x (B, T, V), logits or log-probs, gives MASK probability 0 at the positions inside
+    (B, T): its column -inf, or below the position's largest entry by more than -LOG_ZERO (a
+    finite ban such as -1e6 passes). mask_id >= V: no MASK column. A NaN is not refused here."""
+    if mask_id >= x.shape[2]:
+        return
+    gap = (x[..., mask_id] - x.amax(-1)).detach()  # (B, T): >= log p(MASK)
+    if (b := _rows((inside & (gap >= LOG_ZERO)).any(1))) is not None:
+        raise ValueError(f"{name}: the MASK column (mask_id {mask_id}) is open at row {b}: "
+                         f"apply SUBS (the model never predicts MASK): set it to -inf, or a ban "
+                         f"such as -1e6, before the softmax; or mask_id >= {x.shape[2]} for a "
+                         f"head without a MASK column")
+
+
 def _check_batch(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
                  collapse):
     """ctc_slack_loss's and _align's arguments: (targets, T_b, U_b, slack_id, canvas,
@@ -596,6 +951,8 @@ def _check_batch(log_probs, targets, input_lengths, target_lengths, slack_id, ca
     slack_id = _int(slack_id, "slack_id")
     if not 0 <= slack_id < V:
         raise ValueError(f"slack_id {slack_id} is not an id of the {V}-id vocabulary")
+    T_b = _lengths(input_lengths, "input_lengths", B, T, dev)
+    U_b = _lengths(target_lengths, "target_lengths", B, targets.shape[1], dev)
     if canvas is not None:
         canvas = _ids(canvas, "canvas", 2, dev)
         if canvas.shape != (B, T):
@@ -603,12 +960,12 @@ def _check_batch(log_probs, targets, input_lengths, target_lengths, slack_id, ca
         if mask_id is None:
             raise TypeError("a canvas needs mask_id, the id of its masked positions")
         mask_id = _int(mask_id, "mask_id")
-        if mask_id == slack_id:
-            raise ValueError(f"slack_id and mask_id are both {slack_id}: a masked position and a "
-                             f"visible slack would be one")
+        if mask_id < 0 or mask_id == slack_id:
+            raise ValueError(f"mask_id must be >= 0 and not slack_id {slack_id} (a masked position "
+                             f"and a visible slack would be one), got {mask_id}")
         _check_ids(canvas, "canvas", V, mask_id)
-    T_b = _lengths(input_lengths, "input_lengths", B, T, dev)
-    U_b = _lengths(target_lengths, "target_lengths", B, targets.shape[1], dev)
+        inside = torch.arange(T, device=dev) < T_b[:, None]
+        _check_mask_banned(log_probs, "log_probs", mask_id, inside)
     _check_targets(targets, U_b, V, slack_id)
     return targets, T_b, U_b, slack_id, canvas, mask_id
 
@@ -628,194 +985,126 @@ def _check_normalised(log_probs, T_b):
                          f"{float(lse[b, k].exp()):.4g}, not 1 (raw logits?)")
 
 
-# ----------------------------------------------------------------------------------------------
-# 5. The loss to call (the arguments of F.ctc_loss, batch-first), and the best alignment.
-# ----------------------------------------------------------------------------------------------
-
-
-def _nll(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id, collapse, zero_infinity,
-         algorithm):
-    """-log P(y | canvas) per example (B,), arguments checked."""
-    args = (log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
-    if algorithm == "time":
-        logz, ok = (_surface_time if collapse == "surface" else _standard_time)(*args)
-    elif collapse == "surface":  # the band, per group of rows of similar shape (band_groups)
-        logz, ok = _by_groups(_BandLogZ.apply, *args)
-    else:
-        logz, ok = _StandardLogZ.apply(*args)
-    bad = 0.0 if zero_infinity else float("inf")
-    nll = torch.where(ok, -logz, bad).to(log_probs.dtype)  # (B,); where() keeps NaN out of grads
-    # NaN in, NaN out: the lattices read a NaN as log 0, so it would pass for an infeasible
-    # example (+inf, or 0 with zero_infinity). The NaN is a constant here: no gradient.
-    inside = torch.arange(log_probs.shape[1], device=log_probs.device) < T_b[:, None]  # (B, T)
-    has_nan = (torch.isnan(log_probs.detach()).any(-1) & inside).any(1)  # (B,)
-    return torch.where(has_nan, float("nan"), nll)
-
-
-def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
-                   mask_id=None, collapse="surface", reduction="mean", zero_infinity=False,
-                   algorithm="band"):
-    """-log P(y | canvas) = -log sum over alignments a with B(a) = y that agree with the visible
-    positions of prod_t p_t(a_t). Arguments mirror torch.nn.functional.ctc_loss, batch-first:
-        log_probs (B, T, V) log-softmax outputs (raw logits are refused); targets (B, U_max) ids,
-            a tensor or lists, padded (never slack_id); input_lengths T_b, target_lengths U_b.
-        slack_id: an int in [0, V), the blank. canvas (B, T) or None: where canvas != mask_id
-            the position is visible, fixed to its token; mask_id: an int other than slack_id.
-        collapse: "surface" (delete slack) or "standard" (merge repeats, then delete slack).
-        reduction: "none" (B,), "sum", or "mean" (each loss / max(target length, 1), averaged);
-            an empty batch gives (0,) or 0.
-        zero_infinity: infeasible examples give 0 (and zero gradient) instead of +inf.
-        algorithm: "band" (the band for surface, the native CTC kernel for standard) or "time"
-            (the slow references of section 1, float64).
-    Infeasible examples (T_b < U_b, a visible token no alignment can use, too few positions for
-    standard repeats) give +inf, never NaN, and zero gradient; an example whose log-probs hold a
-    NaN (positions < T_b) gives NaN, never +inf, and a zero gradient. Surface runs in float64,
-    standard in the dtype of log_probs (float32 at least); the result has the dtype of log_probs.
-    The gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0 where
-    visible."""
+def _check_loss(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
+                collapse, reduction, zero_infinity, algorithm):
+    """ctc_slack_loss's arguments: (targets, T_b, U_b, slack_id, canvas, mask_id)."""
     _choice(algorithm, "algorithm", ("band", "time"))
     _choice(reduction, "reduction", REDUCTIONS)
-    targets, T_b, U_b, slack_id, canvas, mask_id = _check_batch(
-        log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id, collapse)
-    if len(log_probs) == 0:  # an empty batch: nothing to score
-        return log_probs.sum((1, 2)) if reduction == "none" else log_probs.sum()
-    _check_normalised(log_probs, T_b)
-    nll = _nll(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id, collapse, zero_infinity,
-               algorithm)
-    if reduction == "none":
-        return nll
-    return nll.sum() if reduction == "sum" else (nll / U_b.clamp(min=1).to(nll.dtype)).mean()
+    _flag(zero_infinity, "zero_infinity")
+    checked = _check_batch(log_probs, targets, input_lengths, target_lengths, slack_id, canvas,
+                           mask_id, collapse)
+    _check_normalised(log_probs, checked[1])
+    return checked
 
 
-def _align(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
-                    mask_id=None, collapse="surface"):
-    """The most probable surface alignment consistent with the canvas, a (B, T) LongTensor of
-    tokens and slack (T = log_probs.shape[1]; slack_id from input_length on) that collapses to y
-    and agrees with every visible position; ties broken arbitrarily. Infeasible rows (T < U, or
-    no alignment agrees with the canvas) get the targets first, then slack (the first T targets
-    if T < U). Only the surface map: it is the one the "model" placement trains with. Arguments
-    as ctc_slack_loss's; log-probs holding a NaN are refused (no alignment is best among NaNs).
-    The porter's name for it is align_slack (keyword lengths, no T < U)."""
+def _check_align(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
+                 collapse):
+    """_align's arguments, as ctc_slack_loss's; the surface collapse, no NaN."""
     if collapse != "surface":
         raise ValueError(f"the alignment is implemented for the surface collapse, not {collapse!r}")
-    targets, T_b, U_b, slack_id, canvas, mask_id = _check_batch(
-        log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id, collapse)
+    checked = _check_batch(log_probs, targets, input_lengths, target_lengths, slack_id, canvas,
+                           mask_id, collapse)
     if bool(torch.isnan(log_probs).any()):
         raise ValueError("log_probs holds NaN: no alignment can be chosen")
-    return _align_surface(log_probs.detach(), targets, T_b, U_b, slack_id, canvas, mask_id)
+    return checked
 
 
-# ----------------------------------------------------------------------------------------------
-# 6. The porter API: the method as functions of tensors, in the order a training step calls
-#    them, then what a decoder needs. A canvas is P_b prompt positions, then R_b = T - P_b
-#    positions holding the U_b targets y and K_b = R_b - U_b slacks:
-#        z0:   T h e _ l i s t | t y p e · i s _ a · m u t a b l e   (place_slack, build_canvas)
-#        z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?     (? = MASK: your forward
-#                                                                       process)
-#    CE scores each masked position against z0; the slack CTC scores z_t against y under every
-#    alignment. Every length argument that is easy to swap is keyword-only.
-# ----------------------------------------------------------------------------------------------
+def _check_collapse_tokens(seq, slack_id, collapse):
+    """collapse_tokens's sequence, as a list of ids."""
+    _choice(collapse, "collapse", COLLAPSES)
+    _int(slack_id, "slack_id")
+    return _ids(seq, "seq (collapse_tokens reads one sequence)", 1).tolist()
 
 
-def slack_count(canvas_lengths, rate):
-    """K = round(rate * R): the slacks of a response canvas of R positions (an int or a tensor of
-    them), rounded half to even as Python's round. The target then has U = R - K tokens."""
+def _check_slack_count(canvas_lengths, rate):
+    """slack_count's R, a tensor of integers >= 0."""
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise ValueError(f"the slack rate must be a number in [0, 1), got {rate!r}")
     R = torch.as_tensor(canvas_lengths)
     if R.dtype.is_floating_point or R.dtype == torch.bool or (R.numel() and int(R.min()) < 0):
         raise ValueError(f"canvas_lengths must be integers >= 0, got {canvas_lengths!r}")
-    return torch.round(R.double() * rate).long()
+    return R
 
 
-def place_slack(targets, placement="random", *, target_lengths, canvas_lengths, slack_id,
-                generator=None):
-    """Reference response canvas (B, R_max) long: the U_b targets (B, U_max) in order and
-    K_b = R_b - U_b slacks, at random positions ("random") or after the targets ("tail"); slack
-    past R_b. Always draws torch.rand(B, R_max, generator=generator) on CPU, whatever the
-    placement, so that runs differing only in placement see identical noise afterwards."""
+def _check_layout(input_ids, prompt_lengths, rate, eos_id):
+    """sft_layout's arguments: (input_ids (B, L), P (B,), eos_id)."""
+    input_ids = _ids(input_ids, "input_ids", 2)
+    if input_ids.shape[1] < 1:
+        raise ValueError("input_ids must be rows (B, L) of at least one position")
+    P = _lengths(prompt_lengths, "prompt_lengths", len(input_ids), input_ids.shape[1],
+                 input_ids.device)
+    _check_slack_count(0, rate)
+    eos_id = _int(eos_id, "eos_id")
+    if eos_id < 0:
+        raise ValueError(f"eos_id must be an id >= 0, got {eos_id}")
+    return input_ids, P, eos_id
+
+
+def _check_place(targets, placement, target_lengths, canvas_lengths, slack_id, generator):
+    """place_slack's arguments: (targets, R (B,), U (B,), slack_id)."""
     _choice(placement, "placement ('model': align_slack)", ("random", "tail"))
     targets = _ids(targets, "targets", 2)
-    dev, slack_id = targets.device, _int(slack_id, "slack_id")
-    R = _lengths(canvas_lengths, "canvas_lengths", len(targets), float("inf"), dev)
-    U = _lengths(target_lengths, "target_lengths", len(targets), targets.shape[1], dev)
+    slack_id = _int(slack_id, "slack_id")
+    if slack_id < 0:
+        raise ValueError(f"slack_id must be an id >= 0, got {slack_id}")
+    if generator is not None and (not isinstance(generator, torch.Generator)
+                                  or generator.device.type != "cpu"):
+        raise TypeError(f"generator must be None or a CPU torch.Generator (place_slack draws on "
+                        f"the CPU), got {generator!r}")
+    R = _lengths(canvas_lengths, "canvas_lengths", len(targets), float("inf"), targets.device)
+    U = _lengths(target_lengths, "target_lengths", len(targets), targets.shape[1], targets.device)
     if (b := _rows(U > R)) is not None:
         raise ValueError(f"row {b} has {int(U[b])} targets for {int(R[b])} canvas positions: "
                          f"need target_lengths <= canvas_lengths (swapped arguments?)")
     _check_targets(targets, U, float("inf"), slack_id)
-    B, R_max = len(R), int(R.max()) if len(R) else 0
-    pos = torch.arange(R_max, device=dev)[None, :]  # (1, R_max)
-    scores = torch.rand(B, R_max, generator=generator).to(dev).masked_fill(pos >= R[:, None], 2.0)
-    # "random": the K_b lowest of R_b uniform scores (padding, 2.0, ranks last), a uniform subset.
-    rank = scores.argsort(1).argsort(1)  # (B, R_max)
-    is_slack = pos >= U[:, None] if placement == "tail" else rank < (R - U)[:, None]  # (B, R_max)
-    return _fill_canvas(targets, R, U, is_slack | (pos >= R[:, None]), slack_id)  # padding: slack
+    return targets, R, U, slack_id
 
 
-def align_slack(log_probs, targets, *, target_lengths, canvas_lengths, slack_id,
-                collapse="surface"):
-    """The "model" placement (Imputer-style): the most probable alignment of y under log_probs
-    (B, R_max, V), typically response_log_probs of the model on an all-MASK response, as a
-    reference response canvas (B, R_max); no gradient. More targets than canvas positions is a
-    ValueError, not a silent fallback; a row whose visible tokens no alignment agrees with gets
-    the targets first, then slack."""
+def _check_align_slack(log_probs, target_lengths, canvas_lengths):
+    """align_slack's lengths: (R, U)."""
     _floats(log_probs, "log_probs")
-    R = _lengths(canvas_lengths, "canvas_lengths", len(log_probs), log_probs.shape[1],
-                 log_probs.device)
-    U = _lengths(target_lengths, "target_lengths", len(log_probs), float("inf"), R.device)
+    B, T, dev = len(log_probs), log_probs.shape[1], log_probs.device
+    R = _lengths(canvas_lengths, "canvas_lengths", B, T, dev)
+    U = _lengths(target_lengths, "target_lengths", B, float("inf"), dev)
     if bool((U > R).any()):
         raise ValueError(f"{int((U > R).sum())} rows have more targets than canvas positions: "
                          f"need target_lengths <= canvas_lengths (swapped arguments?)")
-    return _align(log_probs, targets, R, U, slack_id=slack_id, collapse=collapse)
+    return R, U
 
 
-def response_positions(prompt_lengths, R_max, T):
-    """(B, R_max) canvas positions P_b + j of the response region, clamped to T - 1."""
-    j = torch.arange(R_max, device=prompt_lengths.device)
-    return (prompt_lengths[:, None] + j[None, :]).clamp(max=T - 1)
-
-
-def build_canvas(prompt, response, *, prompt_lengths, canvas_length):
-    """prompt (B, P_max) padded, response (B, R_max), prompt lengths P (B,) -> (z0 (B, T) long,
-    is_prompt (B, T) bool: the positions the forward process never masks nor the loss scores),
-    T = canvas_length: row b is its P_b prompt tokens, then its response, cut at T. The response
-    must reach T in every row: R_max >= T - min P_b."""
+def _check_build(prompt, response, prompt_lengths, canvas_length):
+    """build_canvas's arguments: (prompt, response, P (B,), T)."""
     response = _ids(response, "response", 2)
     prompt, T = _ids(prompt, "prompt", 2, response.device), _int(canvas_length, "canvas_length")
+    if T < 1:
+        raise ValueError(f"canvas_length must be >= 1, got {T}")
     B = len(prompt)
     P = _lengths(prompt_lengths, "prompt_lengths", B, min(prompt.shape[1], T), response.device)
     need = max(1, T - int(P.min())) if B else 1
-    if T < 1 or len(response) != B or response.shape[1] < need:
-        raise ValueError(f"need canvas_length >= 1 and a response (B, R_max) = ({B}, >= {need}) "
-                         f"that reaches it, got {T} and {tuple(response.shape)}")
-    pos = torch.arange(T, device=response.device)[None, :]  # (1, T)
-    is_prompt = pos < P[:, None]  # (B, T)
-    if prompt.shape[1]:
-        from_prompt = prompt.gather(1, pos.clamp(max=prompt.shape[1] - 1).expand(B, -1))
-    else:
-        from_prompt = torch.zeros(B, T, dtype=torch.long, device=response.device)
-    from_resp = response.gather(1, (pos - P[:, None]).clamp(0, response.shape[1] - 1))  # (B, T)
-    return torch.where(is_prompt, from_prompt, from_resp), is_prompt
+    if len(response) != B or response.shape[1] < need:
+        raise ValueError(f"need a response (B, R_max) = ({B}, >= {need}) that reaches "
+                         f"canvas_length {T}, got {tuple(response.shape)}")
+    return prompt, response, P, T
 
 
-def response_log_probs(logits, R_max, *, prompt_lengths, mask_id):
-    """float32 log p (B, R_max, V) at the response positions, left-aligned so that the CTC sees
-    each response canvas as its own sequence. SUBS is the model's: its MASK logit must be -inf
-    already (a MASK logit the softmax could give mass to is refused), unless the head has no MASK
-    column (mask_id >= V). Visible positions need no carry-over: the CTC reads them from z_t."""
+def _check_response_log_probs(logits, R_max, prompt_lengths, mask_id):
+    """response_log_probs's arguments: (P (B,), R_max); the MASK column banned (SUBS)."""
     _floats(logits, "logits")
-    mask_id, V = _int(mask_id, "mask_id"), logits.shape[2]
-    if mask_id < 0 or (mask_id < V and not bool((logits[..., mask_id] == -math.inf).all())):
-        raise ValueError(f"logits must have the MASK column (mask_id {mask_id}) at -inf, as SUBS "
-                         f"sets it (the model never predicts MASK), or no MASK column "
-                         f"(mask_id >= {V})")
-    P = _lengths(prompt_lengths, "prompt_lengths", len(logits), logits.shape[1], logits.device)
-    idx = response_positions(P, _int(R_max, "R_max"), logits.shape[1])  # (B, R_max)
-    return logits.float().gather(1, idx[..., None].expand(-1, -1, V)).log_softmax(-1)
+    (B, T, V), dev = logits.shape, logits.device
+    mask_id, R_max = _int(mask_id, "mask_id"), _int(R_max, "R_max")
+    if mask_id < 0 or not 0 <= R_max <= T:
+        raise ValueError(f"need mask_id >= 0 and R_max in [0, {T}], got {mask_id} and {R_max}")
+    P = _lengths(prompt_lengths, "prompt_lengths", B, T, dev)
+    _check_mask_banned(logits, "logits", mask_id, torch.arange(T, device=dev) >= P[:, None])
+    return P, R_max
 
 
-def _check_term(logits, z_t, targets, prompt_lengths, target_lengths, weight, slack_id, mask_id):
+def _check_term(logits, z_t, targets, prompt_lengths, target_lengths, weight, slack_id, mask_id,
+                collapse, reduction, zero_infinity):
     """slack_ctc_term's arguments: (z_t, targets, P, R, U, weight (B,), slack_id, mask_id)."""
+    _choice(reduction, "reduction", REDUCTIONS)
+    _choice(collapse, "collapse", COLLAPSES)
+    _flag(zero_infinity, "zero_infinity")
     _floats(logits, "logits")
     (B, T, V), dev = logits.shape, logits.device
     z_t, targets = _ids(z_t, "z_t", 2, dev), _ids(targets, "targets", 2, dev)
@@ -834,12 +1123,10 @@ def _check_term(logits, z_t, targets, prompt_lengths, target_lengths, weight, sl
                          f"positions; need target_lengths <= T - prompt_lengths (swapped?)")
     _check_targets(targets, U, V, slack_id)
     _check_ids(z_t, "z_t", V, mask_id)
-    w = torch.as_tensor(weight, device=dev)
-    w = w.expand(B) if w.dim() == 0 else w
-    if w.shape != (B,) or w.dtype == torch.bool:
-        raise ValueError(f"weight must be a number or a (B,) = ({B},) tensor, each example's "
-                         f"w(t), got shape {tuple(w.shape)}")
-    return z_t, targets, P, T - P, U, w, slack_id, mask_id
+    if B:
+        canvas = z_t.gather(1, response_positions(P, int((T - P).max()), T))  # (B, R_max)
+        _check_room(canvas, targets, T - P, U, slack_id, mask_id, collapse)
+    return z_t, targets, P, T - P, U, _weight(weight, B, dev), slack_id, mask_id
 
 
 def _check_room(canvas, targets, R, U, slack_id, mask_id, collapse):
@@ -856,7 +1143,7 @@ def _check_room(canvas, targets, R, U, slack_id, mask_id, collapse):
         raise ValueError(f"row {b} of z_t shows {int(tokens[b])} tokens in its response canvas, "
                          f"more than its U_b = {int(U[b])} targets: wrong lengths?")
     if collapse == "standard":  # y_i = y_{i-1} needs a slack between the two
-        j = torch.arange(1, targets.shape[1], device=targets.device)
+        j = torch.arange(targets.shape[1], device=targets.device)[1:]  # none for 0 columns
         repeats = ((targets[:, 1:] == targets[:, :-1]) & (j < U[:, None])).sum(1)
         if (b := _rows(U + repeats > R)) is not None:
             raise ValueError(f"collapse 'standard' merges repeats: row {b}'s targets need "
@@ -864,100 +1151,79 @@ def _check_room(canvas, targets, R, U, slack_id, mask_id, collapse):
                              f"at their first EOS (no EOS padding), or use 'surface'")
 
 
-def slack_ctc_term(logits, z_t, targets, *, prompt_lengths, target_lengths, weight, slack_id,
-                   mask_id, collapse="surface", reduction="none", zero_infinity=False):
-    """The slack-CTC fine-tuning loss from the model's logits on the noised canvas z_t:
-        L_CTC(b) = weight_b * (-log P(y_b | z_t[b])) / R_b,    R_b = T - P_b
-    CE's weight w(t) and its 1/R: at K = 0 (target_lengths = R) and the surface collapse y is
-    the one alignment, and this equals MDLM's masked CE over the vocabulary without the MASK
-    column (SUBS), not a CE over every logit.
-        logits (B, T, V) float, batch-first as the model returns them, MASK column at -inf (see
-            response_log_probs). A time-first tensor is refused when B != T; at B == T no check
-            can tell, so mind the layout.
-        z_t (B, T) ids: P_b prompt tokens, then the response canvas, each position mask_id or
-            visible; it must mask a canvas holding y_b in order and K_b = R_b - U_b slacks, so
-            more visible slacks than K_b or tokens than U_b is an error (ids swapped? lengths?).
-        targets (B, U_max) ids (tensor or lists), padded past U_b, never slack_id.
-        prompt_lengths P_b in [0, T - 1]; target_lengths U_b <= R_b (more: swapped?).
-        weight: a number or (B,), w(t) per example. slack_id, mask_id: different ints.
-        collapse "surface" or "standard". Standard merges equal neighbours, so each repeat in y
-            needs a slack between: EOS-padded targets rarely fit, and a row that cannot is an
-            error (end such targets at their first EOS).
-        reduction "none" (B,), "sum" or "mean" over rows; an empty batch gives (0,) or 0.
-        zero_infinity: how to score a row that no alignment agrees with (z_t does not mask a
-            canvas holding y: lengths swapped, visible tokens out of order): False, the default,
-            makes it a ValueError (ctc_slack_loss would give +inf); True scores it 0, no gradient.
-    Returns float32 (wider if logits or weight are), never +inf; NaN for a row whose response
-    logits hold a NaN (NaN in, NaN out)."""
-    _choice(reduction, "reduction", REDUCTIONS)
-    _choice(collapse, "collapse", COLLAPSES)
-    z_t, targets, P, R, U, w, slack_id, mask_id = _check_term(
-        logits, z_t, targets, prompt_lengths, target_lengths, weight, slack_id, mask_id)
-    if len(z_t) == 0:  # an empty batch: nothing to score
-        return logits.sum((1, 2)) if reduction == "none" else logits.sum()
-    R_max = int(R.max())
-    canvas = z_t.gather(1, response_positions(P, R_max, z_t.shape[1]))  # (B, R_max)
-    _check_room(canvas, targets, R, U, slack_id, mask_id, collapse)
-    log_p = response_log_probs(logits, R_max, prompt_lengths=P, mask_id=mask_id)  # (B, R_max, V)
-    nll = _nll(log_p, targets, R, U, slack_id, canvas, mask_id, collapse, zero_infinity,
-               "band")  # -log P(y | z_t), (B,)
-    if (b := _rows(nll == math.inf)) is not None:  # z_t masks no canvas that holds y
-        raise ValueError(f"row {b}: no alignment of its targets agrees with the visible tokens "
-                         f"of z_t, which must mask a canvas holding y in order: prompt_lengths "
-                         f"and target_lengths swapped, or targets not those of z_t? "
-                         f"(zero_infinity=True scores such a row 0)")
-    per = w * nll / R
-    return per if reduction == "none" else per.sum() if reduction == "sum" else per.mean()
+def _check_feasible(nll, log_p, canvas, targets, R, U, slack_id, mask_id, collapse):
+    """After the loss, the one check that needs it: a row that no alignment fits (nll = +inf) is
+    an error naming its cause, an id that the logits give probability 0 at every masked position
+    of a row that needs it there, or else z_t and the lengths."""
+    if (b := _rows(nll == math.inf)) is None:
+        return
+    y, row = targets[b, :int(U[b])].tolist(), canvas[b, :int(R[b])]
+    masked = row == mask_id
+    open_ = _nonzero(log_p[b, :len(row)][masked]).any(0)  # (V,): > 0 at some masked position
+    repeats = sum(y[i] == y[i - 1] for i in range(1, len(y)))
+    need = {v: y.count(v) for v in y}
+    need[slack_id] = len(row) - len(y) if collapse == "surface" else repeats
+    for v, n in need.items():
+        if n > int((row == v).sum()) and bool(masked.any()) and not bool(open_[v]):
+            what = "slack_id" if v == slack_id else "a target"
+            raise ValueError(f"logits give id {v} ({what}) probability 0 (-inf, or a log-prob "
+                             f"below {LOG_ZERO}) at every masked position of row {b}, which needs "
+                             f"it there: ban only MASK (SUBS), never slack or a target")
+    raise ValueError(f"row {b}: no alignment of its targets agrees with the visible tokens of z_t, "
+                     f"which must mask a canvas holding y in order: prompt_lengths and "
+                     f"target_lengths swapped, or targets not those of z_t? (zero_infinity=True "
+                     f"scores such a row 0)")
 
 
-def masked_canvas(prompt, *, prompt_lengths, canvas_length, mask_id):
-    """Where decoding starts: (canvas (B, T), is_prompt (B, T)), row b its P_b prompt tokens
-    (prompt (B, P_max), padded) and MASK from P_b to T. As in training, each response canvas runs
-    to the end, R_b = T - P_b: prompts of different lengths share a batch, and the padding of a
-    short prompt is never read as prompt."""
+# The decoding functions' checks.
+
+
+def _check_masked_canvas(prompt, prompt_lengths, canvas_length, mask_id):
+    """masked_canvas's arguments: (prompt (B, P_max), P (B,), T, mask_id); P_b < T."""
     prompt = _ids(prompt, "prompt", 2)
     T, mask_id = _int(canvas_length, "canvas_length"), _int(mask_id, "mask_id")
     P = _lengths(prompt_lengths, "prompt_lengths", len(prompt), min(prompt.shape[1], T - 1),
                  prompt.device)
-    response = torch.full((len(prompt), T - int(P.min()) if len(P) else 1), mask_id,
-                          dtype=torch.long, device=prompt.device)
-    return build_canvas(prompt, response, prompt_lengths=P, canvas_length=T)
+    return prompt, P, T, mask_id
 
 
-def slack_waits(confidence, proposals, *, slack_id, threshold=None):
-    """The slack-last rule, for a low-confidence-remasking sampler (LLaDA's): which proposals
-    (B, T) are slack that waits, ranked below every real proposal, because its confidence (any
-    scale; threshold on the same scale) is under the threshold, or always without one. A
-    slack-trained model is often split at a position between "this token here" and "the same
-    token one slot later"; committing the slack first fixes that split before the neighbours are
-    known."""
-    proposals = _ids(proposals, "proposals", confidence.dim(), confidence.device)
-    if proposals.shape != confidence.shape:
-        raise ValueError(f"confidence {tuple(confidence.shape)} and proposals "
-                         f"{tuple(proposals.shape)} must have one shape")
-    waits = proposals == _int(slack_id, "slack_id")
-    return waits if threshold is None else waits & (confidence < threshold)
-
-
-def slack_last(confidence, proposals, *, slack_id, threshold=None):
-    """The confidence (B, T) in [0, 1] to rank by: the probability of each proposal, less 2 where
-    slack waits (slack_waits), so those rank below every real one, in their own order. Commit the
-    proposals themselves."""
+def _check_confidence(confidence, other, name, dtype=None):
+    """confidence must be a float tensor (B, T), and `other` a tensor of its shape (of `dtype`,
+    or integers); returns `other` on the confidence's device."""
     if not isinstance(confidence, torch.Tensor) or not confidence.dtype.is_floating_point:
-        raise TypeError("confidence must be a float tensor of probabilities in [0, 1]")
-    if threshold is not None and not 0 < threshold <= 1:
-        raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
-    waits = slack_waits(confidence, proposals, slack_id=slack_id, threshold=threshold)
-    return confidence - 2.0 * waits  # slack that waits lands in [-2, -1], below all of [0, 1]
+        what = confidence.dtype if isinstance(confidence, torch.Tensor) else type(confidence)
+        raise TypeError(f"confidence must be a float tensor (B, T), got {what}")
+    other = torch.as_tensor(other, device=confidence.device)
+    ok = other.dtype == dtype if dtype else not (other.dtype.is_floating_point
+                                                 or other.dtype.is_complex)
+    if not ok or other.shape != confidence.shape:
+        raise ValueError(f"{name} must be a {dtype or 'integer'} tensor of the confidence's "
+                         f"shape {tuple(confidence.shape)}, got {other.dtype} {tuple(other.shape)}")
+    return other
 
 
-def read_outputs(canvas, *, prompt_lengths, slack_id, eos_id, collapse="surface"):
-    """The outputs of decoded canvases (B, T) as B lists of ids: each row from its P_b on, read
-    through the collapse map the model was trained with, cut at the first EOS."""
+def _check_slack_waits(confidence, proposals, slack_id, threshold):
+    """slack_waits's arguments: (proposals (B, T), slack_id); a threshold is a number or None."""
+    proposals = _ids(proposals, "proposals", confidence.dim(), confidence.device)
+    proposals = _check_confidence(confidence, proposals, "proposals")
+    if threshold is not None and (isinstance(threshold, bool)
+                                  or not isinstance(threshold, (int, float))
+                                  or threshold != threshold):  # NaN
+        raise TypeError(f"threshold must be a number on the confidence's scale, or None, got "
+                        f"{threshold!r}")
+    return proposals, _int(slack_id, "slack_id")
+
+
+def _check_read(canvas, prompt_lengths, slack_id, eos_id, mask_id, collapse):
+    """read_outputs's arguments: (canvas (B, T), P (B,), slack_id, eos_id or None); a response
+    (from P_b on) that still holds MASK is refused."""
+    _choice(collapse, "collapse", COLLAPSES)
     canvas = _ids(canvas, "canvas", 2)
     P = _lengths(prompt_lengths, "prompt_lengths", len(canvas), canvas.shape[1], canvas.device)
-    eos_id, out = _int(eos_id, "eos_id"), []
-    for row, p in zip(canvas.tolist(), P.tolist()):
-        ids = collapse_tokens(row[p:], slack_id, collapse)
-        out.append(ids[:ids.index(eos_id)] if eos_id in ids else ids)
-    return out
+    slack_id, mask_id = _int(slack_id, "slack_id"), _int(mask_id, "mask_id")
+    eos_id = None if eos_id is None else _int(eos_id, "eos_id")
+    response = torch.arange(canvas.shape[1], device=canvas.device) >= P[:, None]  # (B, T)
+    if (b := _rows(((canvas == mask_id) & response).any(1))) is not None:
+        raise ValueError(f"canvas row {b} still holds MASK (mask_id {mask_id}) in its response: "
+                         f"decode every position before reading the outputs")
+    return canvas, P, slack_id, eos_id
