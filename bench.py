@@ -322,10 +322,9 @@ def train_stepper(model, obj, ids, B, device, ctx, compile=False):
 
     def step():
         b = objective.get_batch(ids, obj, B, gen, stats, model, align_batch=B)
-        if not obj.ar:
-            b["t"] = mdlm.sample_t(B, generator=gen)
-            b["z_t"] = mdlm.forward_mask(b["z0"], b["t"], obj.schedule, mask_id=obj.mask_id,
-                                         generator=gen, is_prompt=b["is_prompt"])
+        if not obj.ar:  # the forward process, as train.py's loop draws it
+            b["t"], b["z_t"] = mdlm.forward_process(b["z0"], obj.schedule, mask_id=obj.mask_id,
+                                                    generator=gen, is_prompt=b["is_prompt"])
         b = {k: v.to(device) for k, v in b.items()}
         opt.zero_grad(set_to_none=True)
         with ctx:

@@ -39,8 +39,8 @@ import torch
 from tqdm import tqdm
 
 import common
+import ctc_slack
 import data
-import mdlm
 import sampling
 
 # the slack rule of slack-trained checkpoints when none is asked for: LLaDA's, which treats slack
@@ -222,12 +222,15 @@ def run_batch(model, meta, prompt, d, rate, gen):
 
 
 def output_record(canvas_row, P, meta, vocab, causal):
-    """(output ids, output text or None) of one canvas row: only a slack-trained MDLM's canvas goes
-    through the collapse map (an AR twin's text is read as sampled: the standard collapse would
-    merge its doubled letters); the text only where the vocabulary's tokenizer is at hand."""
-    slack = bool(meta["slack"]) and not causal
-    ids = sampling.output_ids(canvas_row, P, vocab_size=vocab.size, collapse=meta["collapse"],
-                          slack=slack)
+    """(output ids, output text or None) of one canvas row, read out as a porter reads it
+    (ctc_slack.read_outputs): a slack-trained MDLM's canvas through its collapse map, any other
+    through the surface map, which deletes only slack and a model that never samples slack has
+    none (the standard map would merge an AR twin's doubled letters); the text only where the
+    vocabulary's tokenizer is at hand."""
+    eos, slack, mask = vocab.specials
+    collapse = meta["collapse"] if meta["slack"] and not causal else "surface"
+    ids = ctc_slack.read_outputs([canvas_row], prompt_lengths=P, slack_id=slack, eos_id=eos,
+                                 mask_id=mask, collapse=collapse)[0]
     return ids, vocab.decode(ids)
 
 

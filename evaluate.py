@@ -143,8 +143,7 @@ def bits_per_token(model, meta, val_ids, seq_len, batch_size, t_samples=8, seed=
         # each MDLM draw is one Monte-Carlo sample of the NELBO per window; stratified t (evenly
         # spread over (0, 1] across the batch) keeps its variance low with few draws
         for _ in range(0 if ar else t_samples):
-            t = mdlm.sample_t(len(x), generator=gen, device=device)  # (B,)
-            z_t = mdlm.forward_mask(x, t, schedule, mask_id=mask, generator=gen)  # (B, T)
+            t, z_t = mdlm.forward_process(x, schedule, mask_id=mask, generator=gen)  # (B,), (B, T)
             losses.append(mdlm.mdlm_loss(model(z_t), x, z_t, t, schedule))  # (B,) nats per byte
         values += torch.cat(losses).double().tolist()
     # nats -> bits: log2 p = ln p / ln 2. For MDLM this bounds -log2 p(x) from above

@@ -9,8 +9,7 @@ sampling.py.
     V = mdlm.BYTE_VOCAB_SIZE                                        # or n ordinary ids + 3
     EOS, SLACK, MASK = mdlm.special_ids(V)
     model = mdlm.Transformer(mdlm.ModelConfig(vocab_size=V, seq_len=256))
-    t = mdlm.sample_t(batch_size)                                   # stratified times in [eps, 1]
-    z_t = mdlm.forward_mask(z0, t, "linear", mask_id=MASK)          # mask with prob. 1 - alpha(t)
+    t, z_t = mdlm.forward_process(z0, "linear", mask_id=MASK)       # t ~ U[eps, 1], z_t ~ q(.|z0)
     loss = mdlm.mdlm_loss(model(z_t), z0, z_t, t, "linear").mean()  # NELBO, nats per position
 
 Papers:
@@ -50,21 +49,8 @@ BYTE_VOCAB_SIZE = 256 + 3  # the byte vocabulary: EOS, SLACK, MASK = 256, 257, 2
 
 
 def encode(text):
-    """UTF-8 bytes of `text` as a list of ids (any string round-trips through decode)."""
+    """UTF-8 bytes of `text` as a list of ids (bytes(ids).decode("utf-8") gives the text back)."""
     return list(text.encode("utf-8"))
-
-
-def to_text(ids):
-    """Byte ids back to text: cut at the first EOS, drop SLACK and MASK, invalid UTF-8 -> U+FFFD."""
-    eos = special_ids(BYTE_VOCAB_SIZE)[0]
-    out = bytearray()
-    for i in ids:
-        i = int(i)
-        if i == eos:
-            break
-        if i < 256:
-            out.append(i)
-    return out.decode("utf-8", errors="replace")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,6 +106,15 @@ def forward_mask(z0, t, schedule, *, mask_id, generator=None, is_prompt=None):
     if is_prompt is not None:
         masked &= ~is_prompt
     return torch.where(masked, torch.full_like(z0, mask_id), z0)
+
+
+def forward_process(z0, schedule, *, mask_id, generator=None, is_prompt=None, eps=1e-3):
+    """One draw of the forward process for a batch z0 (B, T): stratified times t ~ U[eps, 1]
+    (sample_t), then z_t ~ q(z_t | z0) (forward_mask), the prompt never masked.
+    -> (t (B,), z_t (B, T)), every draw from `generator`, on z0's device."""
+    t = sample_t(len(z0), eps, generator=generator, device=z0.device)  # (B,)
+    z_t = forward_mask(z0, t, schedule, mask_id=mask_id, generator=generator, is_prompt=is_prompt)
+    return t, z_t
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,15 +1,14 @@
 """
 The training objective: what one example is (a prompt, then a response canvas with slack) and how
 it is scored (CE, the slack CTC, or both). The forward process between the two is the training
-loop's own line (mdlm.forward_mask), where a reader sees it. Shared by train.py and bench.py; no
+loop's own line (mdlm.forward_process), where a reader sees it. Shared by train.py and bench.py; no
 command line.
 
     obj = objective.Objective(seq_len=48, vocab_size=V, loss="ctc", slack_rate=0.1,
                               placement="random")
     b = objective.get_batch(records, obj, 64, gen, stats)  # z0, is_prompt, y, ... (B, ...) on CPU
-    b["t"] = mdlm.sample_t(64, generator=gen)              # the forward process
-    b["z_t"] = mdlm.forward_mask(b["z0"], b["t"], obj.schedule, mask_id=obj.mask_id,
-                                 generator=gen, is_prompt=b["is_prompt"])
+    b["t"], b["z_t"] = mdlm.forward_process(b["z0"], obj.schedule, mask_id=obj.mask_id,
+                                            generator=gen, is_prompt=b["is_prompt"])
     loss = objective.loss(model(b["z_t"]), b, obj).mean()  # nats per response position
 
 Papers: MDLM (Sahoo et al. 2024, arXiv 2406.07524) for the NELBO; LLaDA (Nie et al. 2025, arXiv

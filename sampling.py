@@ -1,12 +1,14 @@
 """
 Decoding a masked diffusion model: MDLM's ancestral sampler and LLaDA's low-confidence remasking
 (with the slack rules of a slack-trained model), the shift probe of arXiv 2601.22947, the
-autoregressive twin's left-to-right sampler, and reading a canvas out through the collapse map.
-The slack rule and the collapse map are ctc_slack's own (one definition each); the model and its
-SUBS are mdlm's.
+autoregressive twin's left-to-right sampler. The start canvas, the slack rule and the read-out
+are ctc_slack's own, the functions its porters call (masked_canvas, slack_last, read_outputs);
+the model and its SUBS are mdlm's. Every sampler here decodes every position (see generate).
 
+    EOS, SLACK, MASK = mdlm.special_ids(V)
     out = sampling.generate(model, prompt, 64, steps=64, sampler="confidence", block_length=16)
-    ids = sampling.output_ids(out["canvas"][0], prompt.shape[1], vocab_size=V)
+    ids = ctc_slack.read_outputs(out["canvas"], prompt_lengths=prompt.shape[1], slack_id=SLACK,
+                                 eos_id=EOS, mask_id=MASK)  # B lists of output ids
 
 Papers: Sahoo et al. 2024, MDLM (arXiv 2406.07524): ancestral sampling and its cache; Nie et al.
 2025, LLaDA (arXiv 2502.09992): low-confidence remasking and semi-autoregressive blocks; Zheng et
@@ -99,21 +101,15 @@ def confidence_commit(log_p, region, steps_left, temperature, generator, slack_r
     """
     x = sample_tokens(log_p, temperature, generator)  # (B, T)
     conf = log_p.gather(-1, x[..., None]).squeeze(-1)  # (B, T) log p(x_i | z_t)
-    conf = conf.masked_fill(~region, float("-inf"))
-    order = conf.argsort(dim=1, descending=True, stable=True)  # (B, T) most sure first
-    if slack_rule != "plain":
-        # slack that waits (ctc_slack's rule; on this log scale the threshold is a log too), or
-        # under "first" every slack proposal, whose complement then waits
+    slack = mdlm.special_ids(log_p.shape[-1])[1]
+    if slack_rule in ("last", "threshold"):  # ctc_slack's rule, on this log scale (log threshold)
         threshold = math.log(slack_threshold) if slack_rule == "threshold" else None
-        is_slack = ctc_slack.slack_waits(conf, x, slack_id=mdlm.special_ids(log_p.shape[-1])[1],
-                                         threshold=threshold) & region  # (B, T)
-        # a second, stable sort keeps the confidence order inside each group: first the group
-        # that goes first (real proposals, or slack under "first"), then the other, then the
-        # positions outside the region, which must stay last or they would take commits away
-        later = (~is_slack & region) if slack_rule == "first" else is_slack
-        group = later.byte() + 2 * (~region).byte()  # (B, T)
-        order = order.gather(1, group.gather(1, order).argsort(dim=1, stable=True))
-    rank = order.argsort(dim=1)  # (B, T) 0 = committed first
+        key = ctc_slack.slack_last(conf, x, slack_id=slack, masked=region, threshold=threshold)
+    else:  # plain: the region by confidence; first: its slack proposals before its real ones
+        later = (x != slack) & region if slack_rule == "first" else torch.zeros_like(region)
+        # outside the region last, or those positions would take commits away
+        key = ctc_slack.rank_in_groups(conf, later.long() + 2 * (~region).long())
+    rank = key.argsort(dim=1, descending=True).argsort(dim=1)  # (B, T) 0 = committed first
     k = (region.sum(1) + steps_left - 1) // steps_left  # (B,) ceil division
     return x, region & (rank < k[:, None])
 
@@ -193,7 +189,9 @@ def generate(model, prompt, length, *, steps, sampler="ancestral", block_length=
 
     Blocks (block_length) are decoded left to right, steps // n_blocks steps each; without
     block_length the whole region is one block. Committed tokens and the prompt never change
-    (only the shift probe moves a token, once, right after it is committed).
+    (only the shift probe moves a token, once, right after it is committed). No MASK is left:
+    each block's last step commits all its remaining masks (ancestral: P(unmask) = 1;
+    confidence: k = every mask), and a probe move needs a masked neighbour inside the block.
     Returns {"canvas" (B, P + length), "model_calls", "n_committed" (B,), "n_shifted" (B,)} and
     "history" (canvas after each step, on CPU) when record_steps. A move fills one mask and frees
     another, so n_committed is always `length` and n_shifted / n_committed is the realised rate.
@@ -203,7 +201,8 @@ def generate(model, prompt, length, *, steps, sampler="ancestral", block_length=
         P, length, steps, sampler, block_length, model.cfg.seq_len, temperature, slack_rule,
         slack_threshold)
     device, mask = next(model.parameters()).device, mdlm.special_ids(model.cfg.vocab_size)[2]
-    canvas = torch.cat([prompt.to(device), torch.full((B, length), mask, device=device)], 1)
+    canvas, _ = ctc_slack.masked_canvas(prompt.to(device), prompt_lengths=P,
+                                        canvas_length=P + length, mask_id=mask)  # (B, P + length)
     # the probe draws from its own stream (seeded from the main one, which is always advanced), so
     # a run with the probe differs from one without only through the moves themselves
     probe_seed = int(torch.randint(2**62, (1,), generator=generator,
@@ -272,17 +271,3 @@ def generate_ar(model, prompt, length, *, temperature=1.0, generator=None):
     gen = seq[:, start.shape[1]:]  # (B, <= length)
     pad = torch.full((B, length - gen.shape[1]), eos, dtype=gen.dtype, device=device)
     return {"canvas": torch.cat([prompt.to(device), gen, pad], 1), "model_calls": calls}
-
-
-def output_ids(canvas_row, prompt_len, *, vocab_size, collapse="surface", slack=False):
-    """The output ids of one canvas row: the generated part, read through the collapse map the
-    model was trained with when it knows slack (ctc_slack.collapse_tokens), cut at the first EOS,
-    with any MASK (and a stray SLACK of a model that never learned it) removed. Text:
-    mdlm.to_text(ids) for bytes."""
-    eos, slack_id, mask = mdlm.special_ids(vocab_size)
-    ids = [int(i) for i in canvas_row[prompt_len:]]
-    if slack:
-        ids = ctc_slack.collapse_tokens(ids, slack_id, collapse)
-    if eos in ids:
-        ids = ids[: ids.index(eos)]
-    return [i for i in ids if i not in (mask, slack_id)]

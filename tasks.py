@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import common
+import ctc_slack
 import data
 import mdlm
 
@@ -246,8 +247,9 @@ def end_probability(model, texts, T, per_length=20):
     for L, group in sorted(groups.items()):
         if L >= T:
             continue
-        firsts = [mdlm.encode(first_sentence(t)) for t in group[:per_length]]
-        canvas = torch.tensor([f + [mask] * (T - L) for f in firsts])  # (n, T)
+        firsts = [mdlm.encode(first_sentence(t)) for t in group[:per_length]]  # n prompts of L
+        canvas, _ = ctc_slack.masked_canvas(firsts, prompt_lengths=L, canvas_length=T,
+                                            mask_id=mask)  # (n, T): decoding's start canvas
         p = model(canvas.to(next(model.parameters()).device)).float().softmax(-1)[:, L]  # (n, V)
         p_end = (p[:, eos] / (1 - p[:, slack])).mean().item()
         ends = sum(first_sentence(t) == t for t in group) / len(group)

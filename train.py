@@ -15,7 +15,7 @@ position-wise cross-entropy (CE), with the slack CTC, or with both.
 The method lives in the two leaves, mdlm.py (masking, the model, the NELBO) and ctc_slack.py (slack
 placement, canvases, the slack CTC); objective.py builds the batches and losses from them. This
 file holds the settings, the setup and one flat loop, which shows the method: the batch, the
-forward process (mdlm.forward_mask), the model and the loss (objective.loss).
+forward process (mdlm.forward_process), the model and the loss (objective.loss).
 
 Papers: MDLM (Sahoo et al. 2024, arXiv 2406.07524) for the NELBO; LLaDA (Nie et al. 2025,
 arXiv 2502.09992) for conditional training; the slack CTC (arXiv 2601.22947) with Imputer-style
@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 import common
+import ctc_slack
 import data
 import mdlm
 import objective
@@ -386,9 +387,8 @@ def validate(model, val, obj, checks, device, ctx):
             b = objective.get_batch(val, obj, n, gen, {"truncated": 0}, model, placement,
                                     align_batch=n)
             if not obj.ar:  # the forward process, as in training
-                b["t"] = mdlm.sample_t(n, generator=gen)
-                b["z_t"] = mdlm.forward_mask(b["z0"], b["t"], obj.schedule, mask_id=obj.mask_id,
-                                             generator=gen, is_prompt=b["is_prompt"])
+                b["t"], b["z_t"] = mdlm.forward_process(b["z0"], obj.schedule, mask_id=obj.mask_id,
+                                                        generator=gen, is_prompt=b["is_prompt"])
             b = {k: v.to(device) for k, v in b.items()}  # whole, not sliced: only rank 0 validates
             with ctx:
                 logits = model(b["x"][:, :-1] if obj.ar else b["z_t"])
@@ -411,9 +411,12 @@ def sample_text(model, val, meta, prompt_len, seed, device):
     else:  # steps = L: one position per step
         out = sampling.generate(model, prompt, L, steps=L, schedule=meta["schedule"],
                                 generator=gen, allow_slack=meta["slack"])
-    cont = sampling.output_ids(out["canvas"][0].tolist(), prompt.shape[1],
-                               vocab_size=model.cfg.vocab_size, collapse=meta["collapse"],
-                               slack=meta["slack"])
+    # read out as decode.py reads it: only a slack-trained model's canvas through its collapse
+    # map (the surface map deletes slack alone, and a model that never samples slack has none)
+    eos, slack, mask = mdlm.special_ids(model.cfg.vocab_size)
+    collapse = meta["collapse"] if meta["slack"] else "surface"
+    cont = ctc_slack.read_outputs(out["canvas"], prompt_lengths=len(ids), slack_id=slack,
+                                  eos_id=eos, mask_id=mask, collapse=collapse)[0]
     vocab = data.Vocab.from_record(meta["vocab"])
     if not vocab.has_text():  # ids, where the tokenizer is not at hand
         return f"{ids} |> {cont}"
@@ -488,10 +491,10 @@ def loop(s, args, log, bar):
         # the clean canvases z0: prompt, then the response with its slack placed (and y)
         b = objective.get_batch(s.train, obj, n, run.gen, stats, run.model,
                                 align_batch=args.batch_size)
-        if not obj.ar:  # the forward process: each response position masked w.p. 1 - alpha(t)
-            b["t"] = mdlm.sample_t(n, generator=run.gen)  # (n,) stratified
-            b["z_t"] = mdlm.forward_mask(b["z0"], b["t"], obj.schedule, mask_id=obj.mask_id,
-                                         generator=run.gen, is_prompt=b["is_prompt"])  # (n, T)
+        if not obj.ar:  # the forward process: t ~ U[eps, 1] stratified, z_t ~ q(z_t | z0), each
+            # response position masked w.p. 1 - alpha(t): (n,) and (n, T)
+            b["t"], b["z_t"] = mdlm.forward_process(b["z0"], obj.schedule, mask_id=obj.mask_id,
+                                                    generator=run.gen, is_prompt=b["is_prompt"])
         for group in run.opt.param_groups:
             group["lr"] = schedule.at(step)  # set every step, from the step alone
         run.opt.zero_grad(set_to_none=True)

@@ -39,9 +39,8 @@ def tiny_model(causal=False, seed=0, seq_len=32, *, n_layer=1, n_embd=16,
 def noised(b, obj, gen):
     """A batch of objective.get_batch noised as train.py's loop noises it: t, then z_t."""
     if not obj.ar:
-        b["t"] = mdlm.sample_t(len(b["z0"]), generator=gen)
-        b["z_t"] = mdlm.forward_mask(b["z0"], b["t"], obj.schedule, mask_id=obj.mask_id,
-                                     generator=gen, is_prompt=b["is_prompt"])
+        b["t"], b["z_t"] = mdlm.forward_process(b["z0"], obj.schedule, mask_id=obj.mask_id,
+                                                generator=gen, is_prompt=b["is_prompt"])
     return b
 
 

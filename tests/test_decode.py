@@ -1,7 +1,9 @@
 """The samplers of mdlm.py and decode.py's command line, on tiny random models (CPU, seconds)."""
 import functools
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -10,14 +12,21 @@ import torch
 import torch.nn as nn
 
 import common
+import ctc_slack
+import data
 import decode
 import conftest
 import mdlm
 import sampling
 
-# the output of a canvas row of the byte vocabulary
-byte_output_ids = functools.partial(sampling.output_ids, vocab_size=mdlm.BYTE_VOCAB_SIZE)
 EOS, SLACK, MASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
+BYTES = data.Vocab(256, "bytes")
+
+
+def byte_outputs(row, P, collapse="surface"):
+    """The output ids of one canvas row of the byte vocabulary, as decode.py reads them."""
+    return ctc_slack.read_outputs(torch.as_tensor(row)[None], prompt_lengths=P, slack_id=SLACK,
+                                  eos_id=EOS, mask_id=MASK, collapse=collapse)[0]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -152,20 +161,29 @@ def test_slack_only_when_allowed(sampler):
         assert (n_slack > 16) if allow else (n_slack == 0), (allow, n_slack)
         for row in out["canvas"]:
             for collapse in ("surface", "standard"):
-                ids = byte_output_ids(row, 2, collapse=collapse, slack=True)
+                ids = byte_outputs(row, 2, collapse)
                 assert all(i < 256 for i in ids), "finish left a special id in the output"
 
 
-def test_finish_collapse_and_eos():
+def test_read_outputs_collapse_eos_and_mask():
+    """The one read-out: the collapse map, then the cut at the first EOS (none with eos_id=None,
+    for a corpus whose documents EOS separates), one prompt length for every row or one per row;
+    a response that still holds MASK is an error, never ids; MASK in a prompt is no response."""
     a, b, c = mdlm.encode("abc")
-    row = torch.tensor(mdlm.encode("p:") + [a, SLACK, a, a, SLACK, b, b, EOS, c, SLACK])
-    assert byte_output_ids(row, 2, collapse="surface", slack=True) == [a, a, a, b, b]
-    assert byte_output_ids(row, 2, collapse="standard", slack=True) == [a, a, b]
-    no_slack = torch.tensor(mdlm.encode("p:") + [a, a, MASK, b, EOS, c])
-    assert byte_output_ids(no_slack, 2, collapse="standard", slack=False) == [a, a, b]  # no merging
-    # no EOS: all kept
-    assert byte_output_ids(torch.tensor([a, b]), 0, collapse="surface", slack=True) == [a, b]
-    assert mdlm.to_text(byte_output_ids(row, 2, collapse="standard", slack=True)) == "aab"
+    row = mdlm.encode("p:") + [a, SLACK, a, a, SLACK, b, b, EOS, c, SLACK]
+    assert byte_outputs(row, 2) == [a, a, a, b, b]
+    assert byte_outputs(row, 2, "standard") == [a, a, b]
+    assert byte_outputs([a, b], 0) == [a, b]  # no EOS: all kept
+    assert BYTES.decode(byte_outputs(row, 2, "standard")) == "aab"
+    read = functools.partial(ctc_slack.read_outputs, slack_id=SLACK, mask_id=MASK)
+    assert read([row, row], prompt_lengths=2, eos_id=None) == [[a, a, a, b, b, EOS, c]] * 2
+    assert read([row, row], prompt_lengths=[2, 8], eos_id=EOS) == [[a, a, a, b, b], [b]]
+    assert read([[MASK, a, EOS, MASK]], prompt_lengths=1, eos_id=None,
+                mask_id=ord("z")) == [[a, EOS, MASK]]  # another vocabulary: MASK is an id here
+    for bad in ([MASK, a, a, b], [a, a, EOS, MASK]):  # before or after the first EOS alike
+        with pytest.raises(ValueError, match="row 1 still holds MASK"):
+            read([row, mdlm.encode("p:") + bad + [EOS] * 6], prompt_lengths=2, eos_id=EOS)
+    assert read([[MASK, a]], prompt_lengths=1, eos_id=EOS) == [[a]]  # the prompt is not read
 
 
 def test_render_canvas_shows_specials():
@@ -356,8 +374,8 @@ def test_cli_prompts_file_at_several_rates(tmp_path):
                           block_length=8, temperature=1.0, generator=gen(6), allow_slack=True,
                           slack_rule=decode.DEFAULT_SLACK_RULE)
     rec = next(r for r in recs if r["prompt"] == "xyz" and r["rate"] == 0)
-    assert rec["output_ids"] == byte_output_ids(alone["canvas"][0].tolist(), 3)
-    assert rec["output"] == mdlm.to_text(rec["output_ids"])
+    assert rec["output_ids"] == byte_outputs(alone["canvas"][0].tolist(), 3)
+    assert rec["output"] == BYTES.decode(rec["output_ids"])
 
 
 def test_cli_several_checkpoints_and_settings(tmp_path):
@@ -426,6 +444,99 @@ def test_slack_rules_order_the_commits():
     for rule in sampling.SLACK_RULES:
         _, c = sampling.confidence_commit(log_p, region, 1, 0.0, None, rule, slack_threshold=0.9)
         assert c[0].tolist() == [True, False, True, False], rule
+
+
+def test_slack_last_ranks_by_groups_on_any_scale():
+    """slack_last against the obvious order, sorted(key=(group, -confidence, position)): masked
+    real proposals, then masked slack that waits, then decoded positions; the same order for
+    probabilities and their logs (with a penalty on the value, slack ranked second of three on
+    log-probabilities), with ties, and a threshold on the confidence's own scale."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        B, T = 3, int(torch.randint(1, 12, (1,), generator=gen))
+        p = (torch.rand(B, T, generator=gen) * 4).round() / 4 + 0.01  # many ties
+        x = torch.where(torch.rand(B, T, generator=gen) < 0.4, SLACK,
+                        torch.randint(0, 256, (B, T), generator=gen))
+        masked = torch.rand(B, T, generator=gen) < 0.7
+        for threshold in (None, 0.5):
+            waits = (x == SLACK) & masked & (p < (threshold or math.inf))
+            group = (~masked) * 2 + waits
+            want = [sorted(range(T), key=lambda i: (int(group[b, i]), -float(p[b, i]), i))
+                    for b in range(B)]
+            for conf, thr in ((p, threshold), (p.log(), threshold and math.log(threshold))):
+                key = ctc_slack.slack_last(conf, x, slack_id=SLACK, masked=masked, threshold=thr)
+                assert key.argsort(1, descending=True).tolist() == want
+    log_p = torch.tensor([[0.9, 0.5, 0.1]]).log()  # slack, then two real proposals
+    key = ctc_slack.slack_last(log_p, torch.tensor([[SLACK, 1, 2]]), slack_id=SLACK,
+                               masked=torch.ones(1, 3, dtype=torch.bool))
+    assert key.argsort(1, descending=True).tolist() == [[1, 2, 0]]  # slack last
+
+
+def test_slack_at_minus_inf_leaves_mask_that_read_outputs_refuses():
+    """A porter who bans slack's confidence to -inf (and so every decoded position's) lets a
+    decoded position take a commit: the step commits too few, MASK is left, and read_outputs
+    refuses the canvas. slack_last with the positions still masked commits k masked positions."""
+    canvas = torch.tensor([[7, MASK, MASK, MASK]])  # a prompt of one token
+    x0 = torch.tensor([[7, SLACK, SLACK, 3]])  # the proposals
+    conf = torch.tensor([[0.0, -1.0, -2.0, -3.0]])  # log-probabilities
+    masked, k = canvas == MASK, 3  # the last step: every masked position is committed
+    banned = torch.where(x0 == SLACK, -math.inf, conf).masked_fill(~masked, -math.inf)
+    order = banned.argsort(dim=1, descending=True, stable=True)  # ties (-inf): leftmost first
+    done = torch.where(masked & (order.argsort(1) < k), x0, canvas)
+    with pytest.raises(ValueError, match="MASK"):
+        ctc_slack.read_outputs(done, prompt_lengths=1, slack_id=SLACK, eos_id=EOS, mask_id=MASK)
+    key = ctc_slack.slack_last(conf, x0, slack_id=SLACK, masked=masked)
+    done = torch.where(masked & (key.argsort(1, descending=True).argsort(1) < k), x0, canvas)
+    assert ctc_slack.read_outputs(done, prompt_lengths=1, slack_id=SLACK, eos_id=EOS,
+                                  mask_id=MASK) == [[3]]
+
+
+def readme_decoding_block():
+    """The README's porting section's decoding block (its second python block)."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text.split("## Use the slack CTC in your own MDLM", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[1]
+
+
+def test_readme_decoding_block_is_what_decode_py_runs(monkeypatch):
+    """The porter's decoding block and decode.py (--sampler confidence --slack-rule last, one
+    block, temperature 0) on one model and the same prompts: the same canvases and outputs, each
+    through ctc_slack's masked_canvas, slack_last and read_outputs (counted by spies). The model
+    proposes slack often enough that the rule changes the canvases."""
+    calls = {}
+
+    def spy(name, real):
+        def counted(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(ctc_slack, name, counted)
+    for name in ("masked_canvas", "slack_last", "read_outputs"):
+        spy(name, getattr(ctc_slack, name))
+    model = Wrapped(tiny_model(seq_len=24, sharp=True), token=SLACK, bias=35.0)
+    code = readme_decoding_block()
+    model_line = re.search(r"^model = .*# your MDLM$", code, re.M).group(0)
+    porter = {"MODEL": model}
+    exec(code.replace(model_line, "model = MODEL"), porter)  # its own `import ctc_slack`
+    T, steps, prompts = porter["T"], porter["steps"], porter["prompts"]
+    assert calls == {"masked_canvas": 1, "slack_last": steps, "read_outputs": 1}
+    meta = {"schedule": "linear", "slack": 1, "collapse": "surface"}
+    canvases = {}
+    for rule in ("last", "plain"):
+        calls.clear()
+        for p in prompts:  # decode.py batches prompts of one length: here one each
+            d = decode.Decoding("confidence", T - len(p), steps, 1, None, 0.0, rule, 0.9)
+            out = decode.run_batch(model, meta, torch.tensor([p]), d, 0.0, gen())
+            canvases[rule, len(p)] = out["canvas"][0]
+            ids, _ = decode.output_record(out["canvas"][0].tolist(), len(p), meta, BYTES, False)
+            if rule == "last":
+                assert ids == porter["outputs"][prompts.index(p)]
+        n = len(prompts)
+        assert calls == ({"masked_canvas": n, "slack_last": n * steps, "read_outputs": n}
+                         if rule == "last" else {"masked_canvas": n, "read_outputs": n})
+    for k, p in enumerate(prompts):
+        assert torch.equal(canvases["last", len(p)], porter["canvas"][k]), k
+        assert (porter["canvas"][k] == SLACK).any()
+        assert not torch.equal(canvases["plain", len(p)], porter["canvas"][k]), k
 
 
 @pytest.mark.parametrize("rule", sampling.SLACK_RULES)

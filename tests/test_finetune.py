@@ -10,14 +10,13 @@ import torch
 
 import common
 import conftest
+import ctc_slack
 import data
 import mdlm
 import objective
 import sampling
 import train
 
-# the output of a canvas row of the byte vocabulary
-byte_output_ids = functools.partial(sampling.output_ids, vocab_size=mdlm.BYTE_VOCAB_SIZE)
 EOS, SLACK, MASK = mdlm.special_ids(mdlm.BYTE_VOCAB_SIZE)  # the byte vocabulary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,9 +181,9 @@ def test_ctc_fine_tune_lowers_its_loss_and_learns_slack(pretrained):
     gen = torch.Generator().manual_seed(0)
     out = sampling.generate(model, prompt, 24, steps=24, allow_slack=True, generator=gen)
     assert (out["canvas"][:, 8:] == SLACK).any()
-    for row in out["canvas"].tolist():
-        ids = byte_output_ids(row, 8, collapse="surface", slack=True)
-        assert SLACK not in ids and MASK not in ids and len(ids) > 0
+    outputs = ctc_slack.read_outputs(out["canvas"], prompt_lengths=8, slack_id=SLACK, eos_id=EOS,
+                                     mask_id=MASK)
+    assert all(SLACK not in ids and MASK not in ids and len(ids) > 0 for ids in outputs)
 
 
 def test_fine_tune_bad_input_keeps_files(pretrained, tmp_path, capsys):
