@@ -10,10 +10,12 @@ template, never exp/: the committed pages can be rebuilt (and checked for stalen
 that never ran an experiment.
 
 The template (runs/report.md) is markdown with placeholders {{NAME ARGS}}; its prose holds no
-number of its own (a test checks it). EXP is a folder of results/ (grammar), EXP/SCORE a
-collected score file (grammar/score-test), RATE a shift rate as in the file ("0", "0.01"), RUN a
-trained run (ce-ft@1, more/ce-ft@1). Numbers have 3 decimals unless said; a missing value shows
-as n/a (and a warning names it); an unknown placeholder or a missing file stops with an error.
+number of its own (a test checks it), and no sentence that states a direction, a comparison, a
+trend or a share: those are placeholders, written from the numbers. EXP is a folder of results/
+(grammar), EXP/SCORE a collected score file (grammar/score-test), RATE a shift rate as in the
+file ("0", "0.01"), RUN a trained run (ce-ft@1, more/ce-ft@1). Numbers have 3 decimals unless
+said; a missing value shows as n/a (and a warning names it); an unknown placeholder or a missing
+file stops with an error.
 Every interval is the 95% two-level bootstrap over training seeds and prompts (stats.py).
     {{value EXP/SCORE ARM RATE METRIC}}     the arm's mean over its seeds, 0.812
     {{valuesd EXP/SCORE ARM RATE METRIC}}   the same, " ± SD" of the seeds added if it has several
@@ -40,12 +42,28 @@ Every interval is the 95% two-level bootstrap over training seeds and prompts (s
     {{params EXP RUN}}                      the run's model: "0.83M parameters (4 layers of 128)"
     {{choice EXP}}                          the decoder chosen on validation prompts, in words
     {{json FILE KEY[.KEY...] [DIGITS]}}     a number from results/FILE by its dotted path
-    {{verdict RATE...}}                     per results/EXP with score-test.json: its arms x shift
-                                            0 and the RATEs, each slack arm against the CE
-                                            fine-tune, read by stats.direction (see p_verdict)
+    {{summary RATE...}}                     the first screen: per results/EXP with score-test.json,
+                                            its primary metric's means (arms x shift 0 and the
+                                            RATEs), each slack arm marked by its interval against
+                                            the baseline (stats.direction), † the primary one
+    {{verdict RATE...}}                     the same with each Δ, its interval and *keeps*
     {{primary EXP}}                         the pre-declared primary comparison and its reading
     {{ncomp EXP RATE...}}                   the number of comparisons the verdict makes for EXP
-    {{converge EXP RATE}}                   each arm before and after its continuation
+    {{converge EXP RATE}}                   each arm before and after its continuation, and the
+                                            convergence check ({{convrule}}: the rule in words)
+  Sentences, each built from the numbers by runs/words.py (SPECS: a glob over EXP/SCORE, e.g.
+  */score-test or study-*/score; METRIC "primary": each file's own):
+    {{primaries [SPECS]}}                   what each pre-declared primary comparison favours
+    {{standing SPECS METRIC RATE...}}       each slack arm ahead, level or behind the baseline
+    {{degraded SPECS METRIC RATE...}}       the same for the difference in degradation
+    {{ahead SPECS RATE...}}                 every comparison, over every metric with a better
+                                            direction, where a slack arm is ahead, and their count
+    {{converged [EXP-GLOB]}}                which arms met the convergence check, on which tasks
+    {{continued EXP RATE}}                  what the continuation did to each arm's means
+    {{declared [SPECS]}}                    whether the primary comparison was declared before the
+                                            test prompts were first decoded (setup.json's
+                                            primary_declared_before_test, test_prompts_earlier_use)
+    {{lengthvs EXP/SCORE METRIC RATE}}      each arm's mean length against the true responses'
     {{study RATE...}}                       the study's variants: what each changes, and each
                                             slack arm against CE on it
     {{bench EXP KIND}}                      a benchmark's table (KIND: ctc, train or cache)
@@ -57,29 +75,23 @@ results/README.md; rendered, they replace the lines between <!-- verdict:start -
 import argparse
 import fnmatch
 import json
-import math
 import os
 import re
 import sys
 
-# the tables, the statistics' reading rule and each metric's direction are the scorer's own
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import tasks  # noqa: E402  (the project root is on the path only from here on)
+# the tables are the scorer's own; words.py puts the project root on the path, and holds the
+# verdict and every sentence that states a direction (the statistics' reading rule, stats.py)
+import words  # noqa: E402
 from collect import CollectError, collect  # noqa: E402
-from stats import direction  # noqa: E402
 from tables import arm_of, num, table  # noqa: E402
+from words import ReportError, interval, mean_sd, percent, rate_label, verdict_arms  # noqa: E402
+from words import verdict_cell  # noqa: E402
 
-LOWER_IS_BETTER = {m for m, why in tasks.BETTER.items() if why == tasks.LOWER}
 VERDICT = ("<!-- verdict:start -->", "<!-- verdict:end -->")
 README_PART = ("<!-- readme:start -->", "<!-- readme:end -->")
 PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.S)
 GENERATED = ("<!-- generated by python runs/report.py from runs/report.md and the files of "
              "results/: edit those, not this page -->\n\n")
-MARK = {1: " ▲", -1: " ▼", 0: "", None: ""}  # the slack arm better / CE better / no difference
-
-
-class ReportError(Exception):
-    """A missing input or a bad template: reported as one error: line, exit status 1."""
 
 
 def read_text(path):
@@ -91,36 +103,6 @@ def write_text(path, text):
     # "\n" everywhere: the pages must come out byte-identical on every platform
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
-
-
-# ----------------------------------------------------------------------------------------------
-# Numbers as the pages show them.
-
-
-def mean_sd(cell, metric, with_n=False):
-    """"mean", or "mean ± sd" ("mean ± sd (n)" with_n) when the arm has several seeds."""
-    if cell is None:
-        return "n/a"
-    text = num(cell["summary"].get(metric))
-    n = len(cell.get("seeds", []))
-    if n > 1:
-        text += f" ± {num(cell['seed_sd'].get(metric))}" + (f" ({n})" if with_n else "")
-    return text
-
-
-def interval(entry):
-    """+0.012 [-0.030, +0.050]: a comparison entry's mean difference and 95% interval."""
-    if entry is None:
-        return "n/a"
-    return (f"{num(entry['mean_diff'], sign=True)} "
-            f"[{num(entry['lo'], sign=True)}, {num(entry['hi'], sign=True)}]")
-
-
-def rate_label(rate):
-    """A column title: "shift 0", "1%", "0.5%"."""
-    r = float(rate)
-    return "shift 0" if r == 0 else f"{r * 100:g}%"
-
 
 
 FAMILIES = ("robustness", "differences", "diff_in_diff", "retained")
@@ -359,10 +341,6 @@ def p_json(rs, rel, path, digits="2"):
     return num(value, int(digits)) if isinstance(value, (int, float)) else str(value)
 
 
-def percent(x):
-    return "n/a" if num(x) == "n/a" else f"{100 * x:.0f}%"
-
-
 def p_confidence(rs):
     """The level of every interval on the pages (stats.py's percentiles)."""
     return "95%"
@@ -401,117 +379,7 @@ def p_choice(rs, exp):
 
 
 # ----------------------------------------------------------------------------------------------
-# The verdict: per experiment, the CE fine-tune against each slack fine-tune at shift 0 and at
-# each probe rate: the difference with its interval, marked by stats.direction, and the share of
-# its own shift-0 score each arm keeps. The primary comparison is marked; every other cell is
-# exploratory.
-
-
-def verdict_arms(res):
-    return [a for a in res["arms"] if a not in (res["baseline"], "pretrained")]
-
-
-def verdict_cell(rs, res, spec, arm, rate):
-    metric = res["primary"]
-    diff = rs.entry(res, "differences", arm, rate, metric, spec)
-    mark = MARK[direction(diff, metric in LOWER_IS_BETTER)]
-    primary = res.get("primary_comparison") or {}
-    dagger = " †" if (primary.get("arm"), primary.get("rate")) == (arm, rate) else ""
-    text = f"Δ {interval(diff)}{mark}{dagger}"
-    if float(rate) == 0:
-        return f"{mean_sd(res['arms'][arm].get(rate), metric)}; {text}"
-    kept = rs.entry(res, "retained", arm, rate, metric, spec)
-    return f"{text}; keeps {percent(kept and kept['mean_diff'])}"
-
-
-def verdict_rows(rs, exp, rates):
-    spec = f"{exp}/score-test"
-    res = rs.score(spec)
-    metric, base, arms = res["primary"], res["baseline"], res["arms"]
-    found = [rs.rate(res, r, spec) for r in ["0", *rates]]
-    if None in found:
-        return []
-    rows = [[f"**{exp}**: {metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} "
-             f"is better)"] + [""] * len(found)]
-    kept = [rs.entry(res, "retained", base, r, metric, spec) for r in found[1:]]
-    rows.append([f"`{base}`", mean_sd(arms[base].get(found[0]), metric)]
-                + [f"{mean_sd(arms[base].get(r), metric)}; keeps {percent(k and k['mean_diff'])}"
-                   for r, k in zip(found[1:], kept)])
-    rows += [[f"`{arm}`"] + [verdict_cell(rs, res, spec, arm, r) for r in found]
-             for arm in verdict_arms(res)]
-    return rows
-
-
-def p_verdict(rs, *rates):
-    exps = rs.experiments()
-    if not exps:
-        raise ReportError(f"{rs.root}: no EXP/score-test.json for {{{{verdict}}}}")
-    head = ["arm", "shift 0"] + [rate_label(r) + (" (the paper's)" if float(r) == 0.01 else "")
-                                 for r in rates]
-    return table(head, [row for e in exps for row in verdict_rows(rs, e, rates)])
-
-
-def p_ncomp(rs, exp, *rates):
-    res = rs.score(f"{exp}/score-test")
-    return str(len(verdict_arms(res)) * (1 + len(rates)))
-
-
-def p_primary(rs, exp):
-    spec = f"{exp}/score-test"
-    res = rs.score(spec)
-    p = res.get("primary_comparison")
-    if not p:
-        rs.warn(f"{spec}: no primary comparison declared")
-        return "n/a"
-    metric = res["primary"]
-    e = rs.entry(res, "differences", p["arm"], p["rate"], metric, spec)
-    word = {1: f"`{p['arm']}` better", -1: f"`{res['baseline']}` better", 0: "no difference",
-            None: "n/a"}[direction(e, metric in LOWER_IS_BETTER)]
-    return (f"`{p['arm']}` - `{res['baseline']}`, {metric} at {rate_label(p['rate'])}: "
-            f"{interval(e)} ({word})")
-
-
-# ----------------------------------------------------------------------------------------------
-# Convergence, the study and the benchmarks.
-
-
-def last_points(curves, key):
-    """{arm: [last value of each seed]} of a curves file's key."""
-    out = {}
-    for run, points in curves["curves"].get(key, {}).items():
-        values = [v for _, v in points if v is not None]
-        if values:
-            out.setdefault(arm_of(run), []).append(values[-1])
-    return out
-
-
-def sd_text(values):
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return num(mean, 4)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{num(mean, 4)} ± {num(sd, 4)}"
-
-
-def p_converge(rs, exp, rate):
-    """Per arm: its own validation objective (bits per response position) at the end of its
-    fine-tune and after the continuation, and the primary metric on validation prompts, at shift
-    0 and RATE, with the chosen decoder, at both points, each as mean ± sd over seeds."""
-    end = last_points(rs.load(f"{exp}/curves.json"), "val_bits")
-    more = last_points(rs.load(f"{exp}/curves-more.json"), "val_bits")
-    val, after = rs.score(f"{exp}/val-score"), rs.score(f"{exp}/val-score-more")
-    setting, metric = rs.load(f"{exp}/choice.json")["setting"], val["primary"]
-    rows = []
-    for arm in after["arms"]:
-        cells = [f"{sd_text(end[arm])} → {sd_text(more[arm])}" if arm in end and arm in more
-                 else "n/a"]
-        for r in ("0", rate):
-            before = rs.cell(val, f"{arm}:{setting}", r, f"{exp}/val-score")
-            cells.append(f"{mean_sd(before, metric)} → "
-                         f"{mean_sd(rs.cell(after, arm, r, f'{exp}/val-score-more'), metric)}")
-        rows.append([f"`{arm}`", *cells])
-    return table(["arm", "validation objective", f"{metric}, shift 0", f"{metric}, "
-                  f"{rate_label(rate)}"], rows)
+# The study and the benchmarks.
 
 
 def variant_properties(rs, exp):
@@ -607,10 +475,20 @@ PLACEHOLDERS = {  # name: (function, least and most arguments, usage)
     "params": (p_params, 2, 2, "EXP RUN"),
     "choice": (p_choice, 1, 1, "EXP"),
     "json": (p_json, 2, 3, "FILE KEY[.KEY...] [DIGITS]"),
-    "verdict": (p_verdict, 1, 9, "RATE..."),
-    "primary": (p_primary, 1, 1, "EXP"),
-    "ncomp": (p_ncomp, 2, 9, "EXP RATE..."),
-    "converge": (p_converge, 2, 2, "EXP RATE"),
+    "summary": (words.p_summary, 1, 9, "RATE..."),
+    "verdict": (words.p_verdict, 1, 9, "RATE..."),
+    "primary": (words.p_primary, 1, 1, "EXP"),
+    "ncomp": (words.p_ncomp, 2, 9, "EXP RATE..."),
+    "converge": (words.p_converge, 2, 2, "EXP RATE"),
+    "convrule": (words.p_convrule, 0, 0, ""),
+    "converged": (words.p_converged, 0, 1, "[EXP-GLOB]"),
+    "continued": (words.p_continued, 2, 2, "EXP RATE"),
+    "primaries": (words.p_primaries, 0, 1, "[SPECS]"),
+    "standing": (words.p_standing, 3, 9, "SPECS METRIC RATE..."),
+    "degraded": (words.p_degraded, 3, 9, "SPECS METRIC RATE..."),
+    "ahead": (words.p_ahead, 2, 9, "SPECS RATE..."),
+    "declared": (words.p_declared, 0, 1, "[SPECS]"),
+    "lengthvs": (words.p_lengthvs, 3, 3, "EXP/SCORE METRIC RATE"),
     "study": (p_study, 1, 9, "RATE..."),
     "bench": (p_bench, 2, 2, "EXP KIND"),
     "confidence": (p_confidence, 0, 0, ""),

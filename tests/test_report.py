@@ -1,7 +1,8 @@
 """runs/report.py: collect the toy outputs of the experiment scripts, render the results pages
 from them with the real template, and check the placeholders, determinism, errors, the verdict's
-reading rule, that the template's prose holds no number of its own, and that the committed
-results/README.md is what its files render to."""
+reading rule, that the template's prose holds no number of its own, that its sentences follow
+the numbers (runs/words.py's phrases alone, then a number flipped in a copy of the committed
+results), and that the committed results/README.md is what its files render to."""
 import json
 import os
 import re
@@ -13,6 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "runs"))
+import words  # noqa: E402  (runs/ is on the path only from here on)
+
 REPORT = os.path.join(ROOT, "runs", "report.py")
 TEMPLATE = os.path.join(ROOT, "runs", "report.md")
 START, END = "<!-- verdict:start -->", "<!-- verdict:end -->"
@@ -181,12 +185,20 @@ def test_verdict_reading_rule(tmp_path):
         (results / name / "score-test.json").write_text(json.dumps(fake_score(metric, diff)))
     (results / "no-score").mkdir()  # an experiment without score-test.json has no rows
     readme.write_text(f"# t\n\n{START}\n{END}\n\nrest\n", encoding="utf-8")
-    template.write_text("# page\n<!-- readme:start -->\n{{verdict 0.01}}\n<!-- readme:end -->\n")
+    template.write_text("# page\n<!-- readme:start -->\n{{verdict 0.01}}\n\n{{summary 0.01}}\n"
+                        "<!-- readme:end -->\n")
     p = report("--results", results, "--template", template, "--readme", readme)
     assert p.returncode == 0, p.stderr
     rows = [line.split(" | ") for line in readme.read_text(encoding="utf-8").splitlines()
-            if line.startswith("| ") and "---" not in line][1:]
+            if line.startswith("| ") and "---" not in line and not line.startswith("| arm ")]
+    rows, summary = rows[:len(rows) // 2], rows[len(rows) // 2:]
     assert len(rows) == 4 * len(READINGS)  # a title, the baseline, two slack arms
+    for k, name in enumerate(sorted(READINGS)):  # the first screen: means and the same marks
+        title, base, rnd, mod = summary[4 * k:4 * k + 4]
+        assert title[0] == rows[4 * k][0] and base[1:] == ["0.500", "0.500 |"]
+        mark = READINGS[name][2]
+        assert rnd[1:] == ["0.600", f"0.600{' ' + mark if mark else ''} † |"], rnd
+        assert mod[1:] == ["0.400", "0.400 |"]
     for k, name in enumerate(sorted(READINGS)):
         title, base, rnd, mod = rows[4 * k:4 * k + 4]
         assert title[0] == f"| **{name}**: {READINGS[name][0]} (" + (
@@ -254,3 +266,175 @@ def test_committed_results_page_is_current(tmp_path):
         "results/README.md is stale: run python runs/report.py"
     assert readme.read_bytes() == Path(ROOT, "README.md").read_bytes(), \
         "README.md's verdict block is stale: run python runs/report.py"
+
+
+# ----------------------------------------------------------------------------------------------
+# The sentences bound to the numbers: runs/words.py's phrases alone, then the real template on a
+# copy of the committed results with one number changed.
+
+RATES = ["0", "0.01", "0.05", "0.1"]
+
+
+def test_rates_phrase_groups_the_rates_by_reading():
+    assert words.rates_phrase([-1, -1, 0, 0], RATES) == \
+        "behind at shift 0 and 1%, level at 5% and 10%"
+    assert words.rates_phrase([0, 1, 0, 1], RATES) == \
+        "level at shift 0 and 5%, ahead at 1% and 10%"
+    assert words.rates_phrase([0, 0, 0, 0], RATES) == "level at every rate shown"
+    assert words.rates_phrase([1], ["0.1"], "diff_in_diff") == "less degraded at 10%"
+    assert words.rates_phrase([None, -1], ["0", "0.005"]) == \
+        "not compared at shift 0, behind at 0.5%"
+
+
+def test_standing_names_each_arm_and_task_by_its_own_readings():
+    """Arms that read alike on every task share a sentence; tasks alike within an arm share a
+    part; one reading changed moves its arm to a sentence of its own."""
+    cells = {"a": {"copy": [-1, 0], "grammar": [-1, 0]}, "b": {"copy": [-1, 0],
+                                                               "grammar": [-1, 0]},
+             "c": {"copy": [0, 0], "grammar": [0, 1]}}
+    rates = ["0", "0.01"]
+    assert words.standing(cells, rates) == (
+        "`a` and `b` are behind at shift 0, level at 1% on copy and grammar. `c` is level at "
+        "shift 0 and 1% on copy; level at shift 0, ahead at 1% on grammar.")
+    cells["b"]["grammar"] = [0, 0]
+    assert words.standing(cells, rates).startswith(
+        "`a` is behind at shift 0, level at 1% on copy and grammar. `b` is behind at shift 0, "
+        "level at 1% on copy; level at shift 0 and 1% on grammar.")
+
+
+def test_ahead_anywhere_lists_every_cell_and_the_count():
+    assert words.ahead_anywhere([], 12, "`ce-ft`").endswith("ahead of `ce-ft` in none.")
+    found = [("grammar", "lexicon", "x", "0.1"), ("grammar", "lexicon", "y", "0.1"),
+             ("copy", "cer", "x", "0.05"), ("copy", "cer", "x", "0.1")]
+    text = words.ahead_anywhere(found, 40, "`ce-ft`")
+    assert "(40 comparisons," in text and text.endswith(
+        "in 4: grammar, lexicon: `x` and `y` at 10%; copy, cer: `x` at 5% and 10%.")
+
+
+def test_trends_read_the_means_as_the_tables_show_them():
+    """A change below the table's last digit is no change (0.8501 -> 0.8504 shows 0.850 twice);
+    ce-ft at 5% on grammar went 0.509 -> 0.491: "fell", not "rose for every arm"."""
+    assert words.trend(0.8501, 0.8504, 3) == "was unchanged"
+    assert words.trend(0.509, 0.491, 3) == "fell" and words.trend(0.3853, 0.3931, 4) == "rose"
+    assert words.trend(None, 0.5, 3) is None
+    assert words.trends({"a": "rose", "b": "rose"}) == "rose for every arm"
+    assert words.trends({"a": "fell", "b": "rose", "c": "rose"}) == \
+        "fell for `a`, rose for `b` and `c`"
+
+
+def test_convergence_check_and_its_sentence():
+    """The stated rule: the objective falls by less than OBJECTIVE_MARGIN of its value and the
+    primary rises by less than PRIMARY_MARGIN (falls, for a lower-is-better metric)."""
+    m = words.OBJECTIVE_MARGIN
+    row = {"objective": (0.5, 0.5 * (1 - m / 2)), "0": (0.80, 0.80 + words.PRIMARY_MARGIN / 2)}
+    assert words.check_of(row, "parses") == (True, "met")
+    row["objective"] = (0.5, 0.5 * (1 - 2 * m))
+    assert words.check_of(row, "parses")[0] is False and "objective" in words.check_of(row, "x")[1]
+    row = {"objective": (0.0, 0.0), "0": (0.20, 0.20 - 2 * words.PRIMARY_MARGIN)}
+    assert words.check_of(row, "parses") == (True, "met")  # a fall of a share is no improvement
+    assert words.check_of(row, "cer")[0] is False  # but of an error rate it is
+    assert words.converged_sentence({"a": {"copy": True, "grammar": True},
+                                     "b": {"copy": False, "grammar": True}}) == \
+        "met by `a` on copy and grammar and by `b` on grammar; not met by `b` on copy"
+
+
+def test_relative_lengths():
+    assert words.relative_lengths({"a": 19.8, "b": 28.2}, 27.5, 0.05) == \
+        "`a` 28% shorter, `b` within 5% (+3%)"
+
+
+@pytest.fixture
+def committed(tmp_path):
+    """A copy of the committed results/, README.md and template, and a function that renders
+    them (the README's verdict block and results/README.md) after changing a result file."""
+    results, readme = tmp_path / "results", tmp_path / "README.md"
+    shutil.copytree(os.path.join(ROOT, "results"), results)
+    shutil.copyfile(os.path.join(ROOT, "README.md"), readme)
+
+    def render(rel=None, change=None):
+        if rel is not None:
+            doc = json.loads((results / rel).read_text(encoding="utf-8"))
+            change(doc)
+            (results / rel).write_text(json.dumps(doc), encoding="utf-8")
+        p = report("--results", results, "--template", TEMPLATE, "--readme", readme)
+        assert p.returncode == 0, p.stderr
+        text = readme.read_text(encoding="utf-8")
+        return (text[text.index(START):text.index(END)],
+                (results / "README.md").read_text(encoding="utf-8"))
+    return render
+
+
+def set_interval(family, arm, rate, metric, ci):
+    """A change for render: the entry's mean difference and interval set to ci."""
+    def change(doc):
+        entry = next(e for e in doc[family]
+                     if (e["name"], e["rate"], e["metric"]) == (arm, rate, metric))
+        entry.update(zip(("mean_diff", "lo", "hi"), ci))
+    return change
+
+
+def test_flipping_the_primary_interval_changes_the_words(committed):
+    """The grammar primary's interval set below zero, then touching it at +0.001, then above:
+    the table's mark and every sentence that reads it follow ("favours `ce-ft`", "shows no
+    difference", "favours the arm"); the copy task's words stay."""
+    res = json.loads(Path(ROOT, "results", "grammar", "score-test.json").read_text("utf-8"))
+    p, metric, base = res["primary_comparison"], res["primary"], res["baseline"]
+    arm, rate = p["arm"], p["rate"]
+    said = {}
+    for name, ci in (("behind", (-0.1, -0.2, -0.05)), ("level", (-0.1, -0.2, 0.001)),
+                     ("ahead", (0.1, 0.05, 0.2))):
+        said[name] = committed("grammar/score-test.json",
+                               set_interval("differences", arm, rate, metric, ci))
+    favours = "The pre-declared primary comparison "
+    grammar = f"grammar (`{arm}` - `{base}`, {metric} at {words.rate_label(rate)})"
+    assert f"favours `{base}` on" in said["behind"][0] and grammar in said["behind"][0]
+    assert f"shows no difference on {grammar}" in said["level"][0]
+    assert f"favours `{arm}` on {grammar}" in said["ahead"][0]
+    for block, page in said.values():
+        assert favours in block and favours in page
+    def primary_cell(block):  # the grammar rows follow their title row
+        rows = block[block.index("| **grammar**"):].splitlines()
+        return next(c for line in rows if line.startswith(f"| `{arm}`")
+                    for c in line.split(" | ") if "†" in c).strip(" |")
+    marks = [primary_cell(block) for block, _ in said.values()]
+    mean = marks[0].split()[0]  # the arm's mean, the same in each: only the mark moves
+    assert marks == [f"{mean} ▼ †", f"{mean} †", f"{mean} ▲ †"]
+    assert said["behind"][0] != said["level"][0] != said["ahead"][0]
+
+
+def test_flipping_a_secondary_cell_changes_the_ahead_sentence(committed):
+    """A slack arm ahead on a non-primary metric is named in the verdict (no "never past it"),
+    and drops out of it when its interval is set to hold zero."""
+    res = json.loads(Path(ROOT, "results", "grammar", "score-test.json").read_text("utf-8"))
+    arm = words.verdict_arms(res)[0]
+    metric = next(m for m in res["metrics"] if words.directional(m) and m != res["primary"])
+    ahead, _ = committed("grammar/score-test.json",
+                         set_interval("differences", arm, "0.1", metric, (0.1, 0.05, 0.15)))
+    level, _ = committed("grammar/score-test.json",
+                         set_interval("differences", arm, "0.1", metric, (0.0, -0.05, 0.05)))
+    clause = next(c for c in ahead.split("; ") if c.startswith(f"grammar, {metric}:")
+                  or f"; grammar, {metric}:" in c)
+    assert f"`{arm}`" in clause
+    assert f"grammar, {metric}: `{arm}` at" not in level and ahead != level
+
+
+def test_recorded_facts_change_the_words(committed):
+    """The declaration's timing comes from setup.json, and the convergence check from the
+    continuation's numbers: each changed, its sentence changes."""
+    def declared(value):
+        def change(doc):
+            doc["primary_declared_before_test"] = value
+        return change
+    before, _ = committed("grammar/setup.json", declared(True))
+    after, _ = committed("grammar/setup.json", declared(False))
+    assert "On grammar the primary comparison was declared before the test prompts" in before
+    assert "declared after the test prompts had been decoded" in after
+
+    def improve(doc):  # every arm's validation primary far better after the continuation
+        for arm in doc["arms"].values():
+            arm["0"]["summary"][doc["primary"]] += 0.5
+    block, page = committed("grammar/val-score-more.json", improve)
+    check = block[block.index("The convergence check"):].split("\n")[0]
+    met, not_met = check.split("; not met ")
+    assert "grammar" not in met and "grammar" in not_met, check
+    assert "| met |" not in page[page.index("## The grammar task"):page.index("## The copy task")]
