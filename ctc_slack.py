@@ -14,14 +14,17 @@ Some canvas positions may be visible (not masked): their token is fixed, so the 
 completions of the masked positions (the Imputer, Chan et al. 2020, arXiv 2002.08926). CTC itself:
 Graves et al. 2006, "Connectionist Temporal Classification" (ICML).
 
-The file, in reading order (every name is defined before it is used):
+The file, in reading order (every name is defined before it is used, but for the checks of
+section 6, which Python finds when a call runs, so that the method reads without them):
     1. the definition: the collapse map and the loss as a plain recursion over time (slow, exact)
     2. the fast paths: the surface collapse as a band of K+1 rows with a hand-written backward,
        and the standard collapse through PyTorch's own CTC kernel
     3. the most probable alignment (Viterbi), for the "model" placement
-    4. checking what a caller passes: every malformed argument is one error that names it
-    5. the loss to call, ctc_slack_loss (F.ctc_loss's arguments, batch-first), and the alignment
-    6. the porter API, for fine-tuning and decoding an MDLM:
+    4. the loss to call, ctc_slack_loss (F.ctc_loss's arguments, batch-first), and the alignment
+    5. the porter API, for fine-tuning and decoding an MDLM:
+           targets, U, T = sft_layout(rows, ...)     from an SFT batch (prompt, answer, EOS
+                                                     padding: LLaDA's) to targets and a canvas
+                                                     that grows instead of cutting a row's end
            K = slack_count(R, rate)                  slacks per response canvas of R positions
            place_slack / align_slack                 the reference canvas: slack at random places,
                                                      at the tail, or where the model aligns it
@@ -30,13 +33,18 @@ The file, in reading order (every name is defined before it is used):
            masked_canvas                             decoding: each prompt, then MASK to the end
            slack_waits / slack_last                  decoding: commit slack last (optional)
            read_outputs                              decoding: delete slack, cut at EOS
+    6. checking what a caller passes: one check per public function, called at its top
 
-What each function returns for input it cannot score: an infeasible example (T_b < U_b, a visible
-token no alignment can use, too few positions for standard repeats) gives +inf in ctc_slack_loss,
-as in F.ctc_loss, and is a ValueError in slack_ctc_term, whose batch should never hold one (0 in
-both with zero_infinity); a NaN among an example's log-probs gives that example a NaN loss, never
-the +inf of an infeasible one; a malformed argument (a wrong shape, type or id, swapped lengths,
-raw logits where log-probs are due) is a TypeError or ValueError naming it.
+What a porter passes: ids as plain ints of the vocabulary (no defaults); logits batch-first
+(B, T, V) with SUBS applied (MASK at -inf or a finite ban such as -1e6; mask_id >= V: no MASK
+column); a log-prob below LOG_ZERO counts as -inf (probability 0 in every dtype); lengths (B,),
+one int, a (B, 1) column or a bool prefix mask (LLaDA's prompt_index); weight w(t) per row
+(1 / p_mask, never p_mask). What comes back for input it cannot score: an infeasible example
+(T_b < U_b, a visible token no alignment can use, too few positions for standard repeats, slack
+or a target banned) gives +inf in ctc_slack_loss, as in F.ctc_loss, and is a ValueError naming
+the cause in slack_ctc_term (0 in both with zero_infinity); a NaN among an example's log-probs
+gives that example a NaN loss and no gradient; a malformed argument is a TypeError or ValueError
+naming it and, for another codebase's form, the one-line fix.
 
 Cost (algorithm="band", the default): surface, K+1 sequential steps of O(B * U) vectorized work
 in float64, memory O(B * (K+1) * (U+1)); standard, PyTorch's CTC kernel on edited log-probs, at
@@ -1188,23 +1196,23 @@ def _check_masked_canvas(prompt, prompt_lengths, canvas_length, mask_id):
 
 
 def _check_confidence(confidence, other, name, dtype=None):
-    """confidence must be a float tensor (B, T), and `other` a tensor of its shape (of `dtype`,
-    or integers); returns `other` on the confidence's device."""
+    """confidence must be a float tensor (B, T), and `other` a tensor of its shape (bool with
+    dtype=torch.bool, else integer ids); returns `other` on the confidence's device."""
     if not isinstance(confidence, torch.Tensor) or not confidence.dtype.is_floating_point:
         what = confidence.dtype if isinstance(confidence, torch.Tensor) else type(confidence)
         raise TypeError(f"confidence must be a float tensor (B, T), got {what}")
+    if dtype is None:  # ids: a tensor or lists
+        other = _ids(other, name, confidence.dim(), confidence.device)
     other = torch.as_tensor(other, device=confidence.device)
-    ok = other.dtype == dtype if dtype else not (other.dtype.is_floating_point
-                                                 or other.dtype.is_complex)
-    if not ok or other.shape != confidence.shape:
-        raise ValueError(f"{name} must be a {dtype or 'integer'} tensor of the confidence's "
-                         f"shape {tuple(confidence.shape)}, got {other.dtype} {tuple(other.shape)}")
+    if (dtype is not None and other.dtype != dtype) or other.shape != confidence.shape:
+        raise ValueError(f"{name} must be {'a bool' if dtype else 'an integer'} tensor of the "
+                         f"confidence's shape {tuple(confidence.shape)}, got {other.dtype} "
+                         f"{tuple(other.shape)}")
     return other
 
 
 def _check_slack_waits(confidence, proposals, slack_id, threshold):
     """slack_waits's arguments: (proposals (B, T), slack_id); a threshold is a number or None."""
-    proposals = _ids(proposals, "proposals", confidence.dim(), confidence.device)
     proposals = _check_confidence(confidence, proposals, "proposals")
     if threshold is not None and (isinstance(threshold, bool)
                                   or not isinstance(threshold, (int, float))

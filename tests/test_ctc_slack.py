@@ -242,7 +242,9 @@ def test_fast_matches_time_loop_at_T1024(collapse, dtype, visible, scale):
     padded = torch.where(torch.arange(920) < U_b[:, None], y, -1)  # y cut to U_b, -1 after
     canvas = feasible_canvas(gen, padded, T_b, T, visible, collapse, slack=vocab - 1,
                              mask=vocab - 2)
-    lp = (scale * torch.randn(2, T, vocab, generator=gen)).log_softmax(-1).to(dtype)
+    raw = scale * torch.randn(2, T, vocab, generator=gen)
+    raw[..., vocab - 2] = -1e6  # SUBS's finite ban (MASK has probability 0), as kuleshov's
+    lp = raw.log_softmax(-1).to(dtype)
     kw = dict(slack_id=vocab - 1, canvas=canvas, mask_id=vocab - 2, collapse=collapse)
     fast, g_fast = loss_grad(lp, y, T_b, U_b, algorithm="band", **kw)  # band / native kernel
     time_, g_time = loss_grad(lp, y, T_b, U_b, algorithm="time", **kw)  # the loops, float64
@@ -317,7 +319,8 @@ def test_occupancy(collapse, visible):
     padded = torch.where(torch.arange(48) < U_b[:, None], y, -1)  # y cut to U_b, -1 after
     canvas = feasible_canvas(gen, padded, T_b, T, visible, collapse, slack=vocab - 1,
                              mask=vocab - 2)
-    logits = torch.randn(3, T, vocab, generator=gen, **f64, requires_grad=True)
+    logits = torch.randn(3, T, vocab, generator=gen, **f64)
+    logits = logits.index_fill(-1, torch.tensor([vocab - 2]), -math.inf).requires_grad_()  # SUBS
     lp = logits.log_softmax(-1)  # the log-probs the loss reads
     loss = ctc_slack_loss(lp, y, T_b, U_b, slack_id=vocab - 1, canvas=canvas, mask_id=vocab - 2,
                           collapse=collapse, reduction="sum")
@@ -389,7 +392,8 @@ def test_long_infeasible_row_is_inf(collapse, algorithm):
     has to scale with the example for the row to be recognised as infeasible."""
     gen = torch.Generator().manual_seed(11)
     T, vocab = 600, 30
-    lp = (20 * torch.randn(2, T, vocab, generator=gen, **f64)).log_softmax(-1)
+    raw = 20 * torch.randn(2, T, vocab, generator=gen, **f64)
+    lp = raw.index_fill(-1, torch.tensor([vocab - 2]), -math.inf).log_softmax(-1)  # SUBS
     y = no_repeats(gen, 2, T, vocab)  # no repeats: row 1 (one slack) is feasible for both collapses
     canvas = torch.full((2, T), vocab - 2)
     canvas[:, 300] = vocab - 1  # a visible slack, but K = 0 leaves no room for one
@@ -686,7 +690,10 @@ def test_slack_last_ranks_slack_below_every_real_proposal():
     and a slack proposal at or above the threshold keeps its place."""
     conf = torch.tensor([[0.9, 0.2, 0.95, 0.5, 0.1]])
     prop = torch.tensor([[SLACK, 0, SLACK, 1, 2]])
-    order = slack_last(conf, prop, slack_id=SLACK).argsort(descending=True)[0].tolist()
+    masked = torch.ones_like(prop, dtype=torch.bool)
+    order = slack_last(conf, prop, slack_id=SLACK, masked=masked).argsort(descending=True)
+    order = order[0].tolist()
     assert order == [3, 1, 4, 2, 0]  # real tokens by confidence, then the slacks by theirs
-    order = slack_last(conf, prop, slack_id=SLACK, threshold=0.92).argsort(descending=True)[0]
+    order = slack_last(conf, prop, slack_id=SLACK, masked=masked, threshold=0.92)
+    order = order.argsort(descending=True)[0]
     assert order.tolist() == [2, 3, 1, 4, 0]  # the 0.95 slack stays first

@@ -117,8 +117,8 @@ def test_a_nan_logit_gives_nan_not_inf():
     assert math.isnan(out[1]) and torch.equal(out[[0, 2, 3]], clean[[0, 2, 3]])
     for zero_infinity in (False, True):  # zero_infinity zeroes +inf, never NaN
         assert math.isnan(term(bad, z_t, y, **kw, zero_infinity=zero_infinity)[1])
-    out[[0, 2, 3]].sum().backward()  # the other rows' gradients stay clean
-    assert torch.isfinite(bad.grad[[0, 2, 3]]).all()
+    out[~out.isnan()].sum().backward()  # the NaN row dropped: it leaves no gradient at all
+    assert torch.isfinite(bad.grad).all() and (bad.grad[1] == 0).all()
     lp = logits.log_softmax(-1)
     lp[2, 3, 4] = math.nan
     for collapse in ("surface", "standard"):
@@ -135,10 +135,17 @@ def test_a_nan_logit_gives_nan_not_inf():
 
 
 def test_weight_must_be_a_number_or_one_per_example():
+    """A number, (B,) or a (B, 1) column; LLaDA's (B, L) p_mask is refused with the fix, and a
+    weight that is negative, NaN or infinite (t = 0 in 1/t) is refused."""
     logits, z_t, y, kw = batch()
-    refused(lambda: term(logits, z_t, y, **{**kw, "weight": torch.ones(B, 1)}), "weight")
-    torch.testing.assert_close(term(logits, z_t, y, **{**kw, "weight": 2.0}),
-                               term(logits, z_t, y, **kw))
+    want = term(logits, z_t, y, **kw)
+    for w in (2.0, torch.full((B, 1), 2.0), [2.0] * B):
+        torch.testing.assert_close(term(logits, z_t, y, **{**kw, "weight": w}), want)
+    refused(lambda: term(logits, z_t, y, **{**kw, "weight": torch.full((B, T), 0.5)}), "weight",
+            "1 / p_mask[:, 0]")
+    for w in (-1.0, math.nan, math.inf):
+        refused(lambda: term(logits, z_t, y, **{**kw, "weight": w}), "weight", "finite")
+    refused(lambda: term(logits, z_t, y, **{**kw, "weight": "1/t"}), "weight", kind=TypeError)
 
 
 def test_time_first_logits():
@@ -205,12 +212,13 @@ def test_every_public_function_checks_its_arguments():
             "response")  # a response too short to reach the canvas's end
     refused(lambda: ctc_slack.slack_count([4, -1], 0.1), "canvas_lengths")
     refused(lambda: ctc_slack.slack_count(4, "0.1"), "rate")
+    every = torch.ones(2, 3, dtype=torch.bool)
     refused(lambda: ctc_slack.slack_last(torch.rand(2, 3), torch.zeros(2, 4, dtype=torch.long),
-                                         slack_id=SLACK), "shape")
+                                         slack_id=SLACK, masked=every), "shape")
     refused(lambda: ctc_slack.masked_canvas(y, prompt_lengths=[3, 9], canvas_length=8,
                                             mask_id=MASK), "prompt_lengths")
     refused(lambda: ctc_slack.read_outputs(y, prompt_lengths=[0, 0], slack_id=SLACK,
-                                           eos_id=None), "eos_id")
+                                           eos_id="EOS", mask_id=MASK), "eos_id")
     refused(lambda: ctc_slack.collapse_tokens(torch.zeros(2, 2), SLACK), "one sequence")
     lp = torch.randn(2, 4, V).log_softmax(-1)
     lp[0, 0, 0] = math.nan
@@ -225,7 +233,190 @@ def test_masked_canvas_and_read_outputs_follow_prompt_lengths():
     assert canvas.tolist() == [[1, 2, 3, MASK, MASK, MASK], [4, MASK, MASK, MASK, MASK, MASK]]
     assert is_prompt.sum(1).tolist() == [3, 1]
     done = torch.tensor([[1, 2, 3, 5, SLACK, EOS], [4, 6, 6, SLACK, 6, EOS]])
-    assert ctc_slack.read_outputs(done, prompt_lengths=[3, 1], slack_id=SLACK,
-                                  eos_id=EOS) == [[5], [6, 6, 6]]
     assert ctc_slack.read_outputs(done, prompt_lengths=[3, 1], slack_id=SLACK, eos_id=EOS,
-                                  collapse="standard") == [[5], [6, 6]]  # 6 6 merge, slack parts
+                                  mask_id=MASK) == [[5], [6, 6, 6]]
+    assert ctc_slack.read_outputs(done, prompt_lengths=[3, 1], slack_id=SLACK, eos_id=EOS,
+                                  mask_id=MASK, collapse="standard") == [[5], [6, 6]]
+    # standard: 6 6 merge, and a slack parts them
+
+
+# ----------------------------------------------------------------------------------------------
+# Bans, NaN and empty targets: the numbers a porter's codebase feeds in
+
+
+@pytest.mark.parametrize("ban", [torch.finfo(torch.float32).min, -1e15, -1e20, -1e6, -800.0])
+def test_a_finite_ban_is_log_zero(ban):
+    """Codebases ban tokens with finite numbers: exp of each is 0 in float64, so the model's own
+    probability there is 0, and the loss and its gradient are exactly those of -inf there, on
+    both algorithms and both collapses, and in slack_ctc_term."""
+    logits, z_t, y, kw = batch()
+    y = y[:, :5]  # no EOS padding: the standard collapse fits too
+    U = torch.full((B,), 5)
+
+    def banned(value):  # MASK everywhere, a used target and slack at a few positions
+        x = logits.clone()
+        x[..., MASK] = value
+        x[0, 4, y[0, 1]] = value
+        x[1, 2:6, SLACK] = value
+        return x
+    canvas = torch.full((B, T), MASK)
+    for collapse in ("surface", "standard"):
+        for algorithm in ("band", "time"):
+            got = [_loss_grad(banned(v).log_softmax(-1), y, U, canvas, collapse, algorithm)
+                   for v in (ban, -math.inf)]
+            assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+    kw = {**kw, "target_lengths": torch.tensor([5, 5, 5, 4])}
+    full = torch.where(torch.arange(T) < kw["prompt_lengths"][:, None], z_t, MASK)
+    got = [term(banned(v).float(), full, y, **kw) for v in (ban, -math.inf)]
+    assert torch.equal(got[0], got[1]) and torch.isfinite(got[0]).all()
+
+
+def _loss_grad(lp, y, U, canvas, collapse, algorithm):
+    x = lp.detach().requires_grad_()
+    out = ctc_slack.ctc_slack_loss(x, y, torch.full((B,), T), U, slack_id=SLACK, canvas=canvas,
+                                   mask_id=MASK, collapse=collapse, algorithm=algorithm,
+                                   reduction="none")
+    return out, torch.autograd.grad(out.sum(), x)[0]
+
+
+def test_a_nan_row_passes_no_gradient_in_either_loss():
+    """Dropping the NaN row (loss[~loss.isnan()]) leaves exactly zero gradient on it, and no NaN
+    anywhere, in ctc_slack_loss and in slack_ctc_term (whose softmax would spread the NaN)."""
+    logits, z_t, y, kw = batch()
+    x = logits.clone().requires_grad_()
+    with torch.no_grad():
+        x[0, 6, 2] = math.nan
+    loss = term(x, z_t, y, **kw)
+    loss[~loss.isnan()].sum().backward()
+    assert math.isnan(loss[0]) and (x.grad[0] == 0).all() and torch.isfinite(x.grad).all()
+    lp = logits.log_softmax(-1).detach()
+    lp[0, 6, 2] = math.nan
+    lp.requires_grad_()
+    nll = ctc_slack.ctc_slack_loss(lp, y, torch.full((B,), T), torch.full((B,), 6),
+                                   slack_id=SLACK, reduction="none")
+    nll[~nll.isnan()].sum().backward()
+    assert math.isnan(nll[0]) and (lp.grad[0] == 0).all() and torch.isfinite(lp.grad).all()
+
+
+@pytest.mark.parametrize("collapse", ["surface", "standard"])
+def test_zero_column_targets_give_the_all_slack_canvas(collapse):
+    """targets [[], ...] (every U_b = 0): the loss of the canvas that is slack at every response
+    position, -sum log p(slack), in slack_ctc_term and ctc_slack_loss (both algorithms)."""
+    logits, z_t, y, kw = batch()
+    P = kw["prompt_lengths"]
+    full = torch.where(torch.arange(T) < P[:, None], z_t, MASK)
+    kw = {**kw, "target_lengths": [0] * B, "weight": 1.0}
+    got = term(logits, full, [[]] * B, **kw, collapse=collapse)
+    lp = logits.float().log_softmax(-1)
+    response = torch.arange(T) >= P[:, None]
+    want = -(lp[..., SLACK] * response).sum(1) / (T - P)
+    torch.testing.assert_close(got, want)
+    for algorithm in ("band", "time"):
+        nll = ctc_slack.ctc_slack_loss(lp.double(), [[]] * B, T - P, [0] * B, slack_id=SLACK,
+                                       collapse=collapse, algorithm=algorithm, reduction="none")
+        torch.testing.assert_close(nll, -(lp.double()[..., SLACK] *
+                                          (torch.arange(T) < (T - P)[:, None])).sum(1))
+
+
+def test_a_banned_slack_or_target_is_named():
+    """slack (or a target it needs) at probability 0 over the whole canvas: an error naming
+    logits and the banned id, not the lengths."""
+    logits, z_t, y, kw = batch()
+    full = torch.where(torch.arange(T) < kw["prompt_lengths"][:, None], z_t, MASK)
+    no_slack = logits.clone()
+    no_slack[..., SLACK] = -math.inf
+    refused(lambda: term(no_slack, full, y, **kw), "logits", f"id {SLACK}", "slack_id")
+    no_target = logits.clone()
+    no_target[2, :, y[2, 0]] = -1e6
+    refused(lambda: term(no_target, full, y, **kw), "logits", f"id {int(y[2, 0])}", "target")
+    swapped = {**kw, "target_lengths": torch.tensor([2, 2, 2, 2])}
+    refused(lambda: term(logits, z_t, y, **swapped), "swapped")  # the lengths' message stays
+
+
+def test_both_losses_check_the_mask_column_alike():
+    """An open MASK column is refused by ctc_slack_loss (with a canvas) as by slack_ctc_term; a
+    finite SUBS ban (-1e6, kuleshov's) is accepted by both with the numbers of -inf; mask_id >= V
+    means no MASK column."""
+    logits, z_t, y, kw = batch()
+    open_ = logits.nan_to_num(neginf=0.0)
+    refused(lambda: term(open_, z_t, y, **kw), "MASK column")
+    R, U, P = T - kw["prompt_lengths"], kw["target_lengths"], kw["prompt_lengths"]
+    canvas = z_t.gather(1, ctc_slack.response_positions(P, int(R.max()), T))
+    refused(lambda: ctc_slack.ctc_slack_loss(open_.log_softmax(-1), y, T - P, U, slack_id=SLACK,
+                                             canvas=z_t, mask_id=MASK), "log_probs", "MASK column")
+    finite = logits.nan_to_num(neginf=-1e6)
+    assert torch.equal(term(finite, z_t, y, **kw), term(logits, z_t, y, **kw))
+    lp = {k: ctc_slack.response_log_probs(x, int(R.max()), prompt_lengths=P, mask_id=MASK)
+          for k, x in (("finite", finite), ("inf", logits))}
+    nll = {k: ctc_slack.ctc_slack_loss(v, y, R, U, slack_id=SLACK, canvas=canvas, mask_id=MASK,
+                                       reduction="none") for k, v in lp.items()}
+    assert torch.equal(nll["finite"], nll["inf"])
+    headless = logits[:, :int(R.max()), :MASK].log_softmax(-1)  # no MASK column: mask_id >= V
+    assert ctc_slack.ctc_slack_loss(headless, y, R, U, slack_id=SLACK, canvas=canvas,
+                                    mask_id=MASK).isfinite()
+
+
+# ----------------------------------------------------------------------------------------------
+# The forms other codebases keep lengths in: read as what they mean, or refused with the fix
+
+
+def test_lengths_in_the_forms_porters_have():
+    """A bool prompt mask that marks a prefix (LLaDA's prompt_index) is its row sums; one int is
+    every row's; a (B, 1) column is its rows; a mask that is no prefix, or float lengths, is
+    refused with the fix."""
+    logits, z_t, y, kw = batch()
+    want = term(logits, z_t, y, **kw)
+    P, U = kw["prompt_lengths"], kw["target_lengths"]
+    prompt_index = torch.arange(T) < P[:, None]  # (B, T) bool
+    for form in (prompt_index, P[:, None], P.tolist()):
+        assert torch.equal(term(logits, z_t, y, **{**kw, "prompt_lengths": form}), want)
+    assert torch.equal(term(logits, z_t, y, **{**kw, "target_lengths": U[:, None]}), want)
+    refused(lambda: term(logits, z_t, y, **{**kw, "prompt_lengths": ~prompt_index}),
+            "prompt_lengths", "prefix")
+    refused(lambda: term(logits, z_t, y, **{**kw, "prompt_lengths": P.float()}),
+            "prompt_lengths", ".long()", kind=TypeError)
+    one = {**kw, "prompt_lengths": 2, "target_lengths": 6}  # one int for every row
+    same = {**kw, "prompt_lengths": torch.full((B,), 2), "target_lengths": torch.full((B,), 6)}
+    z2 = torch.where(torch.arange(T) < 2, z_t[0], MASK).expand(B, -1)
+    assert torch.equal(term(logits, z2, y, **one), term(logits, z2, y, **same))
+
+
+def test_every_argument_is_checked_by_name():
+    """Holes beyond the loss's main arguments: each is refused by name."""
+    logits, z_t, y, kw = batch()
+    lp = logits.log_softmax(-1)
+    U2, R2 = [3, 3], [4, 4]
+    y2 = torch.zeros(2, 3, dtype=torch.long)
+    cases = [
+        (lambda: term(logits, z_t, y, **kw, zero_infinity="yes"), "zero_infinity"),
+        (lambda: term(logits, z_t, y, **kw, reduction="batchmean"), "reduction"),
+        (lambda: term(logits, z_t, y, **kw, collapse=None), "collapse"),
+        (lambda: ctc_slack.ctc_slack_loss(lp, y, [T] * B, [6] * B, slack_id=SLACK,
+                                          algorithm="fast"), "algorithm"),
+        (lambda: ctc_slack.ctc_slack_loss(lp, y, [T] * B, [6] * B, slack_id=SLACK,
+                                          zero_infinity=1), "zero_infinity"),
+        (lambda: ctc_slack.ctc_slack_loss(lp, y, [T] * B, [6] * B, slack_id=SLACK, canvas=z_t,
+                                          mask_id=-1), "mask_id"),
+        (lambda: ctc_slack.place_slack(y2, target_lengths=U2, canvas_lengths=R2, slack_id=-1),
+         "slack_id"),
+        (lambda: ctc_slack.place_slack(y2, target_lengths=U2, canvas_lengths=R2, slack_id=SLACK,
+                                       generator=0), "generator"),
+        (lambda: ctc_slack.place_slack(y2, target_lengths=U2, canvas_lengths=None,
+                                       slack_id=SLACK), "canvas_lengths"),
+        (lambda: ctc_slack.response_log_probs(logits, T + 1, prompt_lengths=kw["prompt_lengths"],
+                                              mask_id=MASK), "R_max"),
+        (lambda: ctc_slack.build_canvas(y2, y2, prompt_lengths=[1, 1], canvas_length=0),
+         "canvas_length"),
+        (lambda: ctc_slack.build_canvas(y2, y2, prompt_lengths=[1, 1], canvas_length=2.0),
+         "canvas_length"),
+        (lambda: ctc_slack.collapse_tokens([1, 2], "slack"), "slack_id"),
+        (lambda: ctc_slack.collapse_tokens([1.5, 2], SLACK), "seq"),
+        (lambda: ctc_slack.slack_count(torch.tensor([4.0]), 0.1), "canvas_lengths"),
+        (lambda: ctc_slack.sft_layout(y2, prompt_lengths=[1, 1], rate=1.0, eos_id=EOS), "rate"),
+        (lambda: ctc_slack.sft_layout(y2, prompt_lengths=[4, 1], rate=0.1, eos_id=EOS),
+         "prompt_lengths"),
+        (lambda: ctc_slack.sft_layout(y2, prompt_lengths=[1, 1], rate=0.1, eos_id=None),
+         "eos_id"),
+    ]
+    for call, word in cases:
+        refused(call, word)
