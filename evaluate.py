@@ -460,8 +460,8 @@ def run_score(args):
     if std and std["metric"] in metrics:
         res["standardised"] = {**std, "bins": stats.LENGTH_BINS}
         res["notes"].append(
-            f"{std['metric']}: the share of outputs that {std['of']}, standardised to the data's "
-            f"length distribution: sum over the length bins of the data's share of the bin times "
+            f"{std['metric']}: the rate of {std['of']}, standardised to the data's length "
+            f"distribution: sum over the length bins of the data's share of the bin times "
             f"the run's rate among its outputs in the bin (0 where it has none); coverage is the "
             f"data's share in the bins the run reaches. Writing shorter texts than the data "
             f"cannot raise it.")

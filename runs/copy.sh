@@ -13,12 +13,19 @@
 #
 # Declared before any test string is decoded, and read by the report from the score files:
 #   the arms of the verdict   ARMS below, every one against the CE fine-tune (ce-ft)
+#   the primary metric        exact match: an output of another length than the answer is never
+#                             exact, so writing less cannot raise it (the length error is kept
+#                             beside it)
 #   the primary comparison    ctc-random (the default slack CTC) - ce-ft, exact match, at the
 #                             paper's 1% probe rate; every other comparison is exploratory
 #   the decoder               the confidence sampler, greedy; its slack rule, positions per step
 #                             and block length chosen on validation strings by `evaluate.py
 #                             choose` (the best mean exact match over the fine-tunes and the
 #                             validation rates 0 and 5%)
+#   the test strings          drawn from a seed never decoded before (task seed + 3), decoded once,
+#                             after every choice; the earlier test strings (seed + 1, decoded for
+#                             the slack-rule and rate sweeps before these declarations) are scored
+#                             too, as a second, labelled set (score-test-old), at shift 0 and 1%
 #
 # Rerunning skips finished stages (runs/lib.sh). Results: OUT/score-*/results.md and .json,
 # learning curves OUT/curves/; python runs/report.py turns them into results/README.md.
@@ -46,10 +53,12 @@ COMMON="--seq-len $SEQ --batch-size $B $TRAIN"
 RATES="0 0.01 0.02 0.05 0.1"
 ARMS="ce-ft ctc-random ctc-model ctc+ce-model ctc+ce-random"
 DECODE="--sampler confidence --temperature 0 --batch-size 512 $RUN"
-SCORE="--task copy --baseline ce-ft --n-boot $N_BOOT"
+SCORE="--task copy --primary-metric exact --baseline ce-ft --n-boot $N_BOOT"
 record_setup "$OUT" seq_len=$SEQ slack_rate=0.1 temperature=0
 
-# 1. the task: train, validation and test strings, none seen twice
+# 1. the task: train, validation (seed + 2), test (seed + 3) and the earlier test strings
+#    (seed + 1, test-old), none seen twice
+renew_task $OUT
 stage $OUT/task python evaluate.py task copy --out-dir $OUT/task $TASK --seed 0
 
 # 2. pretrain with CE: slack rate 0, the answer and its EOS padded with EOS (as LLaDA pads)
@@ -72,6 +81,10 @@ decode_all $OUT/test-gens "$CKPTS" --prompts $OUT/task/test.jsonl $CHOSEN \
     --shift-rates $RATES $DECODE
 python evaluate.py score $SCORE --refs $OUT/task/test.jsonl --gens $OUT/test-gens/*.jsonl \
     --primary ctc-random 0.01 --out-dir $OUT/score-test
+decode_all $OUT/test-old-gens "$CKPTS" --prompts $OUT/task/test-old.jsonl $CHOSEN \
+    --shift-rates 0 0.01 $DECODE
+python evaluate.py score $SCORE --refs $OUT/task/test-old.jsonl \
+    --gens $OUT/test-old-gens/*.jsonl --primary ctc-random 0.01 --out-dir $OUT/score-test-old
 
 # 6. convergence: every fine-tune continued at a constant learning rate, validated as it goes,
 #    and its continuation decoding the validation strings with the chosen decoder

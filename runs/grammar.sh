@@ -4,7 +4,9 @@
 # words before it will be. Pretrain an MDLM with CE until it writes well; fine-tune five arms from
 # it, three seeds each, all for the same steps (CE with tail slack, the baseline; CTC with random
 # and with model-aligned slack; CTC+CE with each); choose the decoder on validation prompts; only
-# then decode the test prompts, once, at shift-probe rates 0..10%. Every output is scored exactly.
+# then decode the fresh test prompts, once, at shift-probe rates 0..10%. Every output is scored
+# exactly, and as a whole: its length against the data's, its sentences and words, how many valid
+# outputs are distinct.
 # Then the evidence that the fine-tunes have converged: each continued at a constant learning rate.
 #
 #   bash runs/grammar.sh [OUT]                 # OUT = exp/grammar; CPU sizes (JOBS=2 THREADS=1 on
@@ -14,12 +16,23 @@
 #
 # Declared before any test prompt is decoded, and read by the report from the score files:
 #   the arms of the verdict   ARMS below, every one against the CE fine-tune (ce-ft)
-#   the primary comparison    ctc-random (the default slack CTC) - ce-ft, parses, at the paper's
-#                             1% probe rate; every other comparison is exploratory
+#   the primary metric        parses_std: the share of outputs that parse, standardised to the
+#                             data's length distribution (per length bin of the data's quintiles,
+#                             the share that parses, weighted by the data's share of the bin; a bin
+#                             an arm never reaches counts 0): writing shorter or simpler texts than
+#                             the data cannot raise it, as it raises the plain share that parses
+#                             (kept beside it, with the coverage of the data's lengths)
+#   the primary comparison    ctc-random (the default slack CTC) - ce-ft, parses_std, at the
+#                             paper's 1% probe rate; every other comparison is exploratory
 #   the decoder               the confidence sampler at temperature 0.8; its slack rule,
 #                             positions per step and block length chosen on validation prompts by
-#                             `evaluate.py choose` (the best mean parses over the fine-tunes and
-#                             the validation rates 0 and 5%)
+#                             `evaluate.py choose` (the best mean parses_std over the fine-tunes
+#                             and the validation rates 0 and 5%)
+#   the test prompts          drawn from a seed never decoded before (task seed + 3), decoded once,
+#                             after every choice; the earlier test prompts (seed + 1, decoded for
+#                             the slack-rule and rate sweeps before these declarations) are scored
+#                             too, as a second, labelled set (score-test-old), at shift 0 and 1%
+#                             only: they cost two fifths of a test decoding
 #
 # Rerunning skips finished stages (runs/lib.sh). Results: OUT/score-*/results.md and .json,
 # learning curves OUT/curves/; python runs/report.py turns them into results/README.md.
@@ -48,13 +61,15 @@ COMMON="--seq-len $SEQ --batch-size $B $TRAIN"
 RATES="0 0.01 0.02 0.05 0.1"
 ARMS="ce-ft ctc-random ctc-model ctc+ce-model ctc+ce-random"
 DECODE="--sampler confidence --temperature 0.8 --batch-size 512 $RUN"
-SCORE="--task grammar --baseline ce-ft --n-boot $N_BOOT"
+SCORE="--task grammar --primary-metric parses_std --baseline ce-ft --n-boot $N_BOOT"
 record_setup "$OUT" seq_len=$SEQ slack_rate=0.1 temperature=0.8
 
 # 1. the task: prompt = the first word of a text of 1-3 sentences, response = the rest; at most
 #    40 bytes in all, so that prompt + response + EOS + 10% slack fit the 48-position canvas.
-#    Validation prompts (seed + 2) choose settings; test prompts (seed + 1) only score them.
-#    Texts drawn before are dropped (task.json counts them), so every prompt is new to the models
+#    Validation prompts (seed + 2) choose settings; test prompts (seed + 3) only score them, and
+#    the earlier test prompts (seed + 1) are the labelled second set test-old. Texts drawn before
+#    are dropped (task.json counts them), so every prompt is new to the models
+renew_task $OUT
 stage $OUT/task python evaluate.py task grammar --out-dir $OUT/task $TASK --max-bytes 40 --seed 0
 
 # 2. pretrain with CE: slack rate 0, the response and its EOS padded with EOS (as LLaDA pads)
@@ -78,11 +93,16 @@ decode_all $OUT/val-ancestral "$CKPTS" --prompts $OUT/task/val.jsonl --sampler a
 python evaluate.py score $SCORE --refs $OUT/task/val.jsonl --gens $OUT/val-ancestral/*.jsonl \
     --out-dir $OUT/val-score-ancestral
 
-# 5. the test prompts, decoded once, at every probe rate, with the chosen decoder
+# 5. the fresh test prompts, decoded once, at every probe rate, with the chosen decoder; then the
+#    earlier test prompts at shift 0 and 1%, the second set
 decode_all $OUT/test-gens "$CKPTS" --prompts $OUT/task/test.jsonl $CHOSEN \
     --shift-rates $RATES $DECODE
 python evaluate.py score $SCORE --refs $OUT/task/test.jsonl --gens $OUT/test-gens/*.jsonl \
     --primary ctc-random 0.01 --out-dir $OUT/score-test
+decode_all $OUT/test-old-gens "$CKPTS" --prompts $OUT/task/test-old.jsonl $CHOSEN \
+    --shift-rates 0 0.01 $DECODE
+python evaluate.py score $SCORE --refs $OUT/task/test-old.jsonl \
+    --gens $OUT/test-old-gens/*.jsonl --primary ctc-random 0.01 --out-dir $OUT/score-test-old
 
 # 6. convergence: every fine-tune continued from its last checkpoint at a constant learning rate
 #    (the fine-tunes' peak) and validated as it goes; the continued checkpoints decode the

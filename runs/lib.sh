@@ -72,6 +72,20 @@ stage() {
     echo "$((SECONDS - t0))" > "$dir/DONE"
 }
 
+# renew_task DIR: a task folder DIR/task made before the fresh test prompts (it has no
+# test-old.jsonl) is made again: train, validation and the earlier test prompts come out the same
+# (the same seeds, drawn in the same order), so trained checkpoints stay valid; what was decoded
+# from its old test prompts, or with a decoder chosen by the old rule, is dropped so that it is
+# made again (DIR/choice, DIR/test-gens, DIR/val-more)
+renew_task() {
+    local dir=$1
+    if [ -f "$dir/task/DONE" ] && [ ! -f "$dir/task/test-old.jsonl" ]; then
+        echo "== $dir/task predates the fresh test prompts: made again, its test outputs and" \
+             "decoder choice dropped"
+        rm -rf "$dir/task/DONE" "$dir/choice" "$dir/test-gens" "$dir/val-more"
+    fi
+}
+
 # where and how the results were made: the commit, the machine, threads and sizes, for the report;
 # record_setup DIR [KEY=VALUE...] adds settings of the script's own (seq_len=48), VALUE as JSON
 record_setup() {

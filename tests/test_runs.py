@@ -34,16 +34,29 @@ def test_script_makes_every_result(tiny_exp, task):
     assert setup["size"] == "tiny" and setup["device"] == "cpu" and setup["threads"] == 1
     if task == "text":
         return
-    # the protocol: a primary comparison declared, the decoder chosen on validation prompts and
-    # used for the test prompts, every fine-tune continued and decoded on validation again
+    # the protocol: a primary metric and comparison declared, the decoder chosen on validation
+    # prompts with that metric and used for the fresh test prompts, the earlier test prompts
+    # scored as a second set, every fine-tune continued and decoded on validation again
     assert res["primary_comparison"] == {"arm": "ctc-random", "rate": "0.01"}
+    assert res["primary"] == {"grammar": "parses_std", "copy": "exact"}[task]
+    old = json.load(open(out / "score-test-old" / "results.json"))
+    assert set(old["arms"]) == ARMS[task] and old["rates"] == ["0", "0.01"]
+    assert old["primary"] == res["primary"] and old["primary_comparison"] == res[
+        "primary_comparison"]
+    fresh, earlier = ({r["prompt"] + r["response"] for r in map(json.loads, open(
+        out / "task" / f"{name}.jsonl"))} for name in ("test", "test-old"))
+    assert fresh and earlier and not fresh & earlier
+    task_json = json.load(open(out / "task" / "task.json"))
+    assert task_json["n_test"] == len(fresh) and task_json["n_test_old"] == len(earlier)
+    cell = res["arms"]["ce-ft"]["0"]  # the whole output, per arm and rate
+    assert {"length_tv", "length_shares", "coverage", "distinct_valid"} <= set(cell["whole"])
     val = json.load(open(out / "val-score" / "results.json"))
     settings = {name.split(":")[1] for name in val["arms"]}
     assert settings == {f"{rule}/{n}/{b}" for rule in ("plain", "last", "threshold", "first")
                         for n in (1, 2) for b in (("16",) if task == "grammar" else
                                                   ("8", "16"))}
     choice = json.load(open(out / "choice" / "choice.json"))
-    assert choice["setting"] in settings
+    assert choice["setting"] in settings and choice["metric"] == res["primary"]
     rule, per_step, block = choice["setting"].split("/")
     for line in open(out / "test-gens" / "ce-ft@1.jsonl"):
         rec = json.loads(line)
@@ -63,6 +76,7 @@ def test_the_study_varies_one_property_at_a_time(tiny_exp):
     for v in VARIANTS:
         res = json.load(open(tiny_exp / "study" / v / "score" / "results.json"))
         assert set(res["arms"]) == {"pretrained", "ce-ft", "ctc-random"}, v
+        assert res["primary"] == "parses_std", v
         assert res["rates"] == ["0", "0.01", "0.1"] or v == "base", (v, res["rates"])
         assert json.load(open(tiny_exp / "study" / v / "setup.json"))["variant"] == v
         if v != "base":
