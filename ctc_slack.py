@@ -14,26 +14,15 @@ Some canvas positions may be visible (not masked): their token is fixed, so the 
 completions of the masked positions (the Imputer, Chan et al. 2020, arXiv 2002.08926). CTC itself:
 Graves et al. 2006, "Connectionist Temporal Classification" (ICML).
 
-The file, in reading order (every name is defined before it is used, but for the checks of
-section 6, which Python finds when a call runs, so that the method reads without them):
-    1. the definition: the collapse map and the loss as a plain recursion over time (slow, exact)
-    2. the fast paths: the surface collapse as a band of K+1 rows with a hand-written backward,
-       and the standard collapse through PyTorch's own CTC kernel
-    3. the most probable alignment (Viterbi), for the "model" placement
-    4. the loss to call, ctc_slack_loss (F.ctc_loss's arguments, batch-first), and the alignment
-    5. the porter API, for fine-tuning and decoding an MDLM:
-           targets, U, T = sft_layout(rows, ...)     from an SFT batch (prompt, answer, EOS
-                                                     padding: LLaDA's) to targets and a canvas
-                                                     that grows instead of cutting a row's end
-           K = slack_count(R, rate)                  slacks per response canvas of R positions
-           place_slack / align_slack                 the reference canvas: slack at random places,
-                                                     at the tail, or where the model aligns it
-           build_canvas                              prompt + response canvas, and the prompt mask
-           slack_ctc_term                            the fine-tuning loss from the model's logits
-           masked_canvas                             decoding: each prompt, then MASK to the end
-           slack_waits / slack_last                  decoding: commit slack last (optional)
-           read_outputs                              decoding: delete slack, cut at EOS
-    6. checking what a caller passes: one check per public function, called at its top
+Sections: 1. the definition: the collapse map, and the loss as a plain recursion over time
+(slow, exact); 2. the fast paths: surface as a band of K+1 rows with a hand-written backward,
+standard through PyTorch's CTC kernel; 3. the most probable alignment (Viterbi); 4. the loss to
+call, ctc_slack_loss (F.ctc_loss's arguments, batch-first); 5. the porter API, in the order a
+training step calls it: sft_layout (an SFT batch to targets and a canvas that grows instead of
+cutting a row's end), slack_count, place_slack / align_slack (the reference canvas), build_canvas,
+slack_ctc_term (the loss from the model's logits); then decoding: masked_canvas, slack_last,
+read_outputs; 6. the argument checks, one per public function, called at its top (Python finds
+them when a call runs, so the method reads without them).
 
 What a porter passes: ids as plain ints of the vocabulary (no defaults); logits batch-first
 (B, T, V) with SUBS applied (MASK at -inf or a finite ban such as -1e6; mask_id >= V: no MASK
@@ -126,32 +115,25 @@ def _surface_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     return final, (T_b >= U_b) & (final > NEG_TIME / 2)
 
 
-def _graves_lattice(log_probs, targets, U_b, slack_id, canvas, mask_id):
-    """Standard collapse states: labels l' = (slack, y1, slack, ..., yU, slack) (B, 2U+1), skip
-    (0 where s-2 -> s is allowed), emissions (B, T, 2U+1), start, the two end states (B, 2),
-    end_ok."""
-    B, T, V = log_probs.shape
-    U, dev = int(U_b.max()), log_probs.device
-    ext = torch.full((B, 2 * U + 1), slack_id, dtype=torch.long, device=dev)
-    ext[:, 1::2] = targets[:, :U].long().clamp(0, V - 1)  # (B, 2U+1)
-    # Skipping s-2 -> s jumps over a slack: allowed only between different tokens (else they merge).
-    skip = torch.full(ext.shape, NEG_TIME, dtype=torch.float64, device=dev)
-    skip[:, 3::2] = torch.where(ext[:, 3::2] != ext[:, 1:-2:2], 0.0, NEG_TIME)
-    start = torch.where(torch.arange(2 * U + 1, device=dev) == 0, 0.0, NEG_TIME)
-    start = start.double().expand(B, -1)
-    last = torch.stack([2 * U_b, (2 * U_b - 1).clamp(min=0)], 1)  # (B, 2): after slack, after y_U
-    end_ok = U_b[:, None] >= torch.arange(2, device=dev)  # (B, 2): 2U-1 exists only when U >= 1
-    return ext, skip, _time_emissions(log_probs, ext, canvas, mask_id), start, last, end_ok
-
-
 def _standard_time(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
-    """Standard (Graves) collapse over the extended labels l'. From s a step may stay, go to s+1,
-    or skip to s+2 when l'(s+2) is a token different from l'(s):
+    """Standard (Graves) collapse over the extended labels l' = (slack, y1, slack, ..., yU, slack).
+    From s a step may stay, go to s+1, or skip to s+2 when l'(s+2) is a token different from l'(s):
         log_fwd_t(s) = log p_t(l'(s)) + logsumexp(log_fwd_{t-1}(s), log_fwd_{t-1}(s-1),
                                                    log_fwd_{t-1}(s-2) if skip allowed)
     The end is s = 2U or 2U-1 after T_b positions. Cost O(B * T * U) time and memory."""
-    ext, skip, e, log_fwd, last, end_ok = _graves_lattice(log_probs, targets, U_b, slack_id,
-                                                          canvas, mask_id)
+    B, T, V = log_probs.shape
+    U, dev = int(U_b.max()), log_probs.device
+    ext = torch.full((B, 2 * U + 1), slack_id, dtype=torch.long, device=dev)
+    ext[:, 1::2] = targets[:, :U].long().clamp(0, V - 1)  # (B, 2U+1): l'
+    # Skipping s-2 -> s jumps over a slack: allowed only between different tokens (else they merge).
+    skip = torch.full(ext.shape, NEG_TIME, dtype=torch.float64, device=dev)
+    skip[:, 3::2] = torch.where(ext[:, 3::2] != ext[:, 1:-2:2], 0.0, NEG_TIME)
+    e = _time_emissions(log_probs, ext, canvas, mask_id)  # (B, T, 2U+1)
+    log_fwd = torch.where(torch.arange(2 * U + 1, device=dev) == 0, 0.0, NEG_TIME)
+    log_fwd = log_fwd.double().expand(B, -1)  # before any position: at s = 0
+    last = torch.stack([2 * U_b, (2 * U_b - 1).clamp(min=0)], 1)  # (B, 2): after slack, after y_U
+    end_ok = U_b[:, None] >= torch.arange(2, device=dev)  # (B, 2): 2U-1 exists only when U >= 1
+
     def read(lf):  # log P(y): the two end states summed, where they exist
         return torch.where(end_ok, lf.gather(1, last), NEG_TIME).logsumexp(1)
     final = read(log_fwd)
@@ -251,7 +233,7 @@ def _band_emissions(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
 # Why float64: C grows like (number of forbidden entries) * |neg|, and in float32 C(u) - C(j) then
 # loses every digit of the small terms; in float64 the error is about 1e-16 * |C|, ~1e-9 at
 # T = 1024 with half of the positions visible. neg must be finite: E - C would be inf - inf = NaN.
-# With max in place of logsumexp (cummax) the same line gives the Viterbi row (_align_surface).
+# With max in place of logsumexp (cummax) the same line gives the Viterbi row (_align_band).
 
 
 class _BandLogZ(torch.autograd.Function):
@@ -386,12 +368,11 @@ def _by_groups(fn, log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
 # ----------------------------------------------------------------------------------------------
 # Standard: Graves CTC on edited log-probs, so PyTorch's native kernel runs it. A visible
 # position is a one-hot emission row (log 1 = 0 for its token, log 0 for every other), and given
-# such rows F.ctc_loss sums exactly the alignments that agree with the canvas.
-# Here log 0 is -inf itself, not a finite stand-in as in the band: the kernel's recursions treat
-# -inf exactly (a forbidden path adds exactly 0, an infeasible row gives nll = +inf), while a
-# finite one slows them (every forbidden transition computes an exp that underflows). -inf does
-# give NaN gradients, but only at the -inf entries themselves, whose gradient is zeroed by
-# selection.
+# such rows F.ctc_loss sums exactly the alignments that agree with the canvas. Here log 0 is -inf
+# itself, not a finite stand-in as in the band: the kernel's recursions treat -inf exactly (a
+# forbidden path adds exactly 0, an infeasible row gives nll = +inf), while a finite one slows
+# them (every forbidden transition computes an exp that underflows). -inf does give NaN
+# gradients, but only at the -inf entries themselves, whose gradient is zeroed by selection.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -504,11 +485,6 @@ def _align_band(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
     return _fill_canvas(targets, T_b, U_b, is_slack, slack_id)
 
 
-def _align_surface(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id):
-    """The best alignment (B, T): _align_band per group of rows of similar shape (band_groups)."""
-    return _by_groups(_align_band, log_probs, targets, T_b, U_b, slack_id, canvas, mask_id)
-
-
 # ----------------------------------------------------------------------------------------------
 # 4. The loss to call (the arguments of F.ctc_loss, batch-first), and the best alignment.
 # ----------------------------------------------------------------------------------------------
@@ -536,26 +512,16 @@ def _nll(log_probs, targets, T_b, U_b, slack_id, canvas, mask_id, collapse, zero
 def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
                    mask_id=None, collapse="surface", reduction="mean", zero_infinity=False,
                    algorithm="band"):
-    """-log P(y | canvas) = -log sum over alignments a with B(a) = y that agree with the visible
-    positions of prod_t p_t(a_t). Arguments mirror torch.nn.functional.ctc_loss, batch-first:
-        log_probs (B, T, V) log-softmax outputs (raw logits are refused); a log-prob below
-            LOG_ZERO is log 0, as -inf. targets (B, U_max) ids, a tensor or lists, padded (never
-            slack_id); input_lengths T_b, target_lengths U_b.
-        slack_id: an int in [0, V), the blank. canvas (B, T) or None: where canvas != mask_id
-            the position is visible, fixed to its token; mask_id: an int other than slack_id,
-            whose column must have probability 0 (SUBS) unless mask_id >= V.
-        collapse: "surface" (delete slack) or "standard" (merge repeats, then delete slack).
-        reduction: "none" (B,), "sum", or "mean" (each loss / max(target length, 1), averaged);
-            an empty batch gives (0,) or 0.
-        zero_infinity: infeasible examples give 0 (and zero gradient) instead of +inf.
-        algorithm: "band" (the band for surface, the native CTC kernel for standard) or "time"
-            (the slow references of section 1, float64).
-    Infeasible examples (T_b < U_b, a visible token no alignment can use, too few positions for
-    standard repeats) give +inf, never NaN, and zero gradient; an example whose log-probs hold a
-    NaN (positions < T_b) gives NaN, never +inf, and a zero gradient. Surface runs in float64,
-    standard in the dtype of log_probs (float32 at least); the result has the dtype of log_probs.
-    The gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0 where
-    visible."""
+    """-log P(y | canvas): -log of the sum over alignments a with B(a) = y that agree with the
+    visible positions of prod_t p_t(a_t). The arguments of torch.nn.functional.ctc_loss,
+    batch-first: log_probs (B, T, V) log-softmax outputs (raw logits are refused); targets
+    (B, U_max) ids, padded, never slack_id; input_lengths T_b, target_lengths U_b; slack_id the
+    blank. canvas (B, T) or None: where canvas != mask_id the position is visible, fixed to its
+    token. collapse "surface" or "standard"; reduction "none" (B,), "sum", or "mean" (each loss /
+    max(U_b, 1), averaged); zero_infinity: infeasible examples give 0 instead of +inf; algorithm
+    "band" (section 2) or "time" (section 1, float64). Surface runs in float64, standard in the
+    dtype of log_probs (float32 at least); the result has the dtype of log_probs. The gradient is
+    d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0 where visible."""
     targets, T_b, U_b, slack_id, canvas, mask_id = _check_loss(
         log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id, collapse,
         reduction, zero_infinity, algorithm)
@@ -570,16 +536,16 @@ def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_i
 
 def _align(log_probs, targets, input_lengths, target_lengths, *, slack_id, canvas=None,
            mask_id=None, collapse="surface"):
-    """The most probable surface alignment consistent with the canvas, a (B, T) LongTensor of
-    tokens and slack (T = log_probs.shape[1]; slack_id from input_length on) that collapses to y
-    and agrees with every visible position; ties broken arbitrarily. Infeasible rows (T < U, or
-    no alignment agrees with the canvas) get the targets first, then slack (the first T targets
-    if T < U). Only the surface map: it is the one the "model" placement trains with. Arguments
-    as ctc_slack_loss's; log-probs holding a NaN are refused (no alignment is best among NaNs).
-    The porter's name for it is align_slack (keyword lengths, no T < U)."""
-    targets, T_b, U_b, slack_id, canvas, mask_id = _check_align(
-        log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id, collapse)
-    return _align_surface(log_probs.detach(), targets, T_b, U_b, slack_id, canvas, mask_id)
+    """The most probable surface alignment (B, T) long: collapses to y, agrees with every visible
+    position, slack from T_b on; ties broken arbitrarily. An infeasible row gets the targets
+    first, then slack. Arguments as ctc_slack_loss's; NaN log-probs are refused (no alignment is
+    best among NaNs). The porter's name for it is align_slack (keyword lengths, no T < U)."""
+    targets, T_b, U_b, slack_id, canvas, mask_id = _check_loss(
+        log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id, collapse,
+        align=True)
+    # _align_band per group of rows of similar shape (band_groups)
+    return _by_groups(_align_band, log_probs.detach(), targets, T_b, U_b, slack_id, canvas,
+                      mask_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -587,10 +553,9 @@ def _align(log_probs, targets, input_lengths, target_lengths, *, slack_id, canva
 #    them, then what a decoder needs. A canvas is P_b prompt positions, then R_b = T - P_b
 #    positions holding the U_b targets y and K_b = R_b - U_b slacks:
 #        z0:   T h e _ l i s t | t y p e · i s _ a · m u t a b l e   (place_slack, build_canvas)
-#        z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?     (? = MASK: your forward
-#                                                                       process)
-#    CE scores each masked position against z0; the slack CTC scores z_t against y under every
-#    alignment. Every length argument that is easy to swap is keyword-only.
+#        z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?     (your forward process)
+#    (? = MASK). CE scores each masked position against z0; the slack CTC scores z_t against y
+#    under every alignment. Every length argument that is easy to swap is keyword-only.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -603,18 +568,13 @@ def slack_count(canvas_lengths, rate):
 
 def sft_layout(input_ids, *, prompt_lengths, rate, eos_id):
     """From the rows an SFT trainer has (LLaDA's) to the slack CTC's layout, dropping no token.
-    In:  input_ids (B, L) ids: row b is its P_b prompt tokens, then its answer, then eos_id
-             padding to L; every position past the prompt is a target, the padding too (the
-             model learns to stop), as in LLaDA's SFT.
-         prompt_lengths: P_b, integers, or the bool prompt mask (B, L) (LLaDA's prompt_index).
-         rate: the slack rate; eos_id: the id the rows are padded with.
-    Out: targets (B, U_max): row b's L - P_b tokens after its prompt, then eos_id up to U_b;
-         target_lengths U_b (B,); canvas_length T >= L, the smallest at which each row keeps all
-         L - P_b of its tokens beside K_b = slack_count(T - P_b, rate) slacks: U_b = T - P_b - K_b.
-    The canvas thus grows by about rate / (1 - rate) of the answer instead of cutting its end.
-    Then place_slack(targets, target_lengths=U_b, canvas_lengths=T - P_b, ...) and
-    build_canvas(input_ids, response, prompt_lengths=P_b, canvas_length=T): the rows themselves
-    are the padded prompts. At rate 0, T = L and the targets are the rows after their prompts."""
+    input_ids (B, L): row b is its P_b prompt tokens, its answer, then eos_id padding to L; every
+    position past the prompt is a target, the padding too (the model learns to stop), as in
+    LLaDA's SFT. Returns targets (B, U_max) (row b's L - P_b tokens after its prompt, then eos_id
+    up to U_b), target_lengths U_b (B,) and canvas_length T >= L, the smallest at which each row
+    keeps them all beside K_b = slack_count(T - P_b, rate) slacks: the canvas grows by about
+    rate / (1 - rate) of the answer instead of cutting its end (at rate 0, T = L). Then
+    place_slack(..., canvas_lengths=T - P_b) and build_canvas(input_ids, response, ...)."""
     input_ids, P, eos_id = _check_layout(input_ids, prompt_lengths, rate, eos_id)
     L = input_ids.shape[1]
     A = L - P  # (B,): each row's tokens after its prompt, all kept
@@ -647,10 +607,8 @@ def place_slack(targets, placement="random", *, target_lengths, canvas_lengths, 
 def align_slack(log_probs, targets, *, target_lengths, canvas_lengths, slack_id,
                 collapse="surface"):
     """The "model" placement (Imputer-style): the most probable alignment of y under log_probs
-    (B, R_max, V), typically response_log_probs of the model on an all-MASK response, as a
-    reference response canvas (B, R_max); no gradient. More targets than canvas positions is a
-    ValueError, not a silent fallback; a row whose visible tokens no alignment agrees with gets
-    the targets first, then slack."""
+    (B, R_max, V), typically response_log_probs on an all-MASK response, as a reference response
+    canvas (B, R_max); no gradient. More targets than canvas positions is a ValueError."""
     R, U = _check_align_slack(log_probs, target_lengths, canvas_lengths)
     return _align(log_probs, targets, R, U, slack_id=slack_id, collapse=collapse)
 
@@ -667,23 +625,18 @@ def build_canvas(prompt, response, *, prompt_lengths, canvas_length):
     T = canvas_length: row b is its P_b prompt tokens, then its response, cut at T. The response
     must reach T in every row: R_max >= T - min P_b."""
     prompt, response, P, T = _check_build(prompt, response, prompt_lengths, canvas_length)
-    B = len(prompt)
     pos = torch.arange(T, device=response.device)[None, :]  # (1, T)
     is_prompt = pos < P[:, None]  # (B, T)
-    if prompt.shape[1]:
-        from_prompt = prompt.gather(1, pos.clamp(max=prompt.shape[1] - 1).expand(B, -1))
-    else:
-        from_prompt = torch.zeros(B, T, dtype=torch.long, device=response.device)
+    # one column of padding, so that an empty prompt (B, 0) can be gathered from too
+    from_prompt = pad(prompt, (0, 1)).gather(1, pos.clamp(max=prompt.shape[1]).expand(len(P), -1))
     from_resp = response.gather(1, (pos - P[:, None]).clamp(0, response.shape[1] - 1))  # (B, T)
     return torch.where(is_prompt, from_prompt, from_resp), is_prompt
 
 
 def response_log_probs(logits, R_max, *, prompt_lengths, mask_id):
     """float32 log p (B, R_max, V) at the response positions, left-aligned so that the CTC sees
-    each response canvas as its own sequence. SUBS is the model's: its MASK column must have
-    probability 0 already (-inf, or a finite ban such as -1e6; an open one is refused), unless
-    the head has no MASK column (mask_id >= V). Visible positions need no carry-over: the CTC
-    reads them from z_t."""
+    each response canvas as its own sequence. SUBS is the model's: the MASK column must have
+    probability 0 already (-inf or a finite ban), unless mask_id >= V (no MASK column)."""
     P, R_max = _check_response_log_probs(logits, R_max, prompt_lengths, mask_id)
     idx = response_positions(P, R_max, logits.shape[1])  # (B, R_max)
     x = logits.float().gather(1, idx[..., None].expand(-1, -1, logits.shape[2]))  # (B, R_max, V)
@@ -698,29 +651,17 @@ def slack_ctc_term(logits, z_t, targets, *, prompt_lengths, target_lengths, weig
     """The slack-CTC fine-tuning loss from the model's logits on the noised canvas z_t:
         L_CTC(b) = weight_b * (-log P(y_b | z_t[b])) / R_b,    R_b = T - P_b
     CE's weight w(t) and its 1/R: at K = 0 (target_lengths = R) and the surface collapse y is
-    the one alignment, and this equals MDLM's masked CE over the vocabulary without the MASK
-    column (SUBS), not a CE over every logit.
-        logits (B, T, V) float, batch-first as the model returns them, MASK column banned (see
-            response_log_probs). A time-first tensor is refused when B != T; at B == T no check
-            can tell, so mind the layout.
-        z_t (B, T) ids: P_b prompt tokens, then the response canvas, each position mask_id or
-            visible; it must mask a canvas holding y_b in order and K_b = R_b - U_b slacks, so
-            more visible slacks than K_b or tokens than U_b is an error (ids swapped? lengths?).
-        targets (B, U_max) ids (tensor or lists), padded past U_b, never slack_id.
-        prompt_lengths P_b in [0, T - 1]; target_lengths U_b <= R_b (more: swapped?).
-        weight: a number or (B,), w(t) per example (1 / p_mask per row, not p_mask).
-        slack_id, mask_id: different ints.
-        collapse "surface" or "standard". Standard merges equal neighbours, so each repeat in y
-            needs a slack between: EOS-padded targets rarely fit, and a row that cannot is an
-            error (end such targets at their first EOS).
-        reduction "none" (B,), "sum" or "mean" over rows; an empty batch gives (0,) or 0.
-        zero_infinity: how to score a row that no alignment agrees with (z_t does not mask a
-            canvas holding y: lengths swapped, visible tokens out of order, slack or a target
-            banned): False, the default, makes it a ValueError naming the cause (ctc_slack_loss
-            would give +inf); True scores it 0, no gradient.
-    Lengths may also be one int for every row, a (B, 1) column or a bool prefix mask (B, n).
-    Returns float32 (wider if logits or weight are), never +inf; NaN for a row whose response
-    logits hold a NaN (NaN in, NaN out), with no gradient."""
+    the one alignment, and this equals MDLM's masked CE without the MASK column (SUBS).
+    logits (B, T, V), batch-first, MASK column banned; a time-first tensor is refused when
+    B != T, and at B == T no check can tell, so mind the layout. z_t (B, T): P_b prompt tokens,
+    then a response canvas holding y_b in order and K_b = R_b - U_b slacks, each position
+    visible or mask_id. targets (B, U_max), padded past U_b, never slack_id. P_b <= T - 1,
+    U_b <= R_b. weight: a number or (B,), w(t) per row (1 / p_mask, not p_mask). The standard
+    collapse needs a slack between repeats in y: end EOS-padded targets at their first EOS.
+    reduction "none" (B,), "sum" or "mean" over rows. A row that no alignment fits (lengths
+    swapped, slack or a target banned) is a ValueError naming the cause, or 0 with no gradient
+    with zero_infinity=True. Returns float32 (wider if logits or weight are); NaN with no
+    gradient for a row whose response logits hold a NaN."""
     z_t, targets, P, R, U, w, slack_id, mask_id = _check_term(
         logits, z_t, targets, prompt_lengths, target_lengths, weight, slack_id, mask_id,
         collapse, reduction, zero_infinity)
@@ -738,9 +679,8 @@ def slack_ctc_term(logits, z_t, targets, *, prompt_lengths, target_lengths, weig
 
 def masked_canvas(prompt, *, prompt_lengths, canvas_length, mask_id):
     """Where decoding starts: (canvas (B, T), is_prompt (B, T)), row b its P_b prompt tokens
-    (prompt (B, P_max), padded; prompt_lengths (B,), or one int for every row) and MASK from P_b
-    to T. As in training, each response canvas runs to the end, R_b = T - P_b: prompts of
-    different lengths share a batch, and the padding of a short prompt is never read as prompt."""
+    (prompt (B, P_max), padded) then MASK to T: as in training each response canvas runs to the
+    end, R_b = T - P_b, so prompts of different lengths share a batch."""
     prompt, P, T, mask_id = _check_masked_canvas(prompt, prompt_lengths, canvas_length, mask_id)
     response = torch.full((len(prompt), T - int(P.min()) if len(P) else 1), mask_id,
                           dtype=torch.long, device=prompt.device)
@@ -767,10 +707,9 @@ def rank_in_groups(confidence, groups):
 
 def slack_waits(confidence, proposals, *, slack_id, threshold=None):
     """Which proposals (B, T) are slack that waits under the slack-last rule: every slack
-    proposal, or with a threshold only those whose confidence is under it (the threshold on the
-    confidence's own scale: log 0.9 for log-probabilities). A slack-trained model is often split
-    at a position between "this token here" and "the same token one slot later"; committing the
-    slack first fixes that split before the neighbours are known."""
+    proposal, or with a threshold (on the confidence's own scale: log 0.9 for log-probabilities)
+    those under it. A slack-trained model is often split between "this token here" and "the same
+    token one slot later"; committing the slack first fixes that before the neighbours are known."""
     proposals, slack_id = _check_slack_waits(confidence, proposals, slack_id, threshold)
     waits = proposals == slack_id
     return waits if threshold is None else waits & (confidence < threshold)
@@ -789,11 +728,10 @@ def slack_last(confidence, proposals, *, slack_id, masked, threshold=None):
 
 
 def read_outputs(canvas, *, prompt_lengths, slack_id, eos_id, mask_id, collapse="surface"):
-    """The outputs of decoded canvases (B, T) as B lists of ids: each row from its P_b on
-    (prompt_lengths (B,), or one int for every row), read through the collapse map the model was
-    trained with, then cut at the first EOS (eos_id=None: not cut, for a corpus whose documents
-    EOS separates). A response that still holds MASK was not decoded to the end (a sampler that
-    let decoded positions take its commits: rank with slack_last): a ValueError, never ids."""
+    """The outputs of decoded canvases (B, T) as B lists of ids: each row from its P_b on, read
+    through the collapse map the model was trained with, then cut at the first EOS (eos_id=None:
+    not cut, for a corpus whose documents EOS separates). A response that still holds MASK was
+    not decoded to the end (rank with slack_last): a ValueError, never ids."""
     canvas, P, slack_id, eos_id = _check_read(canvas, prompt_lengths, slack_id, eos_id, mask_id,
                                               collapse)
     out = []
@@ -806,10 +744,10 @@ def read_outputs(canvas, *, prompt_lengths, slack_id, eos_id, mask_id, collapse=
 # ----------------------------------------------------------------------------------------------
 # 6. Checking what a caller passes. A malformed batch rarely breaks the lattice: a swapped length
 #    or id moves it, and the loss is a plausible number. So each public function calls one check
-#    at its top: a wrong kind of value is a TypeError, a wrong shape or value a ValueError, and
-#    the message names the argument and, for the forms other codebases use, the one-line fix.
-#    Those forms are read as what they mean where nothing else can be meant: one number for every
-#    row, a (B, 1) column, a bool mask that marks a prefix of each row (LLaDA's prompt_index).
+#    at its top: a wrong kind of value is a TypeError, a wrong shape or value a ValueError naming
+#    the argument and, for the forms other codebases use, the one-line fix. Those forms are read
+#    as what they mean where nothing else can be meant: one number for every row, a (B, 1)
+#    column, a bool mask that marks a prefix of each row (LLaDA's prompt_index).
 # ----------------------------------------------------------------------------------------------
 
 COLLAPSES, REDUCTIONS = ("surface", "standard"), ("none", "sum", "mean")
@@ -825,86 +763,97 @@ def _flag(value, name):
         raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
-def _int(x, name):
-    """x as a Python int (an int, numpy or one-element tensor integer; not None, bool, float)."""
+def _int(x, name, low=-math.inf, high=math.inf, what=None):
+    """x as a Python int (an int, numpy or one-element tensor integer; not None, bool, float) in
+    [low, high], which `what` may name."""
     try:
         if isinstance(x, bool) or (isinstance(x, torch.Tensor) and x.dtype == torch.bool):
             raise TypeError
-        return operator.index(x)
+        x = operator.index(x)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {x!r}") from None
+    if not low <= x <= high:
+        raise ValueError(f"{name} {x} is not {what or f'in [{low}, {high}]'}")
+    return x
+
+
+def _id(x, name, V=math.inf, slack_id=None):
+    """x as an id in [0, V); mask_id also differs from slack_id."""
+    x = _int(x, name, 0, V - 1, f"an id of the {V}-id vocabulary" if V < math.inf else "an id")
+    if x == slack_id:
+        raise ValueError(f"{name} must differ from slack_id {x}: a visible slack would be masked")
+    return x
+
+
+def _tensor(x, name, what, device=None):
+    try:
+        return torch.as_tensor(x, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be {what}, got {type(x).__name__}") from None
+
+
+def _not_int(x):
+    return x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool
 
 
 def _ids(x, name, dims, device=None):
     """x as an integer tensor of `dims` dimensions: a tensor, or (nested) lists of ints of equal
     lengths; an empty list stands for an empty batch."""
     if not isinstance(x, torch.Tensor):
-        try:
-            x = torch.as_tensor(x)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{name} must be a tensor or lists of integer ids of equal lengths, "
-                            f"got {type(x).__name__}") from None
+        x = _tensor(x, name, "a tensor or lists of integer ids of equal lengths")
         if x.numel() == 0:  # [] holds no id, so its inferred float dtype means nothing
             x = x.long().reshape((0,) * dims if x.dim() < dims else x.shape)
-    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+    if _not_int(x):
         raise TypeError(f"{name} must hold integer ids, got {x.dtype}")
     if x.dim() != dims:
         raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(x.shape)}")
     return x if device is None else x.to(device)
 
 
+def _per_row(x, name, B, what):
+    """x (a tensor) as (B,): one number for every row, (B,) itself, or a (B, 1) column."""
+    x = x[:, 0] if x.dim() == 2 and x.shape[1] == 1 else x
+    x = x.expand(B) if x.dim() == 0 else x
+    if x.shape != (B,):
+        raise ValueError(f"{name} must be {what}, got shape {tuple(x.shape)}")
+    return x
+
+
 def _lengths(lengths, name, B, top, device):
-    """A (B,) long tensor of lengths in [0, top]. Also read as such: one number (every row), a
-    (B, 1) column, a bool (B, n) mask that marks a prefix of each row (its row sums)."""
-    try:
-        x = torch.as_tensor(lengths, device=device)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be integers, got {type(lengths).__name__}") from None
+    """A (B,) long tensor of lengths in [0, top], from any form _per_row reads or a bool (B, n)
+    mask that marks a prefix of each row (its row sums)."""
+    x = _tensor(lengths, name, "integers", device)
     x = x.long() if x.numel() == 0 and x.dim() == 1 else x  # [] infers float: an empty batch
     if x.dtype == torch.bool and x.dim() == 2:
         if bool((x[:, 1:] & ~x[:, :-1]).any()):  # a False before a True: not a prefix
-            raise ValueError(f"{name}: a bool mask must mark a prefix of each row (then its row "
-                             f"sums are the lengths); pass {B} integers")
+            raise ValueError(f"{name}: a bool mask must mark a prefix of each row, or pass {B} "
+                             f"integers")
         x = x.sum(1)
-    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+    if _not_int(x):
         raise TypeError(f"{name} must be integers, got {x.dtype}" +
                         (" (.long() them)" if x.dtype.is_floating_point else ""))
-    x = x[:, 0] if x.dim() == 2 and x.shape[1] == 1 else x  # (B, 1), as LLaDA keeps lengths
-    x = x.expand(B) if x.dim() == 0 else x
-    if x.shape != (B,):
-        raise ValueError(f"{name} must be {B} integers (one per row), got shape {tuple(x.shape)}")
-    x = x.long()
+    x = _per_row(x, name, B, f"{B} integers (one per row)").long()
     if B and (int(x.min()) < 0 or int(x.max()) > top):
         raise ValueError(f"{name} must lie in [0, {top}], got {int(x.min())}..{int(x.max())}")
     return x
 
 
 def _weight(weight, B, device):
-    """w(t) per row (B,): one number, (B,) or a (B, 1) column; finite and >= 0."""
-    try:
-        w = torch.as_tensor(weight, device=device)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"weight must be a number or a (B,) tensor, got "
-                        f"{type(weight).__name__}") from None
+    """w(t) per row (B,), finite and >= 0, from any form _per_row reads."""
+    w = _tensor(weight, "weight", "a number or a (B,) tensor", device)
     if w.dtype == torch.bool or w.dtype.is_complex:
         raise TypeError(f"weight must hold real numbers, got {w.dtype}")
-    w = w[:, 0] if w.dim() == 2 and w.shape[1] == 1 else w
-    w = w.expand(B) if w.dim() == 0 else w
-    if w.shape != (B,):
-        hint = (" (a (B, L) p_mask? the weight is its inverse, one per row: weight = "
-                "1 / p_mask[:, 0])" if w.dim() == 2 else "")
-        raise ValueError(f"weight must be a number or a (B,) = ({B},) tensor, each example's "
-                         f"w(t), got shape {tuple(w.shape)}{hint}")
+    w = _per_row(w, "weight", B, f"a number or ({B},), each row's w(t) (LLaDA's (B, L) p_mask: "
+                 f"weight = 1 / p_mask[:, 0])")
     if not bool((w.detach() >= 0).all() & torch.isfinite(w.detach()).all()):
         raise ValueError("weight must be finite and >= 0 (w(t) = 1/t: keep t away from 0)")
     return w
 
 
 def _floats(x, name):
-    """x must be a float tensor (B, T, V)."""
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
-        what = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
-        raise TypeError(f"{name} must be a float tensor (B, T, V), got {what}")
+        raise TypeError(f"{name} must be a float tensor (B, T, V), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
     if x.dim() != 3:
         raise ValueError(f"{name} must be (B, T, V), batch-first, got shape {tuple(x.shape)}")
 
@@ -914,13 +863,18 @@ def _rows(bad):
     return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
 
 
+def _fits(U, R, room):
+    if (b := _rows(U > R)) is not None:
+        raise ValueError(f"row {b} has {int(U[b])} targets for {int(R[b])} positions: need "
+                         f"target_lengths <= {room} (swapped?)")
+
+
 def _check_ids(ids, name, V, other=None):
     """Every id lies in [0, V), or equals `other` (mask_id at masked positions)."""
     ids = ids[ids != other] if other is not None else ids
     if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= V):
         raise ValueError(f"{name} holds ids {int(ids.min())}..{int(ids.max())}: need ids of the "
-                         f"{V}-id vocabulary" + (f" (or mask_id {other})" if other is not None
-                                                 else ""))
+                         f"{V}-id vocabulary" + ("" if other is None else f" (or mask_id {other})"))
 
 
 def _check_targets(targets, U_b, V, slack_id):
@@ -933,175 +887,117 @@ def _check_targets(targets, U_b, V, slack_id):
 
 def _check_mask_banned(x, name, mask_id, inside):
     """SUBS: x (B, T, V), logits or log-probs, gives MASK probability 0 at the positions inside
-    (B, T): its column -inf, or below the position's largest entry by more than -LOG_ZERO (a
-    finite ban such as -1e6 passes). mask_id >= V: no MASK column. A NaN is not refused here."""
+    (B, T): its column below the position's largest entry by more than -LOG_ZERO (-inf, or a
+    finite ban such as -1e6). mask_id >= V: no MASK column. A NaN is not refused here."""
     if mask_id >= x.shape[2]:
         return
     gap = (x[..., mask_id] - x.amax(-1)).detach()  # (B, T): >= log p(MASK)
     if (b := _rows((inside & (gap >= LOG_ZERO)).any(1))) is not None:
-        raise ValueError(f"{name}: the MASK column (mask_id {mask_id}) is open at row {b}: "
-                         f"apply SUBS (the model never predicts MASK): set it to -inf, or a ban "
-                         f"such as -1e6, before the softmax; or mask_id >= {x.shape[2]} for a "
-                         f"head without a MASK column")
+        raise ValueError(f"{name}: the MASK column (mask_id {mask_id}) is open at row {b}: apply "
+                         f"SUBS (-inf or -1e6 before the softmax), or mask_id >= {x.shape[2]}")
 
 
-def _check_batch(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
-                 collapse):
-    """ctc_slack_loss's and _align's arguments: (targets, T_b, U_b, slack_id, canvas,
-    mask_id), on the device of log_probs."""
+def _check_loss(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
+                collapse, reduction="none", zero_infinity=False, algorithm="band", align=False):
+    # align=True for _align: the surface collapse, NaN refused, the normalisation not checked
+    _choice(algorithm, "algorithm", ("band", "time"))
+    _choice(reduction, "reduction", REDUCTIONS)
+    _flag(zero_infinity, "zero_infinity")
+    if align and collapse != "surface":
+        raise ValueError(f"the alignment is implemented for the surface collapse, not {collapse!r}")
+    _choice(collapse, "collapse", COLLAPSES)
     _floats(log_probs, "log_probs")
     (B, T, V), dev = log_probs.shape, log_probs.device
     targets = _ids(targets, "targets", 2, dev)
-    if targets.shape[0] != B:
-        raise ValueError(f"targets must be (B, U_max) = ({B}, U_max) ids, padded, got "
-                         f"{tuple(targets.shape)}")
-    _choice(collapse, "collapse", COLLAPSES)
-    slack_id = _int(slack_id, "slack_id")
-    if not 0 <= slack_id < V:
-        raise ValueError(f"slack_id {slack_id} is not an id of the {V}-id vocabulary")
+    if len(targets) != B:
+        raise ValueError(f"targets must be (B, U_max) = ({B}, U_max), got {tuple(targets.shape)}")
+    slack_id = _id(slack_id, "slack_id", V)
     T_b = _lengths(input_lengths, "input_lengths", B, T, dev)
     U_b = _lengths(target_lengths, "target_lengths", B, targets.shape[1], dev)
     if canvas is not None:
         canvas = _ids(canvas, "canvas", 2, dev)
         if canvas.shape != (B, T):
             raise ValueError(f"canvas must be (B, T) = ({B}, {T}) ids, got {tuple(canvas.shape)}")
-        if mask_id is None:
-            raise TypeError("a canvas needs mask_id, the id of its masked positions")
-        mask_id = _int(mask_id, "mask_id")
-        if mask_id < 0 or mask_id == slack_id:
-            raise ValueError(f"mask_id must be >= 0 and not slack_id {slack_id} (a masked position "
-                             f"and a visible slack would be one), got {mask_id}")
+        mask_id = _id(mask_id, "mask_id", slack_id=slack_id)
         _check_ids(canvas, "canvas", V, mask_id)
         inside = torch.arange(T, device=dev) < T_b[:, None]
         _check_mask_banned(log_probs, "log_probs", mask_id, inside)
     _check_targets(targets, U_b, V, slack_id)
+    if align and bool(torch.isnan(log_probs).any()):
+        raise ValueError("log_probs holds NaN: no alignment can be chosen")
+    if not align:  # raw logits: logsumexp over V is not 0 (read at each row's first and last)
+        pos = torch.stack([torch.zeros_like(T_b), (T_b - 1).clamp(min=0)], 1)  # (B, 2)
+        lse = log_probs.detach().gather(1, pos[..., None].expand(-1, -1, V)).float().logsumexp(-1)
+        bad = (T_b > 0)[:, None] & ~torch.isnan(lse) & ~(lse.abs() <= 0.05)  # (B, 2)
+        if (b := _rows(bad.any(1))) is not None:
+            raise ValueError(f"log_probs must be log_softmax outputs, not raw logits: at row {b} "
+                             f"their exps sum to {float(lse[b][bad[b]][0].exp()):.4g}, not 1")
     return targets, T_b, U_b, slack_id, canvas, mask_id
 
 
-def _check_normalised(log_probs, T_b):
-    """Raw logits are not log-probs: at each row's first and last position, logsumexp over the
-    vocabulary must be 0 (to well above any dtype's rounding). Two positions per row, not every
-    one: a full pass would cost what the loss costs."""
-    pos = torch.stack([torch.zeros_like(T_b), (T_b - 1).clamp(min=0)], 1)  # (B, 2)
-    rows = log_probs.detach().gather(1, pos[..., None].expand(-1, -1, log_probs.shape[2]))
-    lse = rows.float().logsumexp(-1)  # (B, 2): 0 for log-probabilities
-    bad = (T_b > 0)[:, None] & ~torch.isnan(lse) & ~(lse.abs() <= 0.05)
-    if bool(bad.any()):
-        b, k = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"log_probs must be log-probabilities (log_softmax over the last "
-                         f"dimension): at row {b}, position {int(pos[b, k])}, their exps sum to "
-                         f"{float(lse[b, k].exp()):.4g}, not 1 (raw logits?)")
-
-
-def _check_loss(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
-                collapse, reduction, zero_infinity, algorithm):
-    """ctc_slack_loss's arguments: (targets, T_b, U_b, slack_id, canvas, mask_id)."""
-    _choice(algorithm, "algorithm", ("band", "time"))
-    _choice(reduction, "reduction", REDUCTIONS)
-    _flag(zero_infinity, "zero_infinity")
-    checked = _check_batch(log_probs, targets, input_lengths, target_lengths, slack_id, canvas,
-                           mask_id, collapse)
-    _check_normalised(log_probs, checked[1])
-    return checked
-
-
-def _check_align(log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id,
-                 collapse):
-    """_align's arguments, as ctc_slack_loss's; the surface collapse, no NaN."""
-    if collapse != "surface":
-        raise ValueError(f"the alignment is implemented for the surface collapse, not {collapse!r}")
-    checked = _check_batch(log_probs, targets, input_lengths, target_lengths, slack_id, canvas,
-                           mask_id, collapse)
-    if bool(torch.isnan(log_probs).any()):
-        raise ValueError("log_probs holds NaN: no alignment can be chosen")
-    return checked
-
-
 def _check_collapse_tokens(seq, slack_id, collapse):
-    """collapse_tokens's sequence, as a list of ids."""
     _choice(collapse, "collapse", COLLAPSES)
     _int(slack_id, "slack_id")
     return _ids(seq, "seq (collapse_tokens reads one sequence)", 1).tolist()
 
 
 def _check_slack_count(canvas_lengths, rate):
-    """slack_count's R, a tensor of integers >= 0."""
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise ValueError(f"the slack rate must be a number in [0, 1), got {rate!r}")
-    R = torch.as_tensor(canvas_lengths)
-    if R.dtype.is_floating_point or R.dtype == torch.bool or (R.numel() and int(R.min()) < 0):
+    R = _tensor(canvas_lengths, "canvas_lengths", "integers >= 0")
+    if _not_int(R) or (R.numel() and int(R.min()) < 0):
         raise ValueError(f"canvas_lengths must be integers >= 0, got {canvas_lengths!r}")
     return R
 
 
 def _check_layout(input_ids, prompt_lengths, rate, eos_id):
-    """sft_layout's arguments: (input_ids (B, L), P (B,), eos_id)."""
     input_ids = _ids(input_ids, "input_ids", 2)
     if input_ids.shape[1] < 1:
         raise ValueError("input_ids must be rows (B, L) of at least one position")
     P = _lengths(prompt_lengths, "prompt_lengths", len(input_ids), input_ids.shape[1],
                  input_ids.device)
     _check_slack_count(0, rate)
-    eos_id = _int(eos_id, "eos_id")
-    if eos_id < 0:
-        raise ValueError(f"eos_id must be an id >= 0, got {eos_id}")
-    return input_ids, P, eos_id
+    return input_ids, P, _id(eos_id, "eos_id")
 
 
 def _check_place(targets, placement, target_lengths, canvas_lengths, slack_id, generator):
-    """place_slack's arguments: (targets, R (B,), U (B,), slack_id)."""
     _choice(placement, "placement ('model': align_slack)", ("random", "tail"))
-    targets = _ids(targets, "targets", 2)
-    slack_id = _int(slack_id, "slack_id")
-    if slack_id < 0:
-        raise ValueError(f"slack_id must be an id >= 0, got {slack_id}")
+    targets, slack_id = _ids(targets, "targets", 2), _id(slack_id, "slack_id")
     if generator is not None and (not isinstance(generator, torch.Generator)
                                   or generator.device.type != "cpu"):
-        raise TypeError(f"generator must be None or a CPU torch.Generator (place_slack draws on "
-                        f"the CPU), got {generator!r}")
-    R = _lengths(canvas_lengths, "canvas_lengths", len(targets), float("inf"), targets.device)
+        raise TypeError(f"generator must be None or a CPU torch.Generator, got {generator!r}")
+    R = _lengths(canvas_lengths, "canvas_lengths", len(targets), math.inf, targets.device)
     U = _lengths(target_lengths, "target_lengths", len(targets), targets.shape[1], targets.device)
-    if (b := _rows(U > R)) is not None:
-        raise ValueError(f"row {b} has {int(U[b])} targets for {int(R[b])} canvas positions: "
-                         f"need target_lengths <= canvas_lengths (swapped arguments?)")
-    _check_targets(targets, U, float("inf"), slack_id)
+    _fits(U, R, "canvas_lengths")
+    _check_targets(targets, U, math.inf, slack_id)
     return targets, R, U, slack_id
 
 
 def _check_align_slack(log_probs, target_lengths, canvas_lengths):
-    """align_slack's lengths: (R, U)."""
     _floats(log_probs, "log_probs")
     B, T, dev = len(log_probs), log_probs.shape[1], log_probs.device
     R = _lengths(canvas_lengths, "canvas_lengths", B, T, dev)
-    U = _lengths(target_lengths, "target_lengths", B, float("inf"), dev)
-    if bool((U > R).any()):
-        raise ValueError(f"{int((U > R).sum())} rows have more targets than canvas positions: "
-                         f"need target_lengths <= canvas_lengths (swapped arguments?)")
+    U = _lengths(target_lengths, "target_lengths", B, math.inf, dev)
+    _fits(U, R, "canvas_lengths")
     return R, U
 
 
 def _check_build(prompt, response, prompt_lengths, canvas_length):
-    """build_canvas's arguments: (prompt, response, P (B,), T)."""
     response = _ids(response, "response", 2)
-    prompt, T = _ids(prompt, "prompt", 2, response.device), _int(canvas_length, "canvas_length")
-    if T < 1:
-        raise ValueError(f"canvas_length must be >= 1, got {T}")
-    B = len(prompt)
+    prompt = _ids(prompt, "prompt", 2, response.device)
+    T, B = _int(canvas_length, "canvas_length", 1), len(prompt)
     P = _lengths(prompt_lengths, "prompt_lengths", B, min(prompt.shape[1], T), response.device)
     need = max(1, T - int(P.min())) if B else 1
     if len(response) != B or response.shape[1] < need:
-        raise ValueError(f"need a response (B, R_max) = ({B}, >= {need}) that reaches "
-                         f"canvas_length {T}, got {tuple(response.shape)}")
+        raise ValueError(f"response must be (B, R_max) = ({B}, >= {need}) to reach canvas_length "
+                         f"{T}, got {tuple(response.shape)}")
     return prompt, response, P, T
 
 
 def _check_response_log_probs(logits, R_max, prompt_lengths, mask_id):
-    """response_log_probs's arguments: (P (B,), R_max); the MASK column banned (SUBS)."""
     _floats(logits, "logits")
     (B, T, V), dev = logits.shape, logits.device
-    mask_id, R_max = _int(mask_id, "mask_id"), _int(R_max, "R_max")
-    if mask_id < 0 or not 0 <= R_max <= T:
-        raise ValueError(f"need mask_id >= 0 and R_max in [0, {T}], got {mask_id} and {R_max}")
+    mask_id, R_max = _id(mask_id, "mask_id"), _int(R_max, "R_max", 0, T)
     P = _lengths(prompt_lengths, "prompt_lengths", B, T, dev)
     _check_mask_banned(logits, "logits", mask_id, torch.arange(T, device=dev) >= P[:, None])
     return P, R_max
@@ -1109,7 +1005,6 @@ def _check_response_log_probs(logits, R_max, prompt_lengths, mask_id):
 
 def _check_term(logits, z_t, targets, prompt_lengths, target_lengths, weight, slack_id, mask_id,
                 collapse, reduction, zero_infinity):
-    """slack_ctc_term's arguments: (z_t, targets, P, R, U, weight (B,), slack_id, mask_id)."""
     _choice(reduction, "reduction", REDUCTIONS)
     _choice(collapse, "collapse", COLLAPSES)
     _flag(zero_infinity, "zero_infinity")
@@ -1117,18 +1012,14 @@ def _check_term(logits, z_t, targets, prompt_lengths, target_lengths, weight, sl
     (B, T, V), dev = logits.shape, logits.device
     z_t, targets = _ids(z_t, "z_t", 2, dev), _ids(targets, "targets", 2, dev)
     if z_t.shape != (B, T) or len(targets) != B:
-        raise ValueError(f"need logits (B, T, V) batch-first, as the model returns them (time-"
-                         f"first: transpose), z_t (B, T) and targets (B, U_max), got "
-                         f"{tuple(logits.shape)}, {tuple(z_t.shape)} and {tuple(targets.shape)}")
-    slack_id, mask_id = _int(slack_id, "slack_id"), _int(mask_id, "mask_id")
-    if not 0 <= slack_id < V or mask_id < 0 or mask_id == slack_id:
-        raise ValueError(f"need slack_id in [0, {V}) and mask_id >= 0, different (mask_id >= {V}: "
-                         f"a head without a MASK column), got {slack_id} and {mask_id}")
+        raise ValueError(f"need logits (B, T, V) batch-first (time-first: transpose), z_t (B, T), "
+                         f"targets (B, U_max), got {tuple(logits.shape)}, {tuple(z_t.shape)}, "
+                         f"{tuple(targets.shape)}")
+    slack_id = _id(slack_id, "slack_id", V)
+    mask_id = _id(mask_id, "mask_id", slack_id=slack_id)
     P = _lengths(prompt_lengths, "prompt_lengths", B, T - 1, dev)
     U = _lengths(target_lengths, "target_lengths", B, targets.shape[1], dev)
-    if (b := _rows(U > T - P)) is not None:
-        raise ValueError(f"row {b}: {int(U[b])} targets for its T - P_b = {int(T - P[b])} response "
-                         f"positions; need target_lengths <= T - prompt_lengths (swapped?)")
+    _fits(U, T - P, "T - prompt_lengths")
     _check_targets(targets, U, V, slack_id)
     _check_ids(z_t, "z_t", V, mask_id)
     if B:
@@ -1138,56 +1029,51 @@ def _check_term(logits, z_t, targets, prompt_lengths, target_lengths, weight, sl
 
 
 def _check_room(canvas, targets, R, U, slack_id, mask_id, collapse):
-    """A response canvas (B, R_max) must be able to hold y: no more visible slacks than K_b, no
-    more visible tokens than U_b, and (standard) room for a slack between repeats."""
+    """A response canvas (B, R_max) must be able to hold y: at most K_b visible slacks and U_b
+    visible tokens, and (standard) a slack between repeats."""
     inside = torch.arange(canvas.shape[1], device=canvas.device) < R[:, None]  # (B, R_max)
     slacks = ((canvas == slack_id) & inside).sum(1)
     tokens = ((canvas != slack_id) & (canvas != mask_id) & inside).sum(1)
     if (b := _rows(slacks > R - U)) is not None:
-        raise ValueError(f"row {b} of z_t shows {int(slacks[b])} slacks (slack_id {slack_id}) "
-                         f"where its canvas holds K_b = R_b - U_b = {int(R[b] - U[b])}: slack_id "
-                         f"and mask_id swapped, or target_lengths too long?")
+        raise ValueError(f"row {b} of z_t shows {int(slacks[b])} slacks, more than R_b - U_b = "
+                         f"{int(R[b] - U[b])}: slack_id and mask_id swapped? target_lengths?")
     if (b := _rows(tokens > U)) is not None:
-        raise ValueError(f"row {b} of z_t shows {int(tokens[b])} tokens in its response canvas, "
-                         f"more than its U_b = {int(U[b])} targets: wrong lengths?")
+        raise ValueError(f"row {b} of z_t shows {int(tokens[b])} tokens in its response, more "
+                         f"than its {int(U[b])} targets: wrong lengths?")
     if collapse == "standard":  # y_i = y_{i-1} needs a slack between the two
         j = torch.arange(targets.shape[1], device=targets.device)[1:]  # none for 0 columns
         repeats = ((targets[:, 1:] == targets[:, :-1]) & (j < U[:, None])).sum(1)
         if (b := _rows(U + repeats > R)) is not None:
-            raise ValueError(f"collapse 'standard' merges repeats: row {b}'s targets need "
-                             f"{int(U[b] + repeats[b])} positions, R_b is {int(R[b])}; end them "
-                             f"at their first EOS (no EOS padding), or use 'surface'")
+            raise ValueError(f"collapse 'standard' merges repeats: row {b} needs more than R_b = "
+                             f"{int(R[b])} positions; end targets at their first EOS, or 'surface'")
 
 
 def _check_feasible(nll, log_p, canvas, targets, R, U, slack_id, mask_id, collapse):
-    """After the loss, the one check that needs it: a row that no alignment fits (nll = +inf) is
-    an error naming its cause, an id that the logits give probability 0 at every masked position
-    of a row that needs it there, or else z_t and the lengths."""
+    """After the loss: a row that no alignment fits (nll = +inf) is an error naming its cause,
+    an id it needs at a masked position that the logits give probability 0 at every one, or
+    else z_t and the lengths."""
     if (b := _rows(nll == math.inf)) is None:
         return
     y, row = targets[b, :int(U[b])].tolist(), canvas[b, :int(R[b])]
     masked = row == mask_id
     open_ = _nonzero(log_p[b, :len(row)][masked]).any(0)  # (V,): > 0 at some masked position
-    repeats = sum(y[i] == y[i - 1] for i in range(1, len(y)))
     need = {v: y.count(v) for v in y}
-    need[slack_id] = len(row) - len(y) if collapse == "surface" else repeats
+    need[slack_id] = len(row) - len(y) if collapse == "surface" else sum(
+        y[i] == y[i - 1] for i in range(1, len(y)))  # standard: a slack between repeats
     for v, n in need.items():
         if n > int((row == v).sum()) and bool(masked.any()) and not bool(open_[v]):
-            what = "slack_id" if v == slack_id else "a target"
-            raise ValueError(f"logits give id {v} ({what}) probability 0 (-inf, or a log-prob "
-                             f"below {LOG_ZERO}) at every masked position of row {b}, which needs "
-                             f"it there: ban only MASK (SUBS), never slack or a target")
-    raise ValueError(f"row {b}: no alignment of its targets agrees with the visible tokens of z_t, "
-                     f"which must mask a canvas holding y in order: prompt_lengths and "
-                     f"target_lengths swapped, or targets not those of z_t? (zero_infinity=True "
-                     f"scores such a row 0)")
+            raise ValueError(f"logits give id {v} ({'slack_id' if v == slack_id else 'a target'}) "
+                             f"probability 0 at every masked position of row {b}, which needs "
+                             f"it: ban only MASK (SUBS), never slack or a target")
+    raise ValueError(f"row {b}: no alignment of its targets agrees with the visible tokens of z_t: "
+                     f"prompt_lengths and target_lengths swapped, or targets not those of z_t? "
+                     f"(zero_infinity=True scores such a row 0)")
 
 
 # The decoding functions' checks.
 
 
 def _check_masked_canvas(prompt, prompt_lengths, canvas_length, mask_id):
-    """masked_canvas's arguments: (prompt (B, P_max), P (B,), T, mask_id); P_b < T."""
     prompt = _ids(prompt, "prompt", 2)
     T, mask_id = _int(canvas_length, "canvas_length"), _int(mask_id, "mask_id")
     P = _lengths(prompt_lengths, "prompt_lengths", len(prompt), min(prompt.shape[1], T - 1),
@@ -1196,14 +1082,13 @@ def _check_masked_canvas(prompt, prompt_lengths, canvas_length, mask_id):
 
 
 def _check_confidence(confidence, other, name, dtype=None):
-    """confidence must be a float tensor (B, T), and `other` a tensor of its shape (bool with
-    dtype=torch.bool, else integer ids); returns `other` on the confidence's device."""
+    """confidence a float tensor (B, T); `other` of its shape: bool with dtype=torch.bool, else
+    integer ids (a tensor or lists). Returns `other` on the confidence's device."""
     if not isinstance(confidence, torch.Tensor) or not confidence.dtype.is_floating_point:
-        what = confidence.dtype if isinstance(confidence, torch.Tensor) else type(confidence)
-        raise TypeError(f"confidence must be a float tensor (B, T), got {what}")
-    if dtype is None:  # ids: a tensor or lists
-        other = _ids(other, name, confidence.dim(), confidence.device)
-    other = torch.as_tensor(other, device=confidence.device)
+        raise TypeError(f"confidence must be a float tensor (B, T), got "
+                        f"{getattr(confidence, 'dtype', type(confidence))}")
+    other = (_ids(other, name, confidence.dim(), confidence.device) if dtype is None else
+             _tensor(other, name, "a bool tensor", confidence.device))
     if (dtype is not None and other.dtype != dtype) or other.shape != confidence.shape:
         raise ValueError(f"{name} must be {'a bool' if dtype else 'an integer'} tensor of the "
                          f"confidence's shape {tuple(confidence.shape)}, got {other.dtype} "
@@ -1212,7 +1097,6 @@ def _check_confidence(confidence, other, name, dtype=None):
 
 
 def _check_slack_waits(confidence, proposals, slack_id, threshold):
-    """slack_waits's arguments: (proposals (B, T), slack_id); a threshold is a number or None."""
     proposals = _check_confidence(confidence, proposals, "proposals")
     if threshold is not None and (isinstance(threshold, bool)
                                   or not isinstance(threshold, (int, float))
@@ -1223,8 +1107,6 @@ def _check_slack_waits(confidence, proposals, slack_id, threshold):
 
 
 def _check_read(canvas, prompt_lengths, slack_id, eos_id, mask_id, collapse):
-    """read_outputs's arguments: (canvas (B, T), P (B,), slack_id, eos_id or None); a response
-    (from P_b on) that still holds MASK is refused."""
     _choice(collapse, "collapse", COLLAPSES)
     canvas = _ids(canvas, "canvas", 2)
     P = _lengths(prompt_lengths, "prompt_lengths", len(canvas), canvas.shape[1], canvas.device)
@@ -1232,6 +1114,6 @@ def _check_read(canvas, prompt_lengths, slack_id, eos_id, mask_id, collapse):
     eos_id = None if eos_id is None else _int(eos_id, "eos_id")
     response = torch.arange(canvas.shape[1], device=canvas.device) >= P[:, None]  # (B, T)
     if (b := _rows(((canvas == mask_id) & response).any(1))) is not None:
-        raise ValueError(f"canvas row {b} still holds MASK (mask_id {mask_id}) in its response: "
-                         f"decode every position before reading the outputs")
+        raise ValueError(f"canvas row {b} still holds MASK (mask_id {mask_id}): decode every "
+                         f"position of the response before reading the outputs")
     return canvas, P, slack_id, eos_id
