@@ -1,8 +1,8 @@
 """The house's rules that a machine can check: every Python file of the project at most 600
-non-blank lines (~500 is the aim; ctc_slack.py, the one file a porter copies, 960: the method,
-sections 1-5, is ~650 (definition, fast paths, Viterbi, the porter API with the SFT layout and the
-decoding functions), and its last section checks every argument of every public function, ~300,
-which no other file can hold for it and which shrinks only by refusing fewer malformed inputs)
+non-blank lines (~500 is the aim; ctc_slack.py, the one file a porter copies, is read in
+two parts: its method, sections 1-5 before the checks, at most 700, and the file at most 1000,
+since its last section checks every argument of every public function, which no other file can
+hold for it and which shrinks only by refusing fewer malformed inputs)
 and every function at most 80 (~60 is the aim); every line of
 code, test, script and CI file at most 100 characters; the two leaves import only torch; the
 shared modules import only the leaves and each other; entry points import only the leaves and the
@@ -40,8 +40,12 @@ def test_every_python_file_of_the_house_is_listed():
 def test_file_and_function_sizes(name):
     src = open(os.path.join(ROOT, name), encoding="utf-8").read()
     non_blank = sum(1 for line in src.splitlines() if line.strip())
-    limit = 960 if name == "ctc_slack.py" else 600
+    limit = 1000 if name == "ctc_slack.py" else 600
     assert non_blank <= limit, f"{name}: {non_blank} non-blank lines"
+    if name == "ctc_slack.py":  # what a porter reads: everything before the checks
+        method = src[:src.index("\n# 6. Checking")]
+        lines = sum(1 for line in method.splitlines() if line.strip())
+        assert lines <= 700, f"ctc_slack.py: its method (sections 1-5) has {lines} lines"
     # the settings block of a script (one flag per line, each with its help) is the one function
     # that is long by nature: it reads as a list, top to bottom
     funcs = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.FunctionDef)
