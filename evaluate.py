@@ -313,79 +313,31 @@ def pool_whole(arms, runs):
                                      if not isinstance(seeds[0][k], list)}
 
 
-# ----------------------------------------------------------------------------------------------
-# `score`, part 4: the report (markdown tables, a hand-written SVG plot: no plotting dependency).
-
-
-def ci_table(items, label, rates):
-    """Intervals as a table: rows = (label filled from the entry, metric), columns = rates, cells
-    "mean [lo, hi]"."""
-    rows = {}
-    for d in items:
-        cell = f"{tables.num(d['mean_diff'])} [{tables.num(d['lo'])}, {tables.num(d['hi'])}]"
-        rows.setdefault((label.format(**d), d["metric"]), {})[d["rate"]] = cell
-    return [tables.table(["", "metric", *rates],
-                  [[*k, *(c.get(r, "") for r in rates)] for k, c in rows.items()]), ""]
-
-
-def mean_sd(cell, metric):
-    """"mean", with " ± sd" over the seeds where the arm has several."""
-    sd = f" ± {tables.num(cell['seed_sd'][metric])}" if len(cell["seeds"]) > 1 else ""
-    return tables.num(cell["summary"][metric]) + sd
-
-
-WHOLE = {"length_tv": "length histogram against the data's: total variation (0 = the data's)",
-         "coverage": "the data's share in the length bins the outputs reach",
-         "distinct_valid": "share of outputs that are valid and distinct"}
-
-
-def whole_tables(res):
-    """A table per number of the whole output (WHOLE), arms x rates, where the file has them."""
-    out, rates, ref = [], res["rates"], (res.get("reference") or {}).get("whole", {})
-    for key, title in WHOLE.items():
-        cells = {name: [by_rate[r].get("whole", {}).get(key) for r in rates]
-                 for name, by_rate in res["arms"].items()}
-        if all(v is None for row in cells.values() for v in row):
-            continue
-        rows = [[name] + [tables.num(v) for v in row] for name, row in cells.items()]
-        rows += [["true responses"] + [tables.num(ref[key])] * len(rates)] if key in ref else []
-        out += [f"## {key}: {title}", "", tables.table(["name \\ shift rate", *rates], rows), ""]
-    return out
-
-
-def markdown_report(res):
-    """All tables of one `score` run as a markdown string: per arm the mean over its seeds, with
-    their standard deviation after +- where an arm has several."""
-    metrics, rates, runs, ref = res["metrics"], res["rates"], res["arms"], res.get("reference")
-    out = [f"# {res['task']} task: {res['n_prompts']} prompts, baseline {res['baseline']}", ""]
-    out += [f"Note: {n}" for n in res["notes"]] + [""] * bool(res["notes"])
-    for k, m in enumerate(metrics):  # the primary metric first, the realised shift under it
-        out += [f"## {m} ({tasks.BETTER.get(m, 'higher is better')}): mean per prompt", ""]
-        rows = [[name] + [mean_sd(runs[name][r], m) for r in rates] for name in runs]
-        rows += [["true responses"] + [tables.num(ref["summary"][m])] * len(rates)] if ref else []
-        # shifted / committed tokens, as really moved
-        rows += [[f"realised shift: {name}"] + [tables.num(runs[name][r]["realised_shift"], 4)
-                                                for r in rates] for name in runs if k == 0]
-        out += [tables.table(["name \\ shift rate", *rates], rows), ""]
-    out += whole_tables(res)
-    # every interval: 95%, two-level bootstrap over training seeds and prompts (stats.py)
-    out += ["Intervals: 95%, a two-level bootstrap over training seeds and prompts (each arm's "
-            "seeds on their own; paired_lo and paired_hi in results.json resample the seeds an "
-            "arm shares with the baseline jointly).", ""]
-    if res.get("primary_comparison"):
-        p = res["primary_comparison"]
-        out += [f"Primary comparison (declared before the test prompts were decoded): "
-                f"{p['arm']} - {res['baseline']}, {res['primary']}, shift rate {p['rate']}; "
-                f"every other comparison is exploratory.", ""]
-    out += ["## Change from rate 0, same name", ""]
-    out += ci_table(res["robustness"], "{name}", rates[1:])
-    out += ["## Share of the shift-0 score kept: name_r / name_0", ""]
-    out += ci_table(res["retained"], "{name}", rates[1:])
-    out += ["## Name minus baseline at equal rate", ""]
-    out += ci_table(res["differences"], "{name} - {baseline}", rates)
-    out += ["## Difference in degradation: (name_r - name_0) - (base_r - base_0)", ""]
-    out += ci_table(res["diff_in_diff"], "{name} vs {baseline}", rates[1:])
-    return "\n".join(out) + "\n"
+def length_notes(res, task, ref_lengths):
+    """The length bins every run of `res` is measured in (res["lengths"]), the standardised
+    metric of the task where it has one (res["standardised"]), and a note on each: why
+    those bins, and why the standardised rate cannot be raised by writing less."""
+    if ref_lengths is not None:
+        edges = stats.length_edges(ref_lengths)
+        res["lengths"] = {"bins": stats.LENGTH_BINS, "edges": edges.tolist(),
+                          "data_shares": np.bincount(stats.length_bin(ref_lengths, edges),
+                                                     minlength=len(edges) - 1).tolist()}
+        res["lengths"]["data_shares"] = [c / len(ref_lengths)
+                                         for c in res["lengths"]["data_shares"]]
+        res["notes"].append(
+            f"Length bins: the true responses' quantiles 0, 20, ..., 100% (bytes "
+            f"{', '.join(tables.num(e, 1) for e in edges)}), so each holds about a fifth of the "
+            f"data; an output outside the data's lengths is in no bin. length_tv: total variation "
+            f"between a run's length histogram and the data's over these bins and the two outside.")
+    std = tasks.STANDARDISED.get(task)
+    if std and std["metric"] in res["metrics"]:
+        res["standardised"] = {**std, "bins": stats.LENGTH_BINS}
+        res["notes"].append(
+            f"{std['metric']}: the rate of {std['of']}, standardised to the data's length "
+            f"distribution: sum over the length bins of the data's share of the bin times "
+            f"the run's rate among its outputs in the bin (0 where it has none); coverage is the "
+            f"data's share in the bins the run reaches. Writing shorter texts than the data "
+            f"cannot raise it.")
 
 
 def run_score(args):
@@ -444,27 +396,7 @@ def run_score(args):
                           for name, g in gens.items()}
     res["arms"] = arms = stats.group_seeds(runs, metrics)
     pool_whole(arms, runs)
-    if ref_lengths is not None:  # the length bins every run is measured in, and why
-        edges = stats.length_edges(ref_lengths)
-        res["lengths"] = {"bins": stats.LENGTH_BINS, "edges": edges.tolist(),
-                          "data_shares": np.bincount(stats.length_bin(ref_lengths, edges),
-                                                     minlength=len(edges) - 1).tolist()}
-        res["lengths"]["data_shares"] = [c / len(ref_lengths)
-                                         for c in res["lengths"]["data_shares"]]
-        res["notes"].append(
-            f"Length bins: the true responses' quantiles 0, 20, ..., 100% (bytes "
-            f"{', '.join(tables.num(e, 1) for e in edges)}), so each holds about a fifth of the "
-            f"data; an output outside the data's lengths is in no bin. length_tv: total variation "
-            f"between a run's length histogram and the data's over these bins and the two outside.")
-    std = tasks.STANDARDISED.get(args.task)
-    if std and std["metric"] in metrics:
-        res["standardised"] = {**std, "bins": stats.LENGTH_BINS}
-        res["notes"].append(
-            f"{std['metric']}: the rate of {std['of']}, standardised to the data's length "
-            f"distribution: sum over the length bins of the data's share of the bin times "
-            f"the run's rate among its outputs in the bin (0 where it has none); coverage is the "
-            f"data's share in the bins the run reaches. Writing shorter texts than the data "
-            f"cannot raise it.")
+    length_notes(res, args.task, ref_lengths)
     res.update(stats.comparisons(arms, baseline, rates, metrics, args.n_boot, args.seed))
     # everything needed to rerun (or distrust) the numbers travels with them
     res["settings"] = {**vars(args), "gens": paths, "torch": torch.__version__,
@@ -475,8 +407,8 @@ def run_score(args):
     svg = tables.svg_plot(series,
                    f"{args.task}: {m} under the shift probe", "nominal shift rate", m,
                    hline=("true responses", ref["summary"][m]) if ref else None)
-    files = {"results.json": tables.json_text(res), "results.md": markdown_report(res),
-             f"{m}.svg": svg}
+    files = {"results.json": tables.json_text(res),
+             "results.md": tables.markdown_report(res, tasks.BETTER), f"{m}.svg": svg}
     print(files["results.md"] + "wrote " + ", ".join(tables.write_files(args.out_dir, files)))
     return res
 

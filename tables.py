@@ -111,3 +111,79 @@ def svg_plot(series, title, xlabel, ylabel, hline=None, width=640, height=400):
         el += [f'<circle cx="{px}" cy="{py}" r="3" fill="{c}"/>' for px, py in ok]
         el.append(_text(legend_x, top + 20 * k + 14, name, f' fill="{c}"'))  # the legend entry
     return "\n".join(el + ["</svg>"]) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# The tables of one score (evaluate.py score writes them as results.md).
+
+
+def ci_table(items, label, rates):
+    """Intervals as a table: rows = (label filled from the entry, metric), columns = rates, cells
+    "mean [lo, hi]"."""
+    rows = {}
+    for d in items:
+        cell = f"{num(d['mean_diff'])} [{num(d['lo'])}, {num(d['hi'])}]"
+        rows.setdefault((label.format(**d), d["metric"]), {})[d["rate"]] = cell
+    return [table(["", "metric", *rates],
+                  [[*k, *(c.get(r, "") for r in rates)] for k, c in rows.items()]), ""]
+
+
+def mean_sd(cell, metric):
+    """"mean", with " ± sd" over the seeds where the arm has several."""
+    sd = f" ± {num(cell['seed_sd'][metric])}" if len(cell["seeds"]) > 1 else ""
+    return num(cell["summary"][metric]) + sd
+
+
+WHOLE = {"length_tv": "length histogram against the data's: total variation (0 = the data's)",
+         "coverage": "the data's share in the length bins the outputs reach",
+         "distinct_valid": "share of outputs that are valid and distinct"}
+
+
+def whole_tables(res):
+    """A table per number of the whole output (WHOLE), arms x rates, where the file has them."""
+    out, rates, ref = [], res["rates"], (res.get("reference") or {}).get("whole", {})
+    for key, title in WHOLE.items():
+        cells = {name: [by_rate[r].get("whole", {}).get(key) for r in rates]
+                 for name, by_rate in res["arms"].items()}
+        if all(v is None for row in cells.values() for v in row):
+            continue
+        rows = [[name] + [num(v) for v in row] for name, row in cells.items()]
+        rows += [["true responses"] + [num(ref[key])] * len(rates)] if key in ref else []
+        out += [f"## {key}: {title}", "", table(["name \\ shift rate", *rates], rows), ""]
+    return out
+
+
+def markdown_report(res, better):
+    """All tables of one `score` run (evaluate.py score) as a markdown string: per arm the mean
+    over its seeds, with their standard deviation after +- where an arm has several; better maps
+    a metric to its direction ("higher is better" where absent)."""
+    metrics, rates, runs, ref = res["metrics"], res["rates"], res["arms"], res.get("reference")
+    out = [f"# {res['task']} task: {res['n_prompts']} prompts, baseline {res['baseline']}", ""]
+    out += [f"Note: {n}" for n in res["notes"]] + [""] * bool(res["notes"])
+    for k, m in enumerate(metrics):  # the primary metric first, the realised shift under it
+        out += [f"## {m} ({better.get(m, 'higher is better')}): mean per prompt", ""]
+        rows = [[name] + [mean_sd(runs[name][r], m) for r in rates] for name in runs]
+        rows += [["true responses"] + [num(ref["summary"][m])] * len(rates)] if ref else []
+        # shifted / committed tokens, as really moved
+        rows += [[f"realised shift: {name}"] + [num(runs[name][r]["realised_shift"], 4)
+                                                for r in rates] for name in runs if k == 0]
+        out += [table(["name \\ shift rate", *rates], rows), ""]
+    out += whole_tables(res)
+    # every interval: 95%, two-level bootstrap over training seeds and prompts (stats.py)
+    out += ["Intervals: 95%, a two-level bootstrap over training seeds and prompts (each arm's "
+            "seeds on their own; paired_lo and paired_hi in results.json resample the seeds an "
+            "arm shares with the baseline jointly).", ""]
+    if res.get("primary_comparison"):
+        p = res["primary_comparison"]
+        out += [f"Primary comparison (declared by the experiment script): "
+                f"{p['arm']} - {res['baseline']}, {res['primary']}, shift rate {p['rate']}; "
+                f"every other comparison is exploratory.", ""]
+    out += ["## Change from rate 0, same name", ""]
+    out += ci_table(res["robustness"], "{name}", rates[1:])
+    out += ["## Share of the shift-0 score kept: name_r / name_0", ""]
+    out += ci_table(res["retained"], "{name}", rates[1:])
+    out += ["## Name minus baseline at equal rate", ""]
+    out += ci_table(res["differences"], "{name} - {baseline}", rates)
+    out += ["## Difference in degradation: (name_r - name_0) - (base_r - base_0)", ""]
+    out += ci_table(res["diff_in_diff"], "{name} vs {baseline}", rates[1:])
+    return "\n".join(out) + "\n"
