@@ -54,7 +54,7 @@ RATES="0 0.01 0.02 0.05 0.1"
 ARMS="ce-ft ctc-random ctc-model ctc+ce-model ctc+ce-random"
 DECODE="--sampler confidence --temperature 0 --batch-size 512 $RUN"
 SCORE="--task copy --primary-metric exact --baseline ce-ft --n-boot $N_BOOT"
-record_setup "$OUT" seq_len=$SEQ slack_rate=0.1 temperature=0
+record_setup "$OUT" seq_len=$SEQ slack_rate=0.1 temperature=0 primary_declared_before_test=true
 
 # 1. the task: train, validation (seed + 2), test (seed + 3) and the earlier test strings
 #    (seed + 1, test-old), none seen twice

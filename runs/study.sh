@@ -71,7 +71,8 @@ variant() {
 # the base: the grammar run's pretrained model and these arms, its test outputs scored alone
 mkdir -p $OUT/base
 ln -sfn "$(cd "$GRAMMAR" && pwd)/task" $OUT/base/task
-record_setup $OUT/base seq_len=48 slack_rate=0.1 temperature=0.8 variant='"base"'
+record_setup $OUT/base seq_len=48 slack_rate=0.1 temperature=0.8 variant='"base"' \
+    primary_declared_before_test=true
 BASE_GENS="$GRAMMAR/test-gens/pretrained.jsonl"
 for arm in $ARMS; do BASE_GENS="$BASE_GENS $(ls "$GRAMMAR"/test-gens/"$arm"@*.jsonl)"; done
 python evaluate.py score $SCORE --refs $OUT/base/task/test.jsonl --gens $BASE_GENS \
@@ -81,7 +82,8 @@ python evaluate.py score $SCORE --refs $OUT/base/task/test.jsonl --gens $BASE_GE
 # test prompts decoded and scored
 for v in $VARIANTS; do
     variant $v
-    record_setup $OUT/$v seq_len=$SEQ slack_rate=0.1 temperature=0.8 variant="\"$v\""
+    record_setup $OUT/$v seq_len=$SEQ slack_rate=0.1 temperature=0.8 variant="\"$v\"" \
+        primary_declared_before_test=true
     renew_task $OUT/$v
     stage $OUT/$v/task python evaluate.py task grammar --out-dir $OUT/$v/task $TASK --seed 0
 done
