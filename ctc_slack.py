@@ -36,8 +36,10 @@ gives that example a NaN loss and no gradient; a malformed argument is a TypeErr
 naming it and, for another codebase's form, the one-line fix.
 
 Cost (algorithm="band", the default): surface, K+1 sequential steps of O(B * U) vectorized work
-in float64, memory O(B * (K+1) * (U+1)); standard, PyTorch's CTC kernel on edited log-probs, at
-about F.ctc_loss's time and memory. Tests: tests/test_ctc_slack.py; speed: bench.py ctc.
+in float64, memory O(B * (K+1) * (U+1)), run per group of rows of similar shape (band_groups) so
+that an uneven batch costs at most twice its rows' own cells, not B x K_max x U_max; standard,
+PyTorch's CTC kernel on edited log-probs, at about F.ctc_loss's time and memory. Tests:
+tests/test_ctc_slack.py, tests/test_uneven.py; speed: bench.py ctc.
 
 This file imports only torch; copy it alone into another codebase.
 """
@@ -49,7 +51,7 @@ import torch
 from torch.nn.functional import pad
 
 # log 0 in the slow reference loops: finite, as -inf gives NaN gradients (inf - inf); a path
-# through it adds exactly nothing in float64 (finite log-probs are assumed to be above -1e20).
+# through it adds exactly nothing in float64 (log-probs below LOG_ZERO are read as log 0 too).
 NEG_TIME = -1e30
 
 # A log-prob below LOG_ZERO is log 0: its exp is 0 in every float dtype (float64's smallest number

@@ -436,8 +436,18 @@ def p_bench(rs, exp, kind):
         rows = [[f"{r['B']} x {r['T']} x {r['V']}", percent(r["slack"]), r["collapse"],
                  "half" if r["visible"] else "none",
                  f"{num(r['time_ratio'], 2)} / {num(r['mem_ratio'], 2)}"] for r in b["rows"]]
-        return table(["B x T x V", "slack", "collapse", "visible",
-                      "time / memory, ours ÷ F.ctc_loss"], rows) + f"\n\n({where})"
+        out = table(["B x T x V", "slack", "collapse", "visible",
+                     "time / memory, ours ÷ F.ctc_loss"], rows)
+        uneven = [[f"{r['B']} x {r['T']} x {r['V']}", ", ".join(map(str, r["target_lengths"])),
+                   f"{num(r['time_ratio'], 2)} / {num(r['mem_ratio'], 2)}",
+                   f"{num(r['even_time_ratio'], 2)} / {num(r['even_mem_ratio'], 2)}"]
+                  for r in b.get("uneven", [])]
+        if uneven:  # one short target among long ones: the band per group of similar rows
+            out += ("\n\nUneven batches, surface collapse, no visible position (one short target "
+                    "among long ones, the others at 10% slack):\n\n"
+                    + table(["B x T x V", "target lengths", "time / memory, ours ÷ F.ctc_loss",
+                             "time / memory, this batch ÷ an even one (ours)"], uneven))
+        return out + f"\n\n({where})"
     if kind == "train":
         rows = []
         for name, r in b.items():
