@@ -17,6 +17,8 @@ file ("0", "0.01"), RUN a trained run (ce-ft@1, more/ce-ft@1). Numbers have 3 de
 said; a missing value shows as n/a (and a warning names it); an unknown placeholder or a missing
 file stops with an error.
 Every interval is the 95% two-level bootstrap over training seeds and prompts (stats.py).
+A METRIC is a per-prompt metric of the score or a measure of the whole output (the file's
+"whole": length_tv, coverage, distinct_valid), whose seeds are in "whole_by_seed".
     {{value EXP/SCORE ARM RATE METRIC}}     the arm's mean over its seeds, 0.812
     {{valuesd EXP/SCORE ARM RATE METRIC}}   the same, " ± SD" of the seeds added if it has several
     {{ref EXP/SCORE METRIC}}                the true responses' value
@@ -27,7 +29,11 @@ Every interval is the 95% two-level bootstrap over training seeds and prompts (s
     {{table EXP/SCORE METRIC}}              arms x rates, "mean ± sd (n seeds)", the true
                                             responses, the baseline's realised shift (4 decimals)
     {{settings EXP/SCORE METRIC [RATE]}}    for names ARM:SETTING (val-score): base arms x settings,
-                                            "mean ± sd" at RATE (default 0)
+                                            "mean ± sd" at RATE (default 0); METRIC "primary":
+                                            the file's own
+    {{whole EXP/SCORE RATE... KEY...}}      the whole output against the data: the true
+                                            responses, then each arm at each RATE, the mean over
+                                            seeds of each KEY (a METRIC)
     {{diffs EXP/SCORE METRIC RATE...}}      arm - baseline intervals at those rates, then (bold
                                             title) the difference in degradation at the nonzero ones
     {{curves EXP KEY [FILE]}}               arms (ARM@SEED pooled) x steps: mean over seeds, 4 dec.,
@@ -41,13 +47,19 @@ Every interval is the 95% two-level bootstrap over training seeds and prompts (s
     {{arg EXP RUN KEY}}                     a training setting of a run (steps, lr, batch_size)
     {{params EXP RUN}}                      the run's model: "0.83M parameters (4 layers of 128)"
     {{choice EXP}}                          the decoder chosen on validation prompts, in words
+    {{chosenby EXP}}                        the rule that chose it (choice.json), in words
+    {{arms EXP [SCORE]}}                    "three arms: `ce-ft`, ...": the file's fine-tunes
+    {{armdefs [SPECS]}}                     each arm that the files hold, defined (words.ARM_DEFS),
+                                            and which task trains which where they differ
+    {{standardised EXP/SCORE}}              the standardised metric in words, from the file's note
+    {{note EXP/SCORE PREFIX}}               the file's note that begins with PREFIX
     {{json FILE KEY[.KEY...] [DIGITS]}}     a number from results/FILE by its dotted path
     {{summary RATE...}}                     the first screen: per results/EXP with score-test.json,
                                             its primary metric's means (arms x shift 0 and the
                                             RATEs), each slack arm marked by its interval against
                                             the baseline (stats.direction), † the primary one
     {{verdict RATE...}}                     the same with each Δ, its interval and *keeps*
-    {{primary EXP}}                         the pre-declared primary comparison and its reading
+    {{primary EXP [SCORE]}}                 the pre-declared primary comparison and its reading
     {{ncomp EXP RATE...}}                   the number of comparisons the verdict makes for EXP
     {{converge EXP RATE}}                   each arm before and after its continuation, and the
                                             convergence check ({{convrule}}: the rule in words)
@@ -64,6 +76,11 @@ Every interval is the 95% two-level bootstrap over training seeds and prompts (s
                                             test prompts were first decoded (setup.json's
                                             primary_declared_before_test, test_prompts_earlier_use)
     {{lengthvs EXP/SCORE METRIC RATE}}      each arm's mean length against the true responses'
+    {{paired SPECS RATE...}}                whether the paired intervals (paired_lo, paired_hi)
+                                            read as the published ones, the primary metric
+    {{examples [EXP-GLOB/SCORE-GLOB]}}      which published scores have their per-prompt values
+                                            committed (SCORE-examples.json), from which
+                                            stats.recompute redoes their intervals
     {{study RATE...}}                       the study's variants: what each changes, and each
                                             slack arm against CE on it
     {{bench EXP KIND}}                      a benchmark's table (KIND: ctc, train or cache)
@@ -84,8 +101,8 @@ import sys
 import words  # noqa: E402
 from collect import CollectError, collect  # noqa: E402
 from tables import arm_of, num, table  # noqa: E402
-from words import ReportError, interval, mean_sd, percent, rate_label, verdict_arms  # noqa: E402
-from words import verdict_cell  # noqa: E402
+from words import ReportError, interval, mean_sd, measure, percent, rate_label  # noqa: E402
+from words import verdict_arms, verdict_cell  # noqa: E402
 
 VERDICT = ("<!-- verdict:start -->", "<!-- verdict:end -->")
 README_PART = ("<!-- readme:start -->", "<!-- readme:end -->")
@@ -186,9 +203,9 @@ def p_valuesd(rs, spec, arm, rate, metric):
 def p_value(rs, spec, arm, rate, metric, sd=False):
     res = rs.score(spec)
     cell = rs.cell(res, arm, rate, spec)
-    if cell is not None and metric not in cell["summary"]:
+    if cell is not None and measure(cell, metric)[0] is None:
         rs.warn(f"{spec}: no metric {metric!r}")
-    return mean_sd(cell, metric) if sd else num(cell and cell["summary"].get(metric))
+    return mean_sd(cell, metric) if sd else num(measure(cell, metric)[0])
 
 
 def p_shift(rs, spec, arm, rate):
@@ -196,9 +213,14 @@ def p_shift(rs, spec, arm, rate):
     return num(cell and cell.get("realised_shift"), 4)
 
 
+def reference(res):
+    """The true responses' values: their per-prompt metrics and their whole-output measures."""
+    ref = res.get("reference") or {}
+    return {**ref.get("summary", {}), **(ref.get("whole") or {})}
+
+
 def p_ref(rs, spec, metric):
-    ref = rs.score(spec).get("reference") or {}
-    return num(ref.get("summary", {}).get(metric))
+    return num(reference(rs.score(spec)).get(metric))
 
 
 def p_ci(rs, spec, family, arm, rate, metric):
@@ -210,7 +232,7 @@ def p_table(rs, spec, metric):
     arms, rates, base = res["arms"], res["rates"], res["baseline"]
     rows = [[arm] + [mean_sd(arms[arm].get(r), metric, with_n=True) for r in rates]
             for arm in arms]
-    ref = (res.get("reference") or {}).get("summary", {})
+    ref = reference(res)
     if metric in ref:
         rows.append(["true responses"] + [num(ref[metric])] * len(rates))
     # the probe's nominal rate is not what it does: a vacated slot refilled is a commit too
@@ -221,6 +243,7 @@ def p_table(rs, spec, metric):
 
 def p_settings(rs, spec, metric, rate="0"):
     res = rs.score(spec)
+    metric = res["primary"] if metric == "primary" else metric
     grid = {}  # {base arm: {setting: cell}}, both in order of first appearance
     for name, by_rate in res["arms"].items():
         if ":" not in name:
@@ -261,6 +284,33 @@ def p_diffs(rs, spec, metric, *rates):
     shown = bool(p) and metric == res["primary"] and p["arm"] in others and any(
         float(r) == float(p["rate"]) for r in rates)
     return out + f"\n\n({n} comparisons, exploratory{', but the primary one, †' * shown})"
+
+
+# the whole-output table's columns as its header names them
+WHOLE_NAMES = {"length": "mean length", "sentence_words": "words per sentence",
+               "word_bytes": "bytes per word", "distinct_valid": "distinct valid"}
+
+
+def p_whole(rs, spec, *args):
+    """The whole output against the data's: the true responses' row, then each arm at each RATE
+    (the arguments that are numbers), the mean over seeds of each KEY (the others: a metric or
+    a whole-output measure, as {{table}} reads them)."""
+    rates = [a for a in args if re.fullmatch(r"[0-9.]+", a)]
+    keys = [a for a in args if a not in rates]
+    if not rates or not keys:
+        raise ReportError(f"{spec}: {{{{whole}}}} needs at least one RATE and one KEY")
+    res = rs.score(spec)
+    ref = reference(res)
+    rows = [["the data", ""] + [num(ref.get(k)) for k in keys]]
+    for rate in rates:
+        for arm in res["arms"]:
+            cell = rs.cell(res, arm, rate, spec)
+            if cell is not None:
+                for k in keys:
+                    if measure(cell, k)[0] is None:
+                        rs.warn(f"{spec}: no {k!r} for {arm} at {rate}")
+            rows.append([arm, rate_label(rate)] + [num(measure(cell, k)[0]) for k in keys])
+    return table(["", "rate"] + [WHOLE_NAMES.get(k, k) for k in keys], rows)
 
 
 def p_curves(rs, exp, key, name="curves"):
@@ -476,6 +526,7 @@ PLACEHOLDERS = {  # name: (function, least and most arguments, usage)
     "table": (p_table, 2, 2, "EXP/SCORE METRIC"),
     "settings": (p_settings, 2, 3, "EXP/SCORE METRIC [RATE]"),
     "diffs": (p_diffs, 3, 99, "EXP/SCORE METRIC RATE..."),
+    "whole": (p_whole, 2, 99, "EXP/SCORE RATE... KEY..."),
     "curves": (p_curves, 2, 3, "EXP KEY [FILE]"),
     "lengths": (p_lengths, 1, 1, "EXP"),
     "setup": (p_setup, 1, 1, "EXP"),
@@ -487,7 +538,7 @@ PLACEHOLDERS = {  # name: (function, least and most arguments, usage)
     "json": (p_json, 2, 3, "FILE KEY[.KEY...] [DIGITS]"),
     "summary": (words.p_summary, 1, 9, "RATE..."),
     "verdict": (words.p_verdict, 1, 9, "RATE..."),
-    "primary": (words.p_primary, 1, 1, "EXP"),
+    "primary": (words.p_primary, 1, 2, "EXP [SCORE]"),
     "ncomp": (words.p_ncomp, 2, 9, "EXP RATE..."),
     "converge": (words.p_converge, 2, 2, "EXP RATE"),
     "convrule": (words.p_convrule, 0, 0, ""),
@@ -499,6 +550,13 @@ PLACEHOLDERS = {  # name: (function, least and most arguments, usage)
     "ahead": (words.p_ahead, 2, 9, "SPECS RATE..."),
     "declared": (words.p_declared, 0, 1, "[SPECS]"),
     "lengthvs": (words.p_lengthvs, 3, 3, "EXP/SCORE METRIC RATE"),
+    "arms": (words.p_arms, 1, 2, "EXP [SCORE]"),
+    "armdefs": (words.p_armdefs, 0, 1, "[SPECS]"),
+    "standardised": (words.p_standardised, 1, 1, "EXP/SCORE"),
+    "note": (words.p_note, 2, 9, "EXP/SCORE PREFIX"),
+    "chosenby": (words.p_chosenby, 1, 1, "EXP"),
+    "paired": (words.p_paired, 2, 9, "SPECS RATE..."),
+    "examples": (words.p_examples, 0, 1, "[EXP-GLOB/SCORE-GLOB]"),
     "study": (p_study, 1, 9, "RATE..."),
     "bench": (p_bench, 2, 2, "EXP KIND"),
     "confidence": (p_confidence, 0, 0, ""),

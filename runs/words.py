@@ -45,14 +45,34 @@ WORDS = {
 # Numbers as the pages show them.
 
 
+def sample_sd(values):
+    """The seeds' standard deviation (n - 1 in the denominator, as the score files' seed_sd)."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def measure(cell, metric):
+    """(mean, sd over seeds) of a metric of a cell: a per-prompt metric of its summary, or a
+    measure of the whole output (cell["whole"]: length_tv, coverage, distinct_valid), whose
+    seeds are in whole_by_seed; (None, None) if the cell has neither."""
+    if cell is None:
+        return None, None
+    if metric not in cell["summary"] and metric in (cell.get("whole") or {}):
+        return cell["whole"][metric], sample_sd(cell.get("whole_by_seed", {}).get(metric, []))
+    return cell["summary"].get(metric), cell.get("seed_sd", {}).get(metric)
+
+
 def mean_sd(cell, metric, with_n=False):
     """"mean", or "mean ± sd" ("mean ± sd (n)" with_n) when the arm has several seeds."""
     if cell is None:
         return "n/a"
-    text = num(cell["summary"].get(metric))
+    mean, sd = measure(cell, metric)
+    text = num(mean)
     n = len(cell.get("seeds", []))
     if n > 1:
-        text += f" ± {num(cell['seed_sd'].get(metric))}" + (f" ({n})" if with_n else "")
+        text += f" ± {num(sd)}" + (f" ({n})" if with_n else "")
     return text
 
 
@@ -210,10 +230,17 @@ def specs(rs, pattern):
     return found
 
 
+# the score files other than a task's test and a variant's score, as the sentences name them
+SCORE_LABELS = {"score-test-old": "earlier test prompts"}
+
+
 def task_label(spec):
-    """copy/score-test -> copy; a study variant study-pad/score -> `pad`."""
-    exp = spec.split("/")[0]
-    return code(exp[len("study-"):]) if exp.startswith("study-") else exp
+    """copy/score-test -> copy; a study variant study-pad/score -> `pad`; the second set of
+    test prompts grammar/score-test-old -> "grammar, earlier test prompts"."""
+    exp, score = spec.split("/")
+    label = code(exp[len("study-"):]) if exp.startswith("study-") else exp
+    return label if score in ("score-test", "score") else \
+        f"{label}, {SCORE_LABELS.get(score, score)}"
 
 
 def verdict_arms(res):
@@ -328,8 +355,8 @@ def p_ncomp(rs, exp, *rates):
     return str(len(verdict_arms(res)) * (1 + len(rates)))
 
 
-def p_primary(rs, exp):
-    spec = f"{exp}/score-test"
+def p_primary(rs, exp, score="score-test"):
+    spec = f"{exp}/{score}"
     res = rs.score(spec)
     p = res.get("primary_comparison")
     if not p:
@@ -457,11 +484,8 @@ def last_points(curves, key):
 
 
 def sd_text(values):
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return num(mean, 4)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{num(mean, 4)} ± {num(sd, 4)}"
+    mean, sd = sum(values) / len(values), sample_sd(values)
+    return num(mean, 4) if sd is None else f"{num(mean, 4)} ± {num(sd, 4)}"
 
 
 def continuation(rs, exp, rate):
@@ -554,3 +578,166 @@ def p_continued(rs, exp, rate):
         parts.append(f"{metric} at {rate_label(r)} "
                      + trends({a: trend(*row[r], 3) for a, row in rows.items()}))
     return "After the continuation, in the means over seeds: " + "; ".join(parts) + "."
+
+
+# ----------------------------------------------------------------------------------------------
+# What the files hold, in words: the arms, the primary metric, the decoder's rule, the pairing.
+
+# what each arm is; an arm that a file holds and this does not define stops the report
+ARM_DEFS = {
+    "pretrained": "the CE-pretrained model itself, not fine-tuned",
+    "ce-ft": "CE with the slack at the tail (as LLaDA pads with EOS)",
+    "ctc-random": "the slack CTC, slack at random places",
+    "ctc-model": "the slack CTC, slack where the model's alignment puts it",
+    "ctc+ce-random": "both losses, slack at random places",
+    "ctc+ce-model": "both losses, slack where the model's alignment puts it",
+}
+NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                "ten", "eleven", "twelve")
+
+
+def count_words(n, noun):
+    """"three arms", "one arm", "13 arms"."""
+    return f"{NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else n} {noun}{'s' * (n != 1)}"
+
+
+def fine_tuned(res):
+    """The file's arms but pretrained, in its order."""
+    return [a for a in res["arms"] if a != "pretrained"]
+
+
+def p_arms(rs, exp, score="score-test"):
+    """"three arms: `ce-ft`, `ctc-random` and `ctc+ce-random`": the fine-tuned arms of
+    EXP/SCORE."""
+    arms = fine_tuned(rs.score(f"{exp}/{score}"))
+    return f"{count_words(len(arms), 'arm')}: {and_list(map(code, arms))}"
+
+
+def arm_definition(arm):
+    if arm not in ARM_DEFS:
+        raise ReportError(f"arm {arm!r} has no definition (runs/words.py ARM_DEFS)")
+    return ARM_DEFS[arm]
+
+
+def p_armdefs(rs, pattern="*/score-test"):
+    """Each fine-tuned arm of the files matching pattern defined, the baseline named, then which
+    task trains which when they differ: only arms that some file holds are defined."""
+    by_task, base = {}, {}
+    for spec in specs(rs, pattern):
+        res = rs.score(spec)
+        by_task[task_label(spec)] = fine_tuned(res)
+        base[res["baseline"]] = True
+    arms = list(dict.fromkeys(a for arms in by_task.values() for a in arms))
+    defs = {a: arm_definition(a) for a in arms}
+    arms.sort(key=lambda a: (a not in base, list(ARM_DEFS).index(a)))  # the baseline first
+    text = "; ".join(f"{code(a)}, {defs[a]}" + (", the baseline" * (a in base)) for a in arms)
+    if any(set(a) != set(arms) for a in by_task.values()):  # which task trains which
+        text += " (" + "; ".join(f"{task}: " + (f"all {NUMBER_WORDS[len(a)]}" if set(a) == set(arms)
+                                                else and_list(map(code, a)))
+                                 for task, a in by_task.items()) + ")"
+    return text
+
+
+def p_standardised(rs, spec):
+    """The standardised metric in plain words, from the score file's own note on it: what it
+    is, whether it is the primary, and what it answers."""
+    res = rs.score(spec)
+    std = res.get("standardised") or {}
+    metric = std.get("metric")
+    note = next((n for n in res.get("notes", []) if metric and n.startswith(f"{metric}: ")), None)
+    if note is None:
+        rs.warn(f"{spec}: no standardised metric, or no note on it")
+        return "n/a"
+    role = "the primary metric" if res["primary"] == metric else \
+        f"beside the primary metric {res['primary']}"
+    return f"{code(metric)}, {role}, is {note[len(metric) + 2:]}"
+
+
+def p_note(rs, spec, *prefix):
+    """The score file's note that begins with PREFIX ("Length bins:"), as the file words it."""
+    res, head = rs.score(spec), " ".join(prefix)
+    note = next((n for n in res.get("notes", []) if n.startswith(head)), None)
+    if note is None:
+        rs.warn(f"{spec}: no note beginning {head!r}")
+    return note or "n/a"
+
+
+def p_chosenby(rs, exp):
+    """The rule that chose the decoder, from choice.json: "the best mean parses_std over the
+    fine-tunes (`pretrained` left out) at shift 0 and 5%"."""
+    c = rs.load(f"{exp}/choice.json")
+    metric = c.get("metric") or rs.score(f"{exp}/val-score")["primary"]
+    left = c.get("excluded") or []
+    return (f"the best mean {metric} over the fine-tunes"
+            + (f" ({and_list(map(code, left))} left out)" if left else "")
+            + (f" at {and_list(map(rate_label, c['rates']))}" if c.get("rates") else ""))
+
+
+def paired_reading(e, lower):
+    """The reading of an entry's paired interval (paired_lo, paired_hi), None where it has none
+    (no pairs: the arms share no seed)."""
+    ends = [e.get("paired_lo"), e.get("paired_hi")]
+    if not all(isinstance(v, (int, float)) and not math.isnan(v) for v in ends):
+        return None
+    return direction({"lo": ends[0], "hi": ends[1]}, lower)
+
+
+def p_paired(rs, pattern, *rates):
+    """Whether the paired intervals (the seeds resampled jointly with the baseline's) read as the
+    published ones on the primary metric at the rates, in both families; the cells where they
+    differ are named."""
+    parts = []
+    for spec in specs(rs, pattern):
+        res = rs.score(spec)
+        metric, lower = res["primary"], res["primary"] in LOWER_IS_BETTER
+        found = [r for r in res["rates"] if any(float(r) == float(x) for x in rates)]
+        n, differ = 0, []
+        for family in ("differences", "diff_in_diff"):
+            for arm in verdict_arms(res):
+                for r in found:
+                    e = find(res, family, arm, r, metric)
+                    paired = None if e is None else paired_reading(e, lower)
+                    if paired is None:
+                        continue
+                    n += 1
+                    published = direction(e, lower)
+                    if paired != published:
+                        differ.append(f"{code(arm)} at {rate_label(r)} ({WORDS[family][published]}"
+                                      f" published, {WORDS[family][paired]} paired)")
+        if not n:
+            parts.append(f"on {task_label(spec)} the file holds no paired interval")
+        else:
+            parts.append(f"on {task_label(spec)}, {metric}, the paired intervals read as the "
+                         f"published ones in {n - len(differ)} of {n} comparisons"
+                         + (": not for " + and_list(differ) if differ else ""))
+    text = "; ".join(parts) + "."
+    return text[:1].upper() + text[1:]
+
+
+def p_examples(rs, pattern="*/score-test*"):
+    """Which published scores (EXP/SCORE matching pattern, with a primary comparison) have their
+    per-prompt values committed beside them (SCORE-examples.json), from which stats.recompute
+    redoes every interval of the file."""
+    exp_glob, score_glob = pattern.split("/")
+    have, lack = [], []
+    for e in sorted(os.listdir(rs.root)):
+        if not fnmatch.fnmatchcase(e, exp_glob) or not os.path.isdir(os.path.join(rs.root, e)):
+            continue
+        for f in sorted(os.listdir(os.path.join(rs.root, e))):
+            name = f[:-len(".json")]
+            if (f.endswith(".json") and not name.endswith("-examples")
+                    and fnmatch.fnmatchcase(name, score_glob)
+                    and rs.score(f"{e}/{name}").get("primary_comparison")):
+                ok = os.path.isfile(os.path.join(rs.root, e, f"{name}-examples.json"))
+                (have if ok else lack).append(code(f"{e}/{name}.json"))
+    out = []
+    if have:
+        out.append(f"The per-prompt values behind every interval of {and_list(have)} are "
+                   f"committed beside {'them' if len(have) > 1 else 'it'} (the same name ending "
+                   f"`-examples.json`), and `stats.recompute` gives every interval of the file "
+                   f"again from them (`tests/test_evaluate.py` checks that it does).")
+    if lack:
+        out.append(f"{and_list(lack)} {'were' if len(lack) > 1 else 'was'} collected before "
+                   f"per-prompt values were kept: {'their' if len(lack) > 1 else 'its'} "
+                   f"intervals cannot be recomputed from the repository.")
+    return " ".join(out) or "No published score file has a primary comparison."

@@ -16,6 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "runs"))
 import words  # noqa: E402  (runs/ is on the path only from here on)
+import report as report_module  # noqa: E402  (the template language, rendered in this process)
 
 REPORT = os.path.join(ROOT, "runs", "report.py")
 TEMPLATE = os.path.join(ROOT, "runs", "report.md")
@@ -438,3 +439,167 @@ def test_recorded_facts_change_the_words(committed):
     met, not_met = check.split("; not met ")
     assert "grammar" not in met and "grammar" in not_met, check
     assert "| met |" not in page[page.index("## The grammar task"):page.index("## The copy task")]
+
+
+# ----------------------------------------------------------------------------------------------
+# The placeholders of the standardised primary, the whole output, the arms, the second set and
+# the pairing, on small score files written here: each reads its number from the file, and a
+# number changed changes what it writes.
+
+
+def rendered(results, text):
+    """text rendered against the results folder in this process: (page, warnings)."""
+    rs = report_module.Results(str(results))
+    return report_module.render(text, rs, "t.md"), rs.warnings
+
+
+def rerun_score(arms=("ce-ft", "ctc-random", "ctc+ce-random", "pretrained")):
+    """A score-test.json as the rerun writes it: parses_std the primary, with its note and
+    standardised field, the whole output per cell (coverage 0.8 for every arm, its seeds 0.7
+    and 0.9), the data's, and paired intervals beside the published ones."""
+    res = fake_score("parses_std", (0.1, 0.05, 0.15))
+    cells = {a: res["arms"].get(a, res["arms"]["ctc-model"]) for a in arms}
+    for a, by_rate in cells.items():
+        cell = {**by_rate["0"], "whole": {"coverage": 0.8, "length_tv": 0.2},
+                "whole_by_seed": {"coverage": [0.7, 0.9], "length_tv": [0.2, 0.2]}}
+        cell["summary"] = {**cell["summary"], "parses": 0.9, "length": 20.0}
+        cells[a] = {"0": cell, "0.01": json.loads(json.dumps(cell))}
+    res["arms"] = cells
+    res["reference"] = {"summary": {"parses_std": 1.0, "parses": 1.0, "length": 27.5},
+                        "whole": {"coverage": 1.0, "length_tv": 0.0}}
+    res["notes"] = ["Length bins: the data's quintiles.",
+                    "parses_std: the share that parses, standardised to the data's lengths."]
+    res["standardised"] = {"metric": "parses_std", "of": "parses", "length": "length"}
+    res["differences"] = [e for e in res["differences"] if e["name"] in arms]
+    for e in res["differences"]:  # the paired interval reads as the published one
+        e.update(paired_lo=e["lo"], paired_hi=e["hi"])
+    return res
+
+
+def write_results(root, scores):
+    """scores: {EXP/SCORE: score dict}: written as ROOT/EXP/SCORE.json."""
+    for spec, res in scores.items():
+        (root / spec).parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{spec}.json").write_text(json.dumps(res), encoding="utf-8")
+
+
+def test_whole_output_measures_are_read_from_the_file(tmp_path):
+    """{{whole}}, {{table}} and {{value}} read a whole-output measure (cell["whole"], its seeds'
+    sd from whole_by_seed) beside the per-prompt metrics, and the data's row from the reference;
+    a measure changed in the file changes the page."""
+    res = rerun_score()
+    write_results(tmp_path, {"grammar/score-test": res})
+    text = ("{{whole grammar/score-test 0 0.01 length coverage}}\n\n"
+            "{{table grammar/score-test coverage}}\n\n"
+            "{{value grammar/score-test ctc-random 0.01 coverage}}")
+    page, warnings = rendered(tmp_path, text)
+    assert not warnings, warnings
+    assert "| the data |  | 27.500 | 1.000 |" in page
+    assert "| ctc-random | 1% | 20.000 | 0.800 |" in page
+    assert "| ctc-random | 0.800 ± 0.141 (2) |" in page  # the sd of the seeds 0.7 and 0.9
+    assert "| true responses | 1.000 | 1.000 |" in page and page.endswith("0.800")
+    res["arms"]["ctc-random"]["0.01"]["whole"]["coverage"] = 0.5
+    write_results(tmp_path, {"grammar/score-test": res})
+    changed, _ = rendered(tmp_path, text)
+    assert "| ctc-random | 1% | 20.000 | 0.500 |" in changed and changed.endswith("0.500")
+    with pytest.raises(words.ReportError, match="RATE and one KEY"):
+        rendered(tmp_path, "{{whole grammar/score-test 0}}")
+
+
+def test_arms_and_their_definitions_follow_the_files(tmp_path):
+    """Only the arms that a file holds are defined, the baseline named; where the tasks train
+    different arms, each task's are listed; an arm without a definition stops the report."""
+    write_results(tmp_path, {
+        "copy/score-test": rerun_score(("ce-ft", "ctc-random", "ctc-model", "pretrained")),
+        "grammar/score-test": rerun_score(("ce-ft", "ctc-random", "pretrained"))})
+    page, _ = rendered(tmp_path, "{{arms grammar}}. {{arms copy}}. {{armdefs}}")
+    assert page.startswith("two arms: `ce-ft` and `ctc-random`. three arms: `ce-ft`, "
+                           "`ctc-random` and `ctc-model`. `ce-ft`, CE with the slack at the tail")
+    assert "(as LLaDA pads with EOS), the baseline; `ctc-random`, " in page
+    assert page.endswith("(copy: all three; grammar: `ce-ft` and `ctc-random`)")
+    assert "pretrained" not in page and "ctc+ce" not in page
+    write_results(tmp_path, {"copy/score-test": rerun_score(("ce-ft", "ctc-random"))})
+    page, _ = rendered(tmp_path, "{{armdefs}}")
+    assert "ctc-model" not in page and "(copy" not in page  # the same arms: no list per task
+    write_results(tmp_path, {"copy/score-test": rerun_score(("ce-ft", "ctc-new"))})
+    with pytest.raises(words.ReportError, match="'ctc-new' has no definition"):
+        rendered(tmp_path, "{{armdefs}}")
+
+
+def test_the_grammar_section_names_no_arm_the_rerun_lacks():
+    """The grammar section's prose names no model-placement arm: the CPU preset trains three
+    arms, and its tables and sentences list the arms its files hold."""
+    text = open(TEMPLATE, encoding="utf-8").read()
+    section = text[text.index("## The grammar task"):text.index("## The copy task")]
+    assert "ctc-model" not in section and "ctc+ce-model" not in section
+    assert "{{arms grammar}}" in section and "{{armdefs}}" in text
+
+
+def test_standardised_metric_and_the_decoders_rule_in_words(tmp_path):
+    """{{standardised}} words the standardised metric from the file's own note and says whether
+    it is the primary; {{note}} quotes a note; {{chosenby}} reads choice.json's rule."""
+    res = rerun_score()
+    write_results(tmp_path, {"grammar/score-test": res})
+    (tmp_path / "grammar" / "choice.json").write_text(json.dumps(
+        {"setting": "plain/1/16", "metric": "parses_std", "rates": ["0", "0.05"],
+         "excluded": ["pretrained"]}), encoding="utf-8")
+    text = ("{{standardised grammar/score-test}} {{note grammar/score-test Length bins:}} "
+            "{{chosenby grammar}}")
+    page, _ = rendered(tmp_path, text)
+    assert page == ("`parses_std`, the primary metric, is the share that parses, standardised "
+                    "to the data's lengths. Length bins: the data's quintiles. the best mean "
+                    "parses_std over the fine-tunes (`pretrained` left out) at shift 0 and 5%")
+    res["primary"] = "parses"
+    write_results(tmp_path, {"grammar/score-test": res})
+    page, _ = rendered(tmp_path, text)
+    assert page.startswith("`parses_std`, beside the primary metric parses, is the share")
+    res["notes"] = []
+    write_results(tmp_path, {"grammar/score-test": res})
+    page, warnings = rendered(tmp_path, text)
+    assert page.startswith("n/a n/a") and len(warnings) == 2
+
+
+def test_paired_intervals_and_examples_in_words(tmp_path):
+    """{{paired}} counts the comparisons whose paired interval reads as the published one and
+    names those that do not; {{examples}} says which scores have their per-prompt values."""
+    res = rerun_score()
+    write_results(tmp_path, {"grammar/score-test": res, "copy/score-test": fake_score(
+        "exact", (0.1, 0.05, 0.15))})
+    text = "{{paired */score-test 0 0.01}} {{examples}}"
+    page, _ = rendered(tmp_path, text)
+    assert page.startswith("On copy the file holds no paired interval; on grammar, parses_std, "
+                           "the paired intervals read as the published ones in 2 of 2 "
+                           "comparisons.")
+    assert "`copy/score-test.json` and `grammar/score-test.json` were collected before" in page
+    e = next(e for e in res["differences"] if (e["name"], e["rate"]) == ("ctc-random", "0"))
+    e.update(paired_lo=0.01, paired_hi=0.2)  # the published one holds zero, the paired not
+    write_results(tmp_path, {"grammar/score-test": res})
+    (tmp_path / "grammar" / "score-test-examples.json").write_text("{}", encoding="utf-8")
+    page, _ = rendered(tmp_path, text)
+    assert ("in 1 of 2 comparisons: not for `ctc-random` at shift 0 (level published, ahead "
+            "paired).") in page
+    assert "every interval of `grammar/score-test.json` are committed beside it" in page
+    assert "`copy/score-test.json` was collected before" in page
+
+
+def test_second_set_and_declaration_in_words(tmp_path):
+    """The second set of test prompts is named as such in the sentences; {{declared}} follows
+    setup.json's primary_declared_before_test, true for one task and false for the other."""
+    assert words.task_label("grammar/score-test-old") == "grammar, earlier test prompts"
+    assert words.task_label("grammar/score-test") == "grammar"
+    write_results(tmp_path, {"grammar/score-test": rerun_score(), "copy/score-test": rerun_score(),
+                             "grammar/score-test-old": rerun_score()})
+    (tmp_path / "grammar" / "setup.json").write_text(
+        json.dumps({"primary_declared_before_test": True}), encoding="utf-8")
+    (tmp_path / "copy" / "setup.json").write_text(json.dumps(
+        {"primary_declared_before_test": False, "test_prompts_earlier_use": "the sweeps"}),
+        encoding="utf-8")
+    page, _ = rendered(tmp_path, "{{primaries grammar/score-test-old}} {{declared}} "
+                                 "{{primary grammar score-test-old}}")
+    assert page.startswith("The pre-declared primary comparison favours `ctc-random` on "
+                           "grammar, earlier test prompts (`ctc-random` - `ce-ft`, parses_std")
+    assert ("On copy the primary comparison was declared after the test prompts had been decoded "
+            "and scored for the sweeps: those prompts were not unseen when it was chosen. On "
+            "grammar the primary comparison was declared before the test prompts were first "
+            "decoded.") in page
+    assert page.endswith("parses_std at 1%: +0.100 [+0.050, +0.150] (`ctc-random` better)")
