@@ -596,21 +596,16 @@ NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "ei
                 "ten", "eleven", "twelve")
 
 
-def count_words(n, noun):
-    """"three arms", "one arm", "13 arms"."""
-    return f"{NUMBER_WORDS[n] if n < len(NUMBER_WORDS) else n} {noun}{'s' * (n != 1)}"
-
-
 def fine_tuned(res):
     """The file's arms but pretrained, in its order."""
     return [a for a in res["arms"] if a != "pretrained"]
 
 
 def p_arms(rs, exp, score="score-test"):
-    """"three arms: `ce-ft`, `ctc-random` and `ctc+ce-random`": the fine-tuned arms of
-    EXP/SCORE."""
+    """"three arms: `ce-ft`, `ctc-random` and `ctc+ce-random`": EXP/SCORE's fine-tunes."""
     arms = fine_tuned(rs.score(f"{exp}/{score}"))
-    return f"{count_words(len(arms), 'arm')}: {and_list(map(code, arms))}"
+    n = NUMBER_WORDS[len(arms)] if len(arms) < len(NUMBER_WORDS) else str(len(arms))
+    return f"{n} arm{'s' * (len(arms) != 1)}: {and_list(map(code, arms))}"
 
 
 def arm_definition(arm):
@@ -639,8 +634,7 @@ def p_armdefs(rs, pattern="*/score-test"):
 
 
 def p_standardised(rs, spec):
-    """The standardised metric in plain words, from the score file's own note on it: what it
-    is, whether it is the primary, and what it answers."""
+    """The standardised metric in words, from the score file's own note on it."""
     res = rs.score(spec)
     std = res.get("standardised") or {}
     metric = std.get("metric")
@@ -674,8 +668,7 @@ def p_chosenby(rs, exp):
 
 
 def paired_reading(e, lower):
-    """The reading of an entry's paired interval (paired_lo, paired_hi), None where it has none
-    (no pairs: the arms share no seed)."""
+    """The reading of an entry's paired interval, None where it has none (no shared seed)."""
     ends = [e.get("paired_lo"), e.get("paired_hi")]
     if not all(isinstance(v, (int, float)) and not math.isnan(v) for v in ends):
         return None
@@ -683,9 +676,8 @@ def paired_reading(e, lower):
 
 
 def p_paired(rs, pattern, *rates):
-    """Whether the paired intervals (the seeds resampled jointly with the baseline's) read as the
-    published ones on the primary metric at the rates, in both families; the cells where they
-    differ are named."""
+    """Whether the paired intervals (seeds drawn jointly with the baseline's) read as the
+    published ones on the primary metric at the rates; those that do not are named."""
     parts = []
     for spec in specs(rs, pattern):
         res = rs.score(spec)
@@ -730,14 +722,12 @@ def p_examples(rs, pattern="*/score-test*"):
                     and rs.score(f"{e}/{name}").get("primary_comparison")):
                 ok = os.path.isfile(os.path.join(rs.root, e, f"{name}-examples.json"))
                 (have if ok else lack).append(code(f"{e}/{name}.json"))
-    out = []
-    if have:
-        out.append(f"The per-prompt values behind every interval of {and_list(have)} are "
-                   f"committed beside {'them' if len(have) > 1 else 'it'} (the same name ending "
-                   f"`-examples.json`), and `stats.recompute` gives every interval of the file "
-                   f"again from them (`tests/test_evaluate.py` checks that it does).")
-    if lack:
-        out.append(f"{and_list(lack)} {'were' if len(lack) > 1 else 'was'} collected before "
-                   f"per-prompt values were kept: {'their' if len(lack) > 1 else 'its'} "
-                   f"intervals cannot be recomputed from the repository.")
-    return " ".join(out) or "No published score file has a primary comparison."
+    several = len(have) > 1, len(lack) > 1
+    return " ".join(([f"The per-prompt values behind every interval of {and_list(have)} are "
+                      f"committed beside {'them' if several[0] else 'it'} (the same name ending "
+                      f"`-examples.json`), and `stats.recompute` gives every interval of the "
+                      f"file again from them (`tests/test_evaluate.py` checks that it does)."]
+                     if have else [])
+                    + ([f"{and_list(lack)} {'were' if several[1] else 'was'} collected before "
+                        f"per-prompt values were kept: {'their' if several[1] else 'its'} "
+                        f"intervals cannot be recomputed from the repository."] if lack else []))
