@@ -45,6 +45,7 @@ This file imports only torch; copy it alone into another codebase.
 """
 
 import math
+import numbers
 import operator
 
 import torch
@@ -516,14 +517,14 @@ def ctc_slack_loss(log_probs, targets, input_lengths, target_lengths, *, slack_i
                    algorithm="band"):
     """-log P(y | canvas): -log of the sum over alignments a with B(a) = y that agree with the
     visible positions of prod_t p_t(a_t). The arguments of torch.nn.functional.ctc_loss,
-    batch-first: log_probs (B, T, V) log-softmax outputs (raw logits are refused); targets
-    (B, U_max) ids, padded, never slack_id; input_lengths T_b, target_lengths U_b; slack_id the
-    blank. canvas (B, T) or None: where canvas != mask_id the position is visible, fixed to its
-    token. collapse "surface" or "standard"; reduction "none" (B,), "sum", or "mean" (each loss /
-    max(U_b, 1), averaged); zero_infinity: infeasible examples give 0 instead of +inf; algorithm
-    "band" (section 2) or "time" (section 1, float64). Surface runs in float64, standard in the
-    dtype of log_probs (float32 at least); the result has the dtype of log_probs. The gradient is
-    d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0 where visible."""
+    batch-first: log_probs (B, T, V) log-softmax outputs (never logits nor probabilities);
+    targets (B, U_max) ids, padded, never slack_id; input_lengths T_b, target_lengths U_b;
+    slack_id the blank. canvas (B, T) or None: where canvas != mask_id the position is visible,
+    fixed to its token. collapse "surface" or "standard"; reduction "none" (B,), "sum", or "mean"
+    (each loss / max(U_b, 1), averaged); zero_infinity: infeasible examples give 0, not +inf;
+    algorithm "band" (section 2) or "time" (section 1, float64). Surface runs in float64,
+    standard in the dtype of log_probs (float32 at least); the result has the dtype of log_probs.
+    The gradient is d/d log_probs (F.ctc_loss's assumes a log_softmax), exactly 0 where visible."""
     targets, T_b, U_b, slack_id, canvas, mask_id = _check_loss(
         log_probs, targets, input_lengths, target_lengths, slack_id, canvas, mask_id, collapse,
         reduction, zero_infinity, algorithm)
@@ -558,13 +559,17 @@ def _align(log_probs, targets, input_lengths, target_lengths, *, slack_id, canva
 #        z_t:  T h e _ l i s t | t ? p ? · ? ? _ ? ? m ? t ? ? l ?     (your forward process)
 #    (? = MASK). CE scores each masked position against z0; the slack CTC scores z_t against y
 #    under every alignment. Every length argument that is easy to swap is keyword-only.
+#    canvas_length is T, the whole canvas (build_canvas, masked_canvas); canvas_lengths are the
+#    R_b = T - P_b of the responses alone (slack_count, place_slack, align_slack): T there would
+#    give each response P_b positions too many, cut by build_canvas with real targets in them.
 # ----------------------------------------------------------------------------------------------
 
 
 def slack_count(canvas_lengths, rate):
-    """K = round(rate * R): the slacks of a response canvas of R positions (an int or a tensor of
-    them), rounded half to even as Python's round. The target then has U = R - K tokens."""
-    R = _check_slack_count(canvas_lengths, rate)
+    """K = round(rate * R): the slacks of a response canvas of R = T - P positions (an int or a
+    tensor of them; never the canvas_length T), rounded half to even as Python's round. The
+    target then has U = R - K tokens. rate: a real number in [0, 1), a one-element tensor too."""
+    R, rate = _check_slack_count(canvas_lengths, rate)
     return torch.round(R.double() * rate).long()
 
 
@@ -593,8 +598,9 @@ def place_slack(targets, placement="random", *, target_lengths, canvas_lengths, 
                 generator=None):
     """Reference response canvas (B, R_max) long: the U_b targets (B, U_max) in order and
     K_b = R_b - U_b slacks, at random positions ("random") or after the targets ("tail"); slack
-    past R_b. Always draws torch.rand(B, R_max, generator=generator) on CPU, whatever the
-    placement, so that runs differing only in placement see identical noise afterwards."""
+    past R_b. canvas_lengths: R_b = T - P_b, the response canvas alone, never T. Always draws
+    torch.rand(B, R_max, generator=generator) on CPU, whatever the placement, so that runs
+    differing only in placement see identical noise afterwards."""
     targets, R, U, slack_id = _check_place(targets, placement, target_lengths, canvas_lengths,
                                            slack_id, generator)
     B, R_max, dev = len(R), int(R.max()) if len(R) else 0, targets.device
@@ -609,8 +615,10 @@ def place_slack(targets, placement="random", *, target_lengths, canvas_lengths, 
 def align_slack(log_probs, targets, *, target_lengths, canvas_lengths, slack_id,
                 collapse="surface"):
     """The "model" placement (Imputer-style): the most probable alignment of y under log_probs
-    (B, R_max, V), typically response_log_probs on an all-MASK response, as a reference response
-    canvas (B, R_max); no gradient. More targets than canvas positions is a ValueError."""
+    (B, R_max, V), as a reference response canvas (B, R_max); no gradient. log_probs are the
+    response's, response_log_probs(logits, R_max = max R_b, ...) of the logits on masked_canvas:
+    the whole canvas's (B, T, V) would align the prompt too, and is refused. canvas_lengths
+    R_b = T - P_b, as in place_slack; more targets than positions is a ValueError."""
     R, U = _check_align_slack(log_probs, target_lengths, canvas_lengths)
     return _align(log_probs, targets, R, U, slack_id=slack_id, collapse=collapse)
 
@@ -623,9 +631,12 @@ def response_positions(prompt_lengths, R_max, T):
 
 def build_canvas(prompt, response, *, prompt_lengths, canvas_length):
     """prompt (B, P_max) padded, response (B, R_max), prompt lengths P (B,) -> (z0 (B, T) long,
-    is_prompt (B, T) bool: the positions the forward process never masks nor the loss scores),
-    T = canvas_length: row b is its P_b prompt tokens, then its response, cut at T. The response
-    must reach T in every row: R_max >= T - min P_b."""
+    is_prompt (B, T) bool: the positions the forward process never masks nor the loss scores).
+    canvas_length is T, the whole canvas: row b is the first P_b entries of its prompt row (so
+    the prompt may be the SFT batch's input_ids), then the first T - P_b of its response.
+    response: place_slack's or align_slack's for canvas_lengths T - P_b, R_max = T - min P_b
+    columns; narrower cannot reach T, wider holds entries no row reads (canvas_lengths T given
+    in place of T - P_b, which cuts real targets): both are refused."""
     prompt, response, P, T = _check_build(prompt, response, prompt_lengths, canvas_length)
     pos = torch.arange(T, device=response.device)[None, :]  # (1, T)
     is_prompt = pos < P[:, None]  # (B, T)
@@ -636,12 +647,13 @@ def build_canvas(prompt, response, *, prompt_lengths, canvas_length):
 
 
 def response_log_probs(logits, R_max, *, prompt_lengths, mask_id):
-    """float32 log p (B, R_max, V) at the response positions, left-aligned so that the CTC sees
-    each response canvas as its own sequence. SUBS is the model's: the MASK column must have
-    probability 0 already (-inf or a finite ban), unless mask_id >= V (no MASK column)."""
+    """log p (B, R_max, V) at the response positions, left-aligned so that the CTC sees each
+    response canvas as its own sequence, in float32 or the logits' dtype if wider. SUBS is the
+    model's: MASK at probability 0 already (-inf or a finite ban), or mask_id >= V (no column)."""
     P, R_max = _check_response_log_probs(logits, R_max, prompt_lengths, mask_id)
     idx = response_positions(P, R_max, logits.shape[1])  # (B, R_max)
-    x = logits.float().gather(1, idx[..., None].expand(-1, -1, logits.shape[2]))  # (B, R_max, V)
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 -> float32
+    x = x.gather(1, idx[..., None].expand(-1, -1, logits.shape[2]))  # (B, R_max, V)
     # NaN in, NaN out, and no gradient (_nll): log_softmax's backward would spread a NaN over
     # every logit of its position, so a response that holds one is detached.
     nan = torch.isnan(x.detach()).flatten(1).any(1).view(-1, 1, 1)  # (B, 1, 1)
@@ -691,9 +703,10 @@ def masked_canvas(prompt, *, prompt_lengths, canvas_length, mask_id):
 
 # Decoding with low-confidence remasking (LLaDA's sampler): each step proposes a token at every
 # masked position and commits the k proposals it is most sure of. A rule on slack only reorders
-# those commits, so it is a ranking by groups: a penalty added to the confidence (p - 2) works on
-# one scale only (on log-probabilities it moves slack up to second place), while groups hold on
-# any scale, since only the order of the confidence within a group is read.
+# those commits, so it is a ranking by groups. A penalty on the confidence holds on one scale
+# only: p - 2 puts every slack below every real proposal for probabilities in [0, 1], but on
+# log-probabilities a slack at log p = -1 (-3 with the penalty) still beats a real one at -5.
+# Groups hold on any scale: only the order of the confidence within a group is read.
 
 
 def rank_in_groups(confidence, groups):
@@ -711,19 +724,21 @@ def slack_waits(confidence, proposals, *, slack_id, threshold=None):
     """Which proposals (B, T) are slack that waits under the slack-last rule: every slack
     proposal, or with a threshold (on the confidence's own scale: log 0.9 for log-probabilities)
     those under it. A slack-trained model is often split between "this token here" and "the same
-    token one slot later"; committing the slack first fixes that before the neighbours are known."""
+    token one slot later"; committing the slack first locks one in before its neighbours settle."""
     proposals, slack_id = _check_slack_waits(confidence, proposals, slack_id, threshold)
     waits = proposals == slack_id
     return waits if threshold is None else waits & (confidence < threshold)
 
 
 def slack_last(confidence, proposals, *, slack_id, masked, threshold=None):
-    """The slack-last rule as the key (B, T) to commit by (rank_in_groups): first the masked
-    positions with a real proposal, then those whose proposal is slack that waits (slack_waits),
-    each by its confidence (any scale), then the positions already decoded, so that the k largest
-    keys are masked positions whenever k <= masked.sum(1). masked (B, T) bool: the positions this
-    step may fill. Give slack its own confidence: at -inf (a ban) it would fall below the decoded
-    positions, whose commit changes nothing and leaves MASK on the canvas."""
+    """The slack-last rule as the key (B, T) to commit by (rank_in_groups), groups first: the
+    masked positions with a real proposal, then the masked ones whose proposal is slack that
+    waits (slack_waits), then the rest; within a group by confidence (any scale). So the k
+    largest keys are masked positions whenever k <= masked.sum(1). masked (B, T) bool: exactly
+    the positions this step may fill; with blocks (LLaDA's), still MASK and inside the block.
+    Never rule a position out by a confidence of -inf: its group comes first, so a real proposal
+    past the block, even at -inf, outranks every slack inside it. Nor ban slack by -inf in
+    LLaDA's own sort: it ties with the decoded positions there, whose commit leaves MASK."""
     masked = _check_confidence(confidence, masked, "masked", torch.bool)
     waits = slack_waits(confidence, proposals, slack_id=slack_id, threshold=threshold) & masked
     return rank_in_groups(confidence, waits.long() + 2 * (~masked).long())
@@ -812,18 +827,18 @@ def _ids(x, name, dims, device=None):
     return x if device is None else x.to(device)
 
 
-def _per_row(x, name, B, what):
+def _per_row(x, name, B, what, hint=""):
     """x (a tensor) as (B,): one number for every row, (B,) itself, or a (B, 1) column."""
     x = x[:, 0] if x.dim() == 2 and x.shape[1] == 1 else x
     x = x.expand(B) if x.dim() == 0 else x
     if x.shape != (B,):
-        raise ValueError(f"{name} must be {what}, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must be {what}, got shape {tuple(x.shape)}{hint}")
     return x
 
 
-def _lengths(lengths, name, B, top, device):
+def _lengths(lengths, name, B, top, device, hint=""):
     """A (B,) long tensor of lengths in [0, top], from any form _per_row reads or a bool (B, n)
-    mask that marks a prefix of each row (its row sums)."""
+    mask that marks a prefix of each row (its row sums); hint ends a wrong count's message."""
     x = _tensor(lengths, name, "integers", device)
     x = x.long() if x.numel() == 0 and x.dim() == 1 else x  # [] infers float: an empty batch
     if x.dtype == torch.bool and x.dim() == 2:
@@ -834,10 +849,18 @@ def _lengths(lengths, name, B, top, device):
     if _not_int(x):
         raise TypeError(f"{name} must be integers, got {x.dtype}" +
                         (" (.long() them)" if x.dtype.is_floating_point else ""))
-    x = _per_row(x, name, B, f"{B} integers (one per row)").long()
+    x = _per_row(x, name, B, f"{B} integers (one per row)", hint).long()
     if B and (int(x.min()) < 0 or int(x.max()) > top):
         raise ValueError(f"{name} must lie in [0, {top}], got {int(x.min())}..{int(x.max())}")
     return x
+
+
+def _target_lengths(target_lengths, targets, device):  # U_b (B,), or the width they pass
+    U = _lengths(target_lengths, "target_lengths", len(targets), math.inf, device)
+    if len(U) and int(U.max()) > targets.shape[1]:
+        raise ValueError(f"target_lengths reach {int(U.max())}, but targets has only U_max = "
+                         f"{targets.shape[1]} columns")
+    return U
 
 
 def _weight(weight, B, device):
@@ -912,10 +935,11 @@ def _check_loss(log_probs, targets, input_lengths, target_lengths, slack_id, can
     (B, T, V), dev = log_probs.shape, log_probs.device
     targets = _ids(targets, "targets", 2, dev)
     if len(targets) != B:
-        raise ValueError(f"targets must be (B, U_max) = ({B}, U_max), got {tuple(targets.shape)}")
+        raise ValueError(f"targets must be (B, U_max) = ({B}, U_max), got {tuple(targets.shape)}: "
+                         f"log_probs must be batch-first (B, T, V), transpose(0, 1) if time-first")
     slack_id = _id(slack_id, "slack_id", V)
     T_b = _lengths(input_lengths, "input_lengths", B, T, dev)
-    U_b = _lengths(target_lengths, "target_lengths", B, targets.shape[1], dev)
+    U_b = _target_lengths(target_lengths, targets, dev)
     if canvas is not None:
         canvas = _ids(canvas, "canvas", 2, dev)
         if canvas.shape != (B, T):
@@ -927,13 +951,14 @@ def _check_loss(log_probs, targets, input_lengths, target_lengths, slack_id, can
     _check_targets(targets, U_b, V, slack_id)
     if align and bool(torch.isnan(log_probs).any()):
         raise ValueError("log_probs holds NaN: no alignment can be chosen")
-    if not align:  # raw logits: logsumexp over V is not 0 (read at each row's first and last)
+    if not align:  # logits or probabilities: logsumexp over V is not 0 (at each row's ends)
         pos = torch.stack([torch.zeros_like(T_b), (T_b - 1).clamp(min=0)], 1)  # (B, 2)
         lse = log_probs.detach().gather(1, pos[..., None].expand(-1, -1, V)).float().logsumexp(-1)
         bad = (T_b > 0)[:, None] & ~torch.isnan(lse) & ~(lse.abs() <= 0.05)  # (B, 2)
         if (b := _rows(bad.any(1))) is not None:
-            raise ValueError(f"log_probs must be log_softmax outputs, not raw logits: at row {b} "
-                             f"their exps sum to {float(lse[b][bad[b]][0].exp()):.4g}, not 1")
+            raise ValueError(f"log_probs: log-probabilities (log_softmax) expected: raw logits "
+                             f"or probabilities? At row {b} their exps sum to "
+                             f"{float(lse[b][bad[b]][0].exp()):.4g}, not 1")
     return targets, T_b, U_b, slack_id, canvas, mask_id
 
 
@@ -944,12 +969,14 @@ def _check_collapse_tokens(seq, slack_id, collapse):
 
 
 def _check_slack_count(canvas_lengths, rate):
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    if isinstance(rate, torch.Tensor) and rate.numel() == 1:  # bool, complex: refused below
+        rate = rate.item()  # a rate from a schedule: numpy's numbers are numbers.Real already
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
         raise ValueError(f"the slack rate must be a number in [0, 1), got {rate!r}")
     R = _tensor(canvas_lengths, "canvas_lengths", "integers >= 0")
     if _not_int(R) or (R.numel() and int(R.min()) < 0):
         raise ValueError(f"canvas_lengths must be integers >= 0, got {canvas_lengths!r}")
-    return R
+    return R, float(rate)
 
 
 def _check_layout(input_ids, prompt_lengths, rate, eos_id):
@@ -969,7 +996,7 @@ def _check_place(targets, placement, target_lengths, canvas_lengths, slack_id, g
                                   or generator.device.type != "cpu"):
         raise TypeError(f"generator must be None or a CPU torch.Generator, got {generator!r}")
     R = _lengths(canvas_lengths, "canvas_lengths", len(targets), math.inf, targets.device)
-    U = _lengths(target_lengths, "target_lengths", len(targets), targets.shape[1], targets.device)
+    U = _target_lengths(target_lengths, targets, targets.device)
     _fits(U, R, "canvas_lengths")
     _check_targets(targets, U, math.inf, slack_id)
     return targets, R, U, slack_id
@@ -978,7 +1005,11 @@ def _check_place(targets, placement, target_lengths, canvas_lengths, slack_id, g
 def _check_align_slack(log_probs, target_lengths, canvas_lengths):
     _floats(log_probs, "log_probs")
     B, T, dev = len(log_probs), log_probs.shape[1], log_probs.device
-    R = _lengths(canvas_lengths, "canvas_lengths", B, T, dev)
+    R = _lengths(canvas_lengths, "canvas_lengths", B, math.inf, dev,
+                 ": log_probs must be batch-first (B, R_max, V), transpose(0, 1) if time-first")
+    if B and int(R.max()) != T:  # response_log_probs gives exactly R_max = max R_b columns
+        raise ValueError(f"log_probs must be the response's (B, R_max = {int(R.max())}, V), not "
+                         f"the canvas's ({T} wide): response_log_probs(logits, R_max, ...)")
     U = _lengths(target_lengths, "target_lengths", B, math.inf, dev)
     _fits(U, R, "canvas_lengths")
     return R, U
@@ -993,6 +1024,9 @@ def _check_build(prompt, response, prompt_lengths, canvas_length):
     if len(response) != B or response.shape[1] < need:
         raise ValueError(f"response must be (B, R_max) = ({B}, >= {need}) to reach canvas_length "
                          f"{T}, got {tuple(response.shape)}")
+    if B and response.shape[1] > need:  # place_slack's width is max R_b: T - P_b gives need
+        raise ValueError(f"response has {response.shape[1]} columns, no row reads past {need}: "
+                         f"canvas_lengths (place_slack) are T - P_b, not the canvas_length T")
     return prompt, response, P, T
 
 
@@ -1013,6 +1047,7 @@ def _check_term(logits, z_t, targets, prompt_lengths, target_lengths, weight, sl
     _floats(logits, "logits")
     (B, T, V), dev = logits.shape, logits.device
     z_t, targets = _ids(z_t, "z_t", 2, dev), _ids(targets, "targets", 2, dev)
+    z_t = z_t.reshape(0, T) if B == 0 and z_t.numel() == 0 else z_t  # [] reads as (0, 0)
     if z_t.shape != (B, T) or len(targets) != B:
         raise ValueError(f"need logits (B, T, V) batch-first (time-first: transpose), z_t (B, T), "
                          f"targets (B, U_max), got {tuple(logits.shape)}, {tuple(z_t.shape)}, "
@@ -1020,7 +1055,7 @@ def _check_term(logits, z_t, targets, prompt_lengths, target_lengths, weight, sl
     slack_id = _id(slack_id, "slack_id", V)
     mask_id = _id(mask_id, "mask_id", slack_id=slack_id)
     P = _lengths(prompt_lengths, "prompt_lengths", B, T - 1, dev)
-    U = _lengths(target_lengths, "target_lengths", B, targets.shape[1], dev)
+    U = _target_lengths(target_lengths, targets, dev)
     _fits(U, T - P, "T - prompt_lengths")
     _check_targets(targets, U, V, slack_id)
     _check_ids(z_t, "z_t", V, mask_id)
@@ -1078,8 +1113,9 @@ def _check_feasible(nll, log_p, canvas, targets, R, U, slack_id, mask_id, collap
 def _check_masked_canvas(prompt, prompt_lengths, canvas_length, mask_id):
     prompt = _ids(prompt, "prompt", 2)
     T, mask_id = _int(canvas_length, "canvas_length"), _int(mask_id, "mask_id")
-    P = _lengths(prompt_lengths, "prompt_lengths", len(prompt), min(prompt.shape[1], T - 1),
-                 prompt.device)
+    P = _lengths(prompt_lengths, "prompt_lengths", len(prompt), prompt.shape[1], prompt.device)
+    if len(P) and int(P.max()) >= T:  # every row needs a response position to decode
+        raise ValueError(f"canvas_length must exceed every prompt length: {T} <= {int(P.max())}")
     return prompt, P, T, mask_id
 
 
@@ -1089,6 +1125,10 @@ def _check_confidence(confidence, other, name, dtype=None):
     if not isinstance(confidence, torch.Tensor) or not confidence.dtype.is_floating_point:
         raise TypeError(f"confidence must be a float tensor (B, T), got "
                         f"{getattr(confidence, 'dtype', type(confidence))}")
+    if confidence.dim() == 3 and confidence.shape[-1] == 1:  # a gather's (B, T, 1) kept whole
+        raise ValueError("confidence must be (B, T), got (B, T, 1): .squeeze(-1) it")
+    if bool(confidence.isnan().any()):  # a sort puts NaN above every number: it would commit first
+        raise ValueError("confidence holds NaN: no order of commits can be read from it")
     other = (_ids(other, name, confidence.dim(), confidence.device) if dtype is None else
              _tensor(other, name, "a bool tensor", confidence.device))
     if (dtype is not None and other.dtype != dtype) or other.shape != confidence.shape:
@@ -1113,6 +1153,8 @@ def _check_read(canvas, prompt_lengths, slack_id, eos_id, mask_id, collapse):
     canvas = _ids(canvas, "canvas", 2)
     P = _lengths(prompt_lengths, "prompt_lengths", len(canvas), canvas.shape[1], canvas.device)
     slack_id, mask_id = _int(slack_id, "slack_id"), _int(mask_id, "mask_id")
+    if slack_id == mask_id:
+        raise ValueError(f"slack_id and mask_id are both {slack_id}: slack would read as MASK")
     eos_id = None if eos_id is None else _int(eos_id, "eos_id")
     response = torch.arange(canvas.shape[1], device=canvas.device) >= P[:, None]  # (B, T)
     if (b := _rows(((canvas == mask_id) & response).any(1))) is not None:

@@ -573,8 +573,9 @@ def test_build_canvas_round_trip():
 
 
 def test_response_log_probs():
-    """Left-aligned log-softmax of the logits at P_b + j, MASK at -inf, float32; logits whose
-    MASK column could take mass are refused, a head without one (mask_id = V) is read as is."""
+    """Left-aligned log-softmax of the logits at P_b + j, MASK at -inf, in float32 or the
+    logits' dtype if wider (float64 stays float64, bf16 becomes float32); logits whose MASK
+    column could take mass are refused, a head without one (mask_id = V) is read as is."""
     b = porter_batch(torch.Generator().manual_seed(3), rate=0.1)
     raw = b["logits"].clone()
     raw[..., BMASK] = 0.0
@@ -582,15 +583,17 @@ def test_response_log_probs():
         response_log_probs(raw, int(b["R"].max()), prompt_lengths=b["P"], mask_id=BMASK)
     headless = b["logits"][..., :BMASK]  # no MASK column at all
     lp = response_log_probs(headless, 4, prompt_lengths=b["P"], mask_id=BMASK)
-    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(lp.shape[:2]))
-    lp = response_log_probs(b["logits"], int(b["R"].max()), prompt_lengths=b["P"],
-                            mask_id=BMASK)
-    assert lp.shape == (5, int(b["R"].max()), mdlm.BYTE_VOCAB_SIZE) and lp.dtype == torch.float32
-    assert (lp[..., BMASK] == -math.inf).all()  # SUBS: MASK is never a prediction
-    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(lp.shape[:2]))
-    ref = b["logits"][2, int(b["P"][2]) + 3].float()  # response position 3 of example 2, by hand
-    ref[BMASK] = -math.inf
-    torch.testing.assert_close(lp[2, 3], ref.log_softmax(-1))
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(lp.shape[:2], dtype=lp.dtype))
+    for dtype, want in ((torch.float64, torch.float64), (torch.float32, torch.float32),
+                        (torch.bfloat16, torch.float32)):
+        logits = b["logits"].to(dtype)
+        lp = response_log_probs(logits, int(b["R"].max()), prompt_lengths=b["P"], mask_id=BMASK)
+        assert lp.shape == (5, int(b["R"].max()), mdlm.BYTE_VOCAB_SIZE) and lp.dtype == want
+        assert (lp[..., BMASK] == -math.inf).all()  # SUBS: MASK is never a prediction
+        torch.testing.assert_close(lp.exp().sum(-1), torch.ones(lp.shape[:2], dtype=want))
+        ref = logits[2, int(b["P"][2]) + 3].to(want)  # response position 3 of example 2, by hand
+        ref[BMASK] = -math.inf
+        torch.testing.assert_close(lp[2, 3], ref.log_softmax(-1))
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
@@ -599,9 +602,9 @@ def test_slack_ctc_term_equals_ce_without_slack(schedule):
     position-wise CE (the NELBO) exactly: same weight w(t), same 1/R, same positions scored."""
     b = porter_batch(torch.Generator().manual_seed(4), rate=0.0)
     ce = mdlm.mdlm_loss(b["logits"], b["z0"], b["z_t"], b["t"], schedule,
-                         is_prompt=b["is_prompt"])
-    torch.testing.assert_close(porter_term(b, schedule=schedule)[1], ce,
-                               rtol=1e-5, atol=1e-6)  # float32
+                         is_prompt=b["is_prompt"])  # float32, as mdlm computes it
+    b32 = {**b, "logits": b["logits"].float()}  # float32 logits: the term in float32 too
+    torch.testing.assert_close(porter_term(b32, schedule=schedule)[1], ce, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("collapse", ["surface", "standard"])
@@ -667,7 +670,7 @@ def test_porter_api_refuses_swaps_and_bad_arguments():
         (lambda: ctc_slack_loss(lp, y.float(), R, U, slack_id=SLACK),
          "targets must hold integer ids"),
         (lambda: ctc_slack_loss(lp, y, R, torch.tensor([5, 9]), slack_id=SLACK),
-         "target_lengths must lie in [0, 5]"),
+         "targets has only U_max = 5 columns"),
         (lambda: ctc_slack_loss(lp, y, torch.tensor([7, 4]), U, slack_id=SLACK),
          "input_lengths must lie in [0, 6]"),
         (lambda: ctc_slack_loss(lp, y + SLACK, R, U, slack_id=SLACK), "targets hold slack_id"),

@@ -307,7 +307,7 @@ def test_zero_column_targets_give_the_all_slack_canvas(collapse):
     full = torch.where(torch.arange(T) < P[:, None], z_t, MASK)
     kw = {**kw, "target_lengths": [0] * B, "weight": 1.0}
     got = term(logits, full, [[]] * B, **kw, collapse=collapse)
-    lp = logits.float().log_softmax(-1)
+    lp = logits.log_softmax(-1)  # float64 logits: the term is float64 too
     response = torch.arange(T) >= P[:, None]
     want = -(lp[..., SLACK] * response).sum(1) / (T - P)
     torch.testing.assert_close(got, want)
@@ -420,3 +420,182 @@ def test_every_argument_is_checked_by_name():
     ]
     for call, word in cases:
         refused(call, word)
+
+
+# ----------------------------------------------------------------------------------------------
+# What a porter passes by mistake, named for what it is
+
+
+def test_the_whole_canvas_length_as_canvas_lengths_is_refused():
+    """canvas_lengths are the responses' R_b = T - P_b, canvas_length the whole T. T given to
+    place_slack makes a response T wide, whose last P_b targets build_canvas would cut: it is
+    refused there; R_b = T - P_b builds the canvas with every target in it."""
+    gen = torch.Generator().manual_seed(0)
+    P, U = torch.tensor([1, 2, 3, 4]), torch.full((B,), T - 5)
+    y = torch.randint(0, EOS, (B, T), generator=gen)
+    prompt = torch.randint(0, EOS, (B, 4), generator=gen)
+    for R, ok in ((torch.full((B,), T), False), (T - P, True)):
+        resp = ctc_slack.place_slack(y, "tail", target_lengths=U, canvas_lengths=R,
+                                     slack_id=SLACK)
+        build = lambda: ctc_slack.build_canvas(prompt, resp, prompt_lengths=P, canvas_length=T)
+        if not ok:
+            refused(build, "canvas_lengths", "T - P_b", "canvas_length T")
+            continue
+        z0, _ = build()
+        for b in range(B):  # every target is on the canvas, in order
+            assert ctc_slack.collapse_tokens(z0[b, int(P[b]):], SLACK) == y[b, :int(U[b])].tolist()
+
+
+def test_align_slack_takes_the_response_log_probs():
+    """The "model" placement: masked_canvas, the model, response_log_probs, align_slack. The
+    whole canvas's log-probs (B, T, V) would align the prompt positions too: refused, naming
+    response_log_probs; time-first log-probs name the layout."""
+    gen = torch.Generator().manual_seed(1)
+    P = torch.tensor([1, 2, 3, 4])
+    R = T - P
+    U = R - 2
+    y = torch.randint(0, EOS, (B, int(U.max())), generator=gen)
+    canvas, _ = ctc_slack.masked_canvas(torch.zeros(B, 4, dtype=torch.long), prompt_lengths=P,
+                                        canvas_length=T, mask_id=MASK)
+    logits = torch.randn(B, T, V, generator=gen, dtype=torch.float64)  # stands in for model(canvas)
+    logits[..., MASK] = -math.inf
+    lp = ctc_slack.response_log_probs(logits, int(R.max()), prompt_lengths=P, mask_id=MASK)
+    z0 = ctc_slack.align_slack(lp, y, target_lengths=U, canvas_lengths=R, slack_id=SLACK)
+    assert z0.shape == (B, int(R.max()))
+    for b in range(B):
+        assert ctc_slack.collapse_tokens(z0[b, :int(R[b])], SLACK) == y[b, :int(U[b])].tolist()
+    refused(lambda: ctc_slack.align_slack(logits.log_softmax(-1), y, target_lengths=U,
+                                          canvas_lengths=R, slack_id=SLACK),
+            "log_probs", "response_log_probs")
+    refused(lambda: ctc_slack.align_slack(lp.transpose(0, 1), y, target_lengths=U,
+                                          canvas_lengths=R, slack_id=SLACK),
+            "canvas_lengths", "batch-first", "transpose(0, 1)")
+
+
+def test_time_first_log_probs_name_the_layout():
+    """F.ctc_loss's habit, (T, B, V): the targets' rows then differ from B, and the message says
+    that log_probs must be batch-first."""
+    logits, _, y, _ = batch()
+    lp = logits.log_softmax(-1)
+    refused(lambda: ctc_slack.ctc_slack_loss(lp.transpose(0, 1), y, [T] * B, [6] * B,
+                                             slack_id=SLACK), "batch-first", "transpose(0, 1)")
+
+
+def test_probabilities_are_refused_where_log_probs_are_due():
+    logits, _, y, _ = batch()
+    refused(lambda: ctc_slack.ctc_slack_loss(logits.softmax(-1), y, [T] * B, [6] * B,
+                                             slack_id=SLACK),
+            "log_probs", "log_softmax", "probabilities?")
+
+
+def test_target_lengths_past_the_targets_name_their_width():
+    logits, z_t, y, kw = batch()
+    U_max = y.shape[1]
+    long = torch.full((B,), U_max + 1)
+    width = f"targets has only U_max = {U_max} columns"
+    refused(lambda: ctc_slack.ctc_slack_loss(logits.log_softmax(-1), y, [T] * B, long,
+                                             slack_id=SLACK), width)
+    refused(lambda: ctc_slack.place_slack(y, target_lengths=long, canvas_lengths=[T] * B,
+                                          slack_id=SLACK), width)
+    refused(lambda: term(logits, z_t, y, **{**kw, "target_lengths": long}), width)
+
+
+def test_the_slack_rate_is_any_real_number():
+    """A rate from numpy or a one-element tensor is the number it holds; two numbers, a bool,
+    1.0 or NaN are refused."""
+    np = pytest.importorskip("numpy")
+    R = torch.arange(0, 60)
+    want = ctc_slack.slack_count(R, 0.25)
+    for rate in (np.float32(0.25), np.float64(0.25), torch.tensor(0.25), torch.tensor([0.25]),
+                 torch.tensor(0.25, dtype=torch.float64)):
+        assert torch.equal(ctc_slack.slack_count(R, rate), want), rate
+    ids = torch.full((2, 8), EOS)
+    assert (ctc_slack.sft_layout(ids, prompt_lengths=[1, 2], rate=torch.tensor(0.25), eos_id=EOS)
+            [2] == ctc_slack.sft_layout(ids, prompt_lengths=[1, 2], rate=0.25, eos_id=EOS)[2])
+    for rate in (torch.tensor([0.1, 0.2]), True, torch.tensor(True), 1.0, math.nan,
+                 np.float32(-0.1)):
+        refused(lambda: ctc_slack.slack_count(R, rate), "rate")
+
+
+def test_a_canvas_no_longer_than_a_prompt_is_refused():
+    prompts = torch.tensor([[1, 2, 3], [4, 0, 0]])
+    for T_ in (3, 2, 0):
+        refused(lambda: ctc_slack.masked_canvas(prompts, prompt_lengths=[3, 1], canvas_length=T_,
+                                                mask_id=MASK),
+                "canvas_length must exceed every prompt length")
+
+
+def test_read_outputs_refuses_slack_id_equal_to_mask_id():
+    done = torch.tensor([[1, 5, SLACK, EOS]])
+    refused(lambda: ctc_slack.read_outputs(done, prompt_lengths=1, slack_id=SLACK, eos_id=EOS,
+                                           mask_id=SLACK), "slack_id", "mask_id")
+
+
+def test_confidence_kept_as_a_gather_or_holding_nan_is_refused():
+    """confidence (B, T, 1), as log_p.gather(-1, x0[..., None]) leaves it: the message names
+    confidence and the squeeze, not masked. A NaN would rank first: refused in every ranking."""
+    gen = torch.Generator().manual_seed(2)
+    log_p = torch.randn(2, 6, V, generator=gen).log_softmax(-1)
+    x0 = log_p.argmax(-1)
+    masked = torch.ones(2, 6, dtype=torch.bool)
+    conf = log_p.gather(-1, x0[..., None])  # (B, T, 1)
+    refused(lambda: ctc_slack.slack_last(conf, x0, slack_id=SLACK, masked=masked),
+            "confidence", "squeeze(-1)")
+    nan = conf.squeeze(-1).clone()
+    nan[1, 2] = math.nan
+    for call in (lambda: ctc_slack.slack_last(nan, x0, slack_id=SLACK, masked=masked),
+                 lambda: ctc_slack.rank_in_groups(nan, torch.zeros_like(x0)),
+                 lambda: ctc_slack.slack_waits(nan, x0, slack_id=SLACK)):
+        refused(call, "confidence", "NaN")
+
+
+def test_slack_last_with_blocks_needs_the_block_in_masked():
+    """LLaDA's block idiom (confidence -inf past the block, masked = every MASK) would commit a
+    real proposal past the block before a slack inside it, as the docstring warns: the groups
+    come before the confidence. masked = MASK and inside the block commits inside it only."""
+    conf = torch.tensor([[-0.1, -0.2, -0.3, -0.4]])
+    x0 = torch.tensor([[1, SLACK, SLACK, 2]])  # the block is positions 0..2; 3 lies past it
+    block = torch.tensor([[True, True, True, False]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    k = 2
+    idiom = ctc_slack.slack_last(conf.masked_fill(~block, -math.inf), x0, slack_id=SLACK,
+                                 masked=mask)
+    assert 3 in idiom.topk(k).indices[0].tolist()  # the hazard the docstring names
+    key = ctc_slack.slack_last(conf, x0, slack_id=SLACK, masked=mask & block)
+    assert sorted(key.topk(k).indices[0].tolist()) == [0, 1]
+    assert "inside the block" in ctc_slack.slack_last.__doc__
+
+
+def test_an_empty_batch_as_lists_works():
+    logits, _, _, _ = batch()
+    empty = dict(prompt_lengths=[], target_lengths=[], weight=[], slack_id=SLACK, mask_id=MASK)
+    assert term(logits[:0], [], [], **empty).shape == (0,)
+    assert term(logits[:0], [], [], **empty, reduction="mean").item() == 0.0
+
+
+def test_float64_logits_give_a_float64_loss():
+    """slack_ctc_term computes in the wider of float32 and the logits' dtype: float64 logits
+    give the float64 sum over every slack placement, by enumeration, to 1e-12; narrower logits
+    give exactly the loss of their float32 copy."""
+    import itertools
+    logits, z_t, y, kw = batch(seed=3)
+    kw = {**kw, "weight": 1.0}
+    got = term(logits, z_t, y, **kw)
+    assert got.dtype == torch.float64
+    P, U = kw["prompt_lengths"].tolist(), kw["target_lengths"].tolist()
+    lp = logits.log_softmax(-1)  # float64, MASK at -inf
+    for b in range(B):
+        R, terms = T - P[b], []
+        for slots in itertools.combinations(range(R), R - U[b]):  # where the K slacks go
+            ys = iter(y[b, :U[b]].tolist())
+            a = [SLACK if j in slots else next(ys) for j in range(R)]
+            vis = z_t[b, P[b]:].tolist()
+            if all(v in (MASK, t) for v, t in zip(vis, a)):  # agrees with the visible positions
+                terms.append(sum(float(lp[b, P[b] + j, t]) for j, t in enumerate(a)
+                                 if vis[j] == MASK))
+        want = -torch.tensor(terms, dtype=torch.float64).logsumexp(0) / R
+        assert abs(float(got[b]) - float(want)) < 1e-12, (b, float(got[b]), float(want))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        narrow = logits.to(dtype)
+        out = term(narrow, z_t, y, **kw)
+        assert out.dtype == torch.float32 and torch.equal(out, term(narrow.float(), z_t, y, **kw))
