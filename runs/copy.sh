@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The copy task: prompt = 8 random letters and "=", answer = the same letters. The answer is
 # known, so a letter one slot off costs exactly one edit and the shift probe's effect is exact.
-# Pretrain an MDLM with CE; fine-tune five arms from it, three seeds each, all for the same steps
-# (as runs/grammar.sh); choose the decoder on validation strings; only then decode the held-out
+# Pretrain an MDLM with CE; fine-tune the arms from it (ARMS below), three seeds each, all for the
+# same steps (as runs/grammar.sh); choose the decoder on validation strings; only then decode the held-out
 # test strings, once, greedily, at shift-probe rates 0..10%; then continue every fine-tune at a
 # constant learning rate, the evidence that it has converged.
 #
@@ -51,10 +51,14 @@ gpu)  # strings of 16-32 letters, 25M parameters (estimated: 25 minutes on one H
 esac
 COMMON="--seq-len $SEQ --batch-size $B $TRAIN"
 RATES="0 0.01 0.02 0.05 0.1"
+# the CPU preset trains the arms that the primary comparison and random slack need; the
+# model-placement arms (an alignment every step) on request (ARMS_CPU) and in every other preset
 ARMS="ce-ft ctc-random ctc-model ctc+ce-model ctc+ce-random"
+if [ "$SIZE" = cpu ]; then ARMS="${ARMS_CPU:-ce-ft ctc-random ctc+ce-random}"; fi
 DECODE="--sampler confidence --temperature 0 --batch-size 512 $RUN"
 SCORE="--task copy --primary-metric exact --baseline ce-ft --n-boot $N_BOOT"
-record_setup "$OUT" seq_len=$SEQ slack_rate=0.1 temperature=0 primary_declared_before_test=true
+record_setup "$OUT" seq_len=$SEQ slack_rate=0.1 temperature=0 primary_declared_before_test=true \
+    arms="\"$ARMS\""
 
 # 1. the task: train, validation (seed + 2), test (seed + 3) and the earlier test strings
 #    (seed + 1, test-old), none seen twice
