@@ -265,6 +265,21 @@ def reading(rs, res, spec, family, arm, rate, metric):
     return direction(e, metric in LOWER_IS_BETTER)
 
 
+def marked(rs, res, spec, arm, rate, metric):
+    """The mark of arm - baseline at rate, after checking that the interval's difference is the
+    difference of the two means the table shows: the means come from the arms' summaries, the
+    mark from the comparisons, and a file in which they disagree must not print."""
+    e = rs.entry(res, "differences", arm, rate, metric, spec)
+    means = [(res["arms"][a].get(rate) or {}).get("summary", {}).get(metric)
+             for a in (arm, res["baseline"])]
+    if e is not None and None not in means and not math.isclose(
+            means[0] - means[1], e["mean_diff"], rel_tol=1e-9, abs_tol=1e-9):
+        raise ReportError(f"{spec}: {arm} at {rate}, {metric}: the means differ by "
+                          f"{means[0] - means[1]:+.6f} but the interval's difference is "
+                          f"{e['mean_diff']:+.6f}: the file's arms and differences disagree")
+    return MARK[direction(e, metric in LOWER_IS_BETTER)]
+
+
 def baselines(results):
     return and_list(dict.fromkeys(code(res["baseline"]) for res in results))
 
@@ -302,8 +317,7 @@ def p_summary(rs, *rates):
             for r in found:
                 mean = (res["arms"][arm].get(r) or {}).get("summary", {}).get(metric)
                 dagger = " †" if (p.get("arm"), p.get("rate")) == (arm, r) else ""
-                cells.append(num(mean) + MARK[reading(rs, res, spec, "differences", arm, r,
-                                                      metric)] + dagger)
+                cells.append(num(mean) + marked(rs, res, spec, arm, r, metric) + dagger)
             rows.append([code(arm)] + cells)
     head = ["arm", "shift 0"] + [rate_label(r) + (" (the paper's)" if float(r) == 0.01 else "")
                                  for r in rates]
@@ -313,7 +327,7 @@ def p_summary(rs, *rates):
 def verdict_cell(rs, res, spec, arm, rate):
     metric = res["primary"]
     diff = rs.entry(res, "differences", arm, rate, metric, spec)
-    mark = MARK[direction(diff, metric in LOWER_IS_BETTER)]
+    mark = marked(rs, res, spec, arm, rate, metric)
     primary = res.get("primary_comparison") or {}
     dagger = " †" if (primary.get("arm"), primary.get("rate")) == (arm, rate) else ""
     text = f"Δ {interval(diff)}{mark}{dagger}"

@@ -366,11 +366,12 @@ def committed(tmp_path):
 
 
 def set_interval(family, arm, rate, metric, ci):
-    """A change for render: the entry's mean difference and interval set to ci."""
+    """A change for render: the entry's interval set to ci = (lo, hi); its mean difference stays
+    the difference of the means that the tables show (the report checks that they agree)."""
     def change(doc):
         entry = next(e for e in doc[family]
                      if (e["name"], e["rate"], e["metric"]) == (arm, rate, metric))
-        entry.update(zip(("mean_diff", "lo", "hi"), ci))
+        entry.update(zip(("lo", "hi"), ci))
     return change
 
 
@@ -382,8 +383,8 @@ def test_flipping_the_primary_interval_changes_the_words(committed):
     p, metric, base = res["primary_comparison"], res["primary"], res["baseline"]
     arm, rate = p["arm"], p["rate"]
     said = {}
-    for name, ci in (("behind", (-0.1, -0.2, -0.05)), ("level", (-0.1, -0.2, 0.001)),
-                     ("ahead", (0.1, 0.05, 0.2))):
+    for name, ci in (("behind", (-0.2, -0.05)), ("level", (-0.2, 0.001)),
+                     ("ahead", (0.05, 0.2))):
         said[name] = committed("grammar/score-test.json",
                                set_interval("differences", arm, rate, metric, ci))
     favours = "The pre-declared primary comparison "
@@ -410,15 +411,29 @@ def test_flipping_a_secondary_cell_changes_the_ahead_sentence(committed):
     arm = words.verdict_arms(res)[0]
     metric = next(m for m in res["metrics"] if words.directional(m) and m != res["primary"])
     ahead, _ = committed("grammar/score-test.json",
-                         set_interval("differences", arm, "0.1", metric, (0.1, 0.05, 0.15)))
+                         set_interval("differences", arm, "0.1", metric, (0.05, 0.15)))
     def all_level(doc):  # the arm's interval on the metric holds zero at every rate
         for rate in res["rates"]:
-            set_interval("differences", arm, rate, metric, (0.0, -0.05, 0.05))(doc)
+            set_interval("differences", arm, rate, metric, (-0.05, 0.05))(doc)
     level, _ = committed("grammar/score-test.json", all_level)
     clause = next(c for c in ahead.split("; ") if c.startswith(f"grammar, {metric}:")
                   or f"; grammar, {metric}:" in c)
     assert f"`{arm}`" in clause
     assert f"grammar, {metric}: `{arm}` at" not in level and ahead != level
+
+
+def test_a_mark_whose_difference_is_not_the_means_difference_fails(committed):
+    """The first screen shows the arms' means and marks them by the comparisons' intervals: a
+    file in which the interval's difference is not the difference of those means stops the
+    report (here the primary's mean difference moved by 0.05, its means left alone)."""
+    res = json.loads(Path(ROOT, "results", "grammar", "score-test.json").read_text("utf-8"))
+    p = res["primary_comparison"]
+    def shifted(doc):
+        entry = next(e for e in doc["differences"] if (e["name"], e["rate"], e["metric"])
+                     == (p["arm"], p["rate"], res["primary"]))
+        entry["mean_diff"] += 0.05
+    with pytest.raises(AssertionError, match="the file's arms and differences disagree"):
+        committed("grammar/score-test.json", shifted)
 
 
 def test_recorded_facts_change_the_words(committed):
