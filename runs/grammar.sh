@@ -14,6 +14,15 @@
 #                                              # 2 cores: results/README.md gives the stage times)
 #   bash runs/grammar.sh --tiny OUT            # toy sizes, seconds per stage (the tests run this)
 #   DEVICE=cuda SIZE=gpu bash runs/grammar.sh  # the GPU preset (see below)
+#   TEXTS=long bash runs/grammar.sh            # OUT = exp/long: the long-output experiment
+#
+# TEXTS=long is the paper's regime, where a shift can compound: texts of 5-8 sentences
+# (155-205 bytes) after the same one-word prompt, on a canvas of 232 positions. The protocol is
+# the same; what its cost asks to change: a step keeps about the base's tokens (a quarter of the
+# texts), a decoding costs about the canvas's length squared (23 times the base's per text), so
+# fewer validation and test prompts, rates 0, 1%, 5% and 10%, a decoder grid of 2 or 4 positions
+# per step (plain or last, blocks of 8 or 32), and no second test set or end-of-text probe
+# (there are no earlier test prompts; a first sentence never ends these texts).
 #
 # Declared before any test prompt is decoded, and read by the report from the score files:
 #   the arms of the verdict   ARMS below, every one against the CE fine-tune (ce-ft)
@@ -38,7 +47,19 @@
 # Rerunning skips finished stages (runs/lib.sh). Results: OUT/score-*/results.md and .json,
 # learning curves OUT/curves/; python runs/report.py turns them into results/README.md.
 source "$(dirname "$0")/lib.sh"
-OUT="${OUT:-exp/grammar}"
+TEXTS="${TEXTS:-short}"
+case "$TEXTS" in
+    short) OUT="${OUT:-exp/grammar}" ;;
+    long) OUT="${OUT:-exp/long}" ;;
+    *) echo "error: TEXTS must be short or long, not $TEXTS" >&2; exit 2 ;;
+esac
+# a folder's stages are skipped when done: they must be of the same texts
+if [ -f "$OUT/task/DONE" ] && [ "$(python -c 'import json, sys
+print(json.load(open(sys.argv[1])).get("texts", "short"))' "$OUT/setup.json")" != "$TEXTS" ]; then
+    echo "error: $OUT holds an experiment on other texts than TEXTS=$TEXTS: give another" \
+         "folder" >&2
+    exit 2
+fi
 
 case "$SIZE" in
 tiny)
@@ -58,8 +79,24 @@ gpu)  # 25M parameters, 590M pretraining tokens: about 40 minutes on one H100 (e
     MIN_COUNT=50; BLOCKS="16 8" ;;
 esac
 SEQ=48
-COMMON="--seq-len $SEQ --batch-size $B $TRAIN"
 RATES="0 0.01 0.02 0.05 0.1"
+TASK="$TASK --max-bytes 40"
+GRID="--slack-rules plain last threshold first --per-steps 1 2 --block-lengths $BLOCKS"
+START=ce-ft:plain/1/16
+if [ "$TEXTS" = long ]; then
+    case "$SIZE" in
+        tiny) TASK="--n-train 100 --n-val 2 --n-test 3" ;;
+        cpu) TASK="--n-train 20000 --n-val 16 --n-test 96" ;;
+        gpu) TASK="--n-train 200000 --n-val 64 --n-test 256" ;;
+    esac
+    TASK="$TASK --min-sentences 5 --max-sentences 8 --min-bytes 155 --max-bytes 205"
+    SEQ=232; B=$((B / 4)); RATES="0 0.01 0.05 0.1"
+    GRID="--slack-rules plain last --per-steps 2 4 --block-lengths 32 8"; START=ce-ft:plain/2/32
+    if [ "$SIZE" = tiny ]; then
+        GRID="--slack-rules plain --per-steps 4 8 --block-lengths 32"; START=ce-ft:plain/4/32
+    fi
+fi
+COMMON="--seq-len $SEQ --batch-size $B $TRAIN"
 # the CPU preset trains the three arms that the primary comparison and random slack need; the
 # model-placement arms, whose fine-tunes cost twice as much there (an alignment every step), on
 # request (ARMS_CPU) and in every other preset
@@ -69,7 +106,7 @@ if [ "$SIZE" = cpu ]; then ARMS="${ARMS_CPU:-ce-ft ctc-random ctc+ce-random}"; f
 DECODE="--sampler confidence --temperature 0.8 --batch-size 512 $RUN"
 SCORE="--task grammar --primary-metric parses_std --baseline ce-ft --n-boot $N_BOOT"
 record_setup "$OUT" seq_len=$SEQ slack_rate=0.1 temperature=0.8 \
-    primary_declared_before_test=true arms="\"$ARMS\""
+    primary_declared_before_test=true arms="\"$ARMS\"" texts="\"$TEXTS\""
 
 # 1. the task: prompt = the first word of a text of 1-3 sentences, response = the rest; at most
 #    40 bytes in all, so that prompt + response + EOS + 10% slack fit the 48-position canvas.
@@ -77,7 +114,7 @@ record_setup "$OUT" seq_len=$SEQ slack_rate=0.1 temperature=0.8 \
 #    the earlier test prompts (seed + 1) are the labelled second set test-old. Texts drawn before
 #    are dropped (task.json counts them), so every prompt is new to the models
 renew_task $OUT
-stage $OUT/task python evaluate.py task grammar --out-dir $OUT/task $TASK --max-bytes 40 --seed 0
+stage $OUT/task python evaluate.py task grammar --out-dir $OUT/task $TASK --seed 0
 
 # 2. pretrain with CE: slack rate 0, the response and its EOS padded with EOS (as LLaDA pads)
 stage $OUT/pretrained python train.py --sft $OUT/task/train.jsonl --out-dir $OUT/pretrained \
@@ -89,12 +126,12 @@ CKPTS="$OUT/pretrained/ckpt.pt"
 train_arms $OUT $OUT/pretrained/ckpt.pt $INIT $FT --lr 5e-4
 settle
 
-# 4. the decoder, on validation prompts only: every slack rule x 1 or 2 positions per step x
-#    blocks of 16 or 8 (BLOCKS), at shift 0 and 5%, for every checkpoint; `choose` then fixes
+# 4. the decoder, on validation prompts only: the settings of GRID (every slack rule x 1 or 2
+#    positions per step x blocks of 16 or 8; for the long texts, the grid stated at the top), at
+#    shift 0 and 5%, for every checkpoint; `choose` then fixes
 #    the setting (its rule is stated above). The ancestral sampler beside it shows what lengths
 #    the models themselves want
-choose_decoder $OUT ce-ft:plain/1/16 --slack-rules plain last threshold first --per-steps 1 2 \
-    --block-lengths $BLOCKS
+choose_decoder $OUT $START $GRID
 decode_all $OUT/val-ancestral "$CKPTS" --prompts $OUT/task/val.jsonl --sampler ancestral \
     --per-step 1 --temperature 0.8 $RUN
 python evaluate.py score $SCORE --refs $OUT/task/val.jsonl --gens $OUT/val-ancestral/*.jsonl \
@@ -106,10 +143,12 @@ decode_all $OUT/test-gens "$CKPTS" --prompts $OUT/task/test.jsonl $CHOSEN \
     --shift-rates $RATES $DECODE
 python evaluate.py score $SCORE --refs $OUT/task/test.jsonl --gens $OUT/test-gens/*.jsonl \
     --primary ctc-random 0.01 --out-dir $OUT/score-test
-decode_all $OUT/test-old-gens "$CKPTS" --prompts $OUT/task/test-old.jsonl $CHOSEN \
-    --shift-rates 0 0.01 $DECODE
-python evaluate.py score $SCORE --refs $OUT/task/test-old.jsonl \
-    --gens $OUT/test-old-gens/*.jsonl --primary ctc-random 0.01 --out-dir $OUT/score-test-old
+if [ "$TEXTS" = short ]; then
+    decode_all $OUT/test-old-gens "$CKPTS" --prompts $OUT/task/test-old.jsonl $CHOSEN \
+        --shift-rates 0 0.01 $DECODE
+    python evaluate.py score $SCORE --refs $OUT/task/test-old.jsonl \
+        --gens $OUT/test-old-gens/*.jsonl --primary ctc-random 0.01 --out-dir $OUT/score-test-old
+fi
 
 # 6. convergence: every fine-tune continued from its last checkpoint at a constant learning rate
 #    (the fine-tunes' peak) and validated as it goes; the continued checkpoints decode the
@@ -122,8 +161,10 @@ python evaluate.py score $SCORE --refs $OUT/task/val.jsonl --gens $OUT/val-more/
 
 # 7. does each model know when a text must end? P(EOS) after a first sentence of L bytes, against
 #    the data's P(end | L), for every checkpoint (seeds pooled)
-python evaluate.py lengths --ckpts $CKPTS --refs $OUT/task/train.jsonl --min-count $MIN_COUNT \
-    --out-dir $OUT/lengths
+if [ "$TEXTS" = short ]; then
+    python evaluate.py lengths --ckpts $CKPTS --refs $OUT/task/train.jsonl \
+        --min-count $MIN_COUNT --out-dir $OUT/lengths
+fi
 
 # 8. learning curves of every fine-tune and of every continuation, on the same held-out canvases
 LOGS=""

@@ -129,6 +129,21 @@ def test_unknown_option_and_size_are_refused():
     assert p.returncode == 2 and "run runs/grammar.sh first" in p.stderr
 
 
+def test_long_texts_are_refused_a_folder_of_short_ones(tmp_path):
+    """TEXTS=long runs grammar.sh on long texts; its finished stages must never be mixed with a
+    folder's of the short texts (a folder whose setup names no texts holds short ones)."""
+    script = os.path.join(ROOT, "runs", "grammar.sh")
+    p = subprocess.run(["bash", script, "--tiny", str(tmp_path / "g")], cwd=ROOT, timeout=60,
+                       capture_output=True, text=True, env={**os.environ, "TEXTS": "medium"})
+    assert p.returncode == 2 and "TEXTS must be short or long, not medium" in p.stderr
+    (tmp_path / "g" / "task").mkdir(parents=True)
+    (tmp_path / "g" / "task" / "DONE").write_text("1")
+    (tmp_path / "g" / "setup.json").write_text('{"size": "tiny"}')
+    p = subprocess.run(["bash", script, "--tiny", str(tmp_path / "g")], cwd=ROOT, timeout=60,
+                       capture_output=True, text=True, env={**os.environ, "TEXTS": "long"})
+    assert p.returncode == 2 and "other texts than TEXTS=long" in p.stderr
+
+
 @pytest.mark.parametrize("task", sorted(ARMS) + ["study"])
 def test_every_size_preset_is_complete(task):
     """Each script defines the same settings for every size, so SIZE=gpu (not runnable here)
