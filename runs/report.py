@@ -76,6 +76,9 @@ A METRIC is a per-prompt metric of the score or a measure of the whole output (t
                                             test prompts were first decoded (setup.json's
                                             primary_declared_before_test, test_prompts_earlier_use)
     {{lengthvs EXP/SCORE METRIC RATE}}      each arm's mean length against the true responses'
+    {{wholevs SPECS RATE KEY...}}           each slack arm's whole output against the baseline's
+                                            (KEY: length_tv, distinct_valid, sentences), and
+                                            whether every seed agrees
     {{paired SPECS RATE...}}                whether the paired intervals (paired_lo, paired_hi)
                                             read as the published ones, the primary metric
     {{examples [EXP-GLOB/SCORE-GLOB]}}      which published scores have their per-prompt values
@@ -550,6 +553,7 @@ PLACEHOLDERS = {  # name: (function, least and most arguments, usage)
     "ahead": (words.p_ahead, 2, 9, "SPECS RATE..."),
     "declared": (words.p_declared, 0, 1, "[SPECS]"),
     "lengthvs": (words.p_lengthvs, 3, 3, "EXP/SCORE METRIC RATE"),
+    "wholevs": (words.p_wholevs, 3, 9, "SPECS RATE KEY..."),
     "arms": (words.p_arms, 1, 2, "EXP [SCORE]"),
     "armdefs": (words.p_armdefs, 0, 1, "[SPECS]"),
     "standardised": (words.p_standardised, 1, 1, "EXP/SCORE"),

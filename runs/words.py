@@ -483,6 +483,67 @@ def p_lengthvs(rs, spec, metric, rate):
             f"{relative_lengths(values, ref, LENGTH_TOLERANCE)}.")
 
 
+# what an arm's whole output is against the baseline's, by measure: (the phrase when the arm's
+# mean is lower, when it is higher)
+WHOLE_PHRASES = {
+    "length_tv": ("length histogram is nearer the data's", "length histogram is further from "
+                  "the data's"),
+    "distinct_valid": ("share of distinct valid outputs is lower",
+                       "share of distinct valid outputs is higher"),
+    "sentences": ("texts hold fewer sentences", "texts hold more sentences"),
+}
+
+
+def seed_values(cell, key):
+    """The per-seed values of a per-prompt metric or a whole-output measure of a cell."""
+    if key not in cell["summary"]:
+        return (cell.get("whole_by_seed") or {}).get(key, [])
+    return cell.get("by_seed", {}).get(key, [])
+
+
+def whole_clause(arm_cell, base_cell, key):
+    """"length histogram is further from the data's (0.488 against 0.201; in every seed)":
+    the direction of the means, and whether every seed of the arm lies past every seed of the
+    baseline that way (the whole-output measures have no interval: their seeds are the
+    evidence)."""
+    (a, _), (b, _) = measure(arm_cell, key), measure(base_cell, key)
+    if a is None or b is None:
+        return None
+    lower, higher = WHOLE_PHRASES[key]
+    if a == b:
+        return f"{key} is the baseline's ({num(a)})"
+    xs, ys = seed_values(arm_cell, key), seed_values(base_cell, key)
+    apart = bool(xs and ys) and (max(xs) < min(ys) if a < b else min(xs) > max(ys))
+    return (f"{lower if a < b else higher} ({key} {num(a)} against {num(b)}; "
+            f"{'in every seed' if apart else 'not in every seed'})")
+
+
+def p_wholevs(rs, specs_glob, rate, *keys):
+    """Each slack arm's whole output at RATE against the baseline's, per task, one clause per
+    KEY (a measure of WHOLE_PHRASES)."""
+    unknown = [k for k in keys if k not in WHOLE_PHRASES]
+    if unknown or not keys:
+        raise ReportError(f"{{{{wholevs}}}}: KEY must be among {', '.join(WHOLE_PHRASES)}, "
+                          f"not {' '.join(unknown) or 'nothing'}")
+    parts = []
+    for spec in specs(rs, specs_glob):
+        res = rs.score(spec)
+        base = rs.cell(res, res["baseline"], rate, spec)
+        clauses = []
+        for arm in verdict_arms(res):
+            cell = rs.cell(res, arm, rate, spec)
+            said = [c for c in (whole_clause(cell, base, k) for k in keys) if c] \
+                if cell and base else []
+            if said:
+                clauses.append(f"{code(arm)}'s {and_list(said)}")
+        if clauses:
+            parts.append(f"on {task_label(spec)} against {code(res['baseline'])}'s: "
+                         + "; ".join(clauses))
+    if not parts:
+        return f"No score has the measures {' '.join(keys)} at {rate_label(rate)}."
+    return f"The whole output at {rate_label(rate)}, " + ". Then ".join(parts) + "."
+
+
 # ----------------------------------------------------------------------------------------------
 # Convergence: each fine-tune continued at its peak learning rate (curves-more, val-score-more).
 

@@ -16,6 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "runs"))
 import words  # noqa: E402  (runs/ is on the path only from here on)
+from tables import num  # noqa: E402
 import report as report_module  # noqa: E402  (the template language, rendered in this process)
 
 REPORT = os.path.join(ROOT, "runs", "report.py")
@@ -147,22 +148,24 @@ def fake_score(primary, diff):
     """A minimal score-test.json: ce-ft (baseline) 0.5, ctc-random 0.6, ctc-model 0.4 and
     pretrained 0.9 at rates 0 and 0.01, two seeds each; ctc-random has the interval diff at
     0.01, the primary comparison; every other interval holds 0."""
-    def arm(mean):
-        cell = {"summary": {primary: mean}, "seed_sd": {primary: 0.01},
-                "seeds": ["x@1", "x@2"], "realised_shift": 0.0}
-        return {"0": cell, "0.01": cell}
+    def arm(mean, at_1=None):
+        def cell(m):
+            return {"summary": {primary: m}, "seed_sd": {primary: 0.01},
+                    "seeds": ["x@1", "x@2"], "realised_shift": 0.0}
+        return {"0": cell(mean), "0.01": cell(mean if at_1 is None else at_1)}
 
     def entry(name, rate, ci):
         return {"name": name, "baseline": "ce-ft", "rate": rate, "metric": primary,
                 **dict(zip(("mean_diff", "lo", "hi"), ci))}
-    wide = (0.0, -1.0, 1.0)
     return {"task": "copy", "primary": primary, "metrics": [primary], "baseline": "ce-ft",
             "rates": ["0", "0.01"], "reference": None,
             "primary_comparison": {"arm": "ctc-random", "rate": "0.01"},
-            "arms": {"ce-ft": arm(0.5), "ctc-random": arm(0.6), "ctc-model": arm(0.4),
-                     "pretrained": arm(0.9)},
-            "differences": [entry("ctc-random", "0.01", diff), entry("ctc-random", "0", wide),
-                            entry("ctc-model", "0", wide), entry("ctc-model", "0.01", wide)],
+            "arms": {"ce-ft": arm(0.5), "ctc-random": arm(0.6, 0.5 + diff[0]),
+                     "ctc-model": arm(0.4), "pretrained": arm(0.9)},
+            "differences": [entry("ctc-random", "0.01", diff),
+                            entry("ctc-random", "0", (0.1, -1.0, 1.0)),
+                            entry("ctc-model", "0", (-0.1, -1.0, 1.0)),
+                            entry("ctc-model", "0.01", (-0.1, -1.0, 1.0))],
             "retained": [entry(a, "0.01", (0.9, 0.8, 1.0)) for a in ("ce-ft", "ctc-random",
                                                                     "ctc-model")]}
 
@@ -198,7 +201,8 @@ def test_verdict_reading_rule(tmp_path):
         title, base, rnd, mod = summary[4 * k:4 * k + 4]
         assert title[0] == rows[4 * k][0] and base[1:] == ["0.500", "0.500 |"]
         mark = READINGS[name][2]
-        assert rnd[1:] == ["0.600", f"0.600{' ' + mark if mark else ''} † |"], rnd
+        at_1 = num(0.5 + READINGS[name][1][0])  # the mean of the interval's own difference
+        assert rnd[1:] == ["0.600", f"{at_1}{' ' + mark if mark else ''} † |"], rnd
         assert mod[1:] == ["0.400", "0.400 |"]
     for k, name in enumerate(sorted(READINGS)):
         title, base, rnd, mod = rows[4 * k:4 * k + 4]
@@ -434,6 +438,30 @@ def test_a_mark_whose_difference_is_not_the_means_difference_fails(committed):
         entry["mean_diff"] += 0.05
     with pytest.raises(AssertionError, match="the file's arms and differences disagree"):
         committed("grammar/score-test.json", shifted)
+
+
+def test_whole_output_sentence_follows_means_and_seeds(committed):
+    """The verdict's sentence on the whole output reads each measure's means and seeds: an arm's
+    distinct valid share raised past the baseline's in every seed turns "lower" into "higher ...
+    in every seed"; one seed moved back across the baseline's turns it to "not in every seed"."""
+    res = json.loads(Path(ROOT, "results", "grammar", "score-test.json").read_text("utf-8"))
+    arm, base = "ctc-random", res["baseline"]
+    top = max(res["arms"][base]["0"]["whole_by_seed"]["distinct_valid"])
+    def set_seeds(values):
+        def change(doc):
+            cell = doc["arms"][arm]["0"]
+            cell["whole_by_seed"]["distinct_valid"] = values
+            cell["whole"]["distinct_valid"] = sum(values) / len(values)
+        return change
+    sentence = f"`{arm}`'s length histogram"
+    said = {}
+    for name, values in (("apart", [top + 0.05] * 3),
+                         ("mixed", [top + 0.2, top + 0.2, top - 0.05])):  # its mean still higher
+        block, _ = committed("grammar/score-test.json", set_seeds(values))
+        line = next(x for x in block.splitlines() if x.startswith("- The whole output at"))
+        said[name] = re.search(r"share of distinct valid outputs is (\w+) \([^)]*; ([a-z ]+)\)",
+                               line[line.index(sentence):]).groups()
+    assert said == {"apart": ("higher", "in every seed"), "mixed": ("higher", "not in every seed")}
 
 
 def test_recorded_facts_change_the_words(committed):
