@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The copy task: prompt = 8 random letters and "=", answer = the same letters. The answer is
 # known, so a letter one slot off costs exactly one edit and the shift probe's effect is exact.
-# Pretrain an MDLM with CE; fine-tune the arms from it (ARMS below), three seeds each, all for the
-# same steps (as runs/grammar.sh); choose the decoder on validation strings; only then decode the held-out
-# test strings, once, greedily, at shift-probe rates 0..10%; then continue every fine-tune at a
-# constant learning rate, the evidence that it has converged.
+# Pretrain an MDLM with CE; fine-tune the arms from it (ARMS below), three seeds each, all for
+# the same steps (as runs/grammar.sh); choose the decoder on validation strings; only then decode
+# the held-out test strings, once, greedily, at shift-probe rates 0..10%; then continue every
+# fine-tune at a constant learning rate, the evidence that it has converged.
 #
 #   bash runs/copy.sh [OUT]                 # OUT = exp/copy; CPU sizes (JOBS=2 THREADS=1 on 2
 #                                           # cores: results/README.md gives the stage times)
