@@ -13,6 +13,7 @@ the folder collected (a variant is collected as EXP-VARIANT); each replaces resu
     choice.json     the decoder chosen on validation prompts (evaluate.py choose)
     CURVES.json, CURVES-KEY.svg   the learning curves (curves/, curves-more/)
     lengths.json    evaluate.py lengths' output, where the experiment has one
+    gate.json       a study variant's pretrained model against the competence gate
     runs.json       every trained run's settings and size, read from its checkpoint
     bench-*.json    bench.py's results (runs/bench.sh)
     setup.json, task.json, times.json ({stage: seconds} from every DONE file, nested ones too)
@@ -124,7 +125,7 @@ def collect_experiment(src, dest):
     os.makedirs(dest)
     shutil.copyfile(os.path.join(src, "setup.json"), os.path.join(dest, "setup.json"))
     for sub, name in (("task", "task.json"), ("choice", "choice.json"),
-                      ("lengths", "lengths.json")):
+                      ("lengths", "lengths.json"), ("", "gate.json")):
         if os.path.isfile(os.path.join(src, sub, name)):
             shutil.copyfile(os.path.join(src, sub, name), os.path.join(dest, name))
     for name in sorted(os.listdir(src)):

@@ -447,23 +447,49 @@ def variant_properties(rs, exp):
             str(T), percent(padding)]
 
 
+def gate_text(rs, exp):
+    """The variant's pretrained model against the competence gate (study.sh), in words."""
+    if not os.path.isfile(os.path.join(rs.root, exp, "gate.json")):
+        return "the base" if exp == "study-base" else "n/a"
+    g = rs.load(f"{exp}/gate.json")
+    steps = "twice the steps" if g["checkpoint"] == "pretrain-2" else "the base's steps"
+    return (f"{num(g['parses_std'])} against {num(g['base'])}: "
+            + (f"passed, after {steps}" if g["passed"] else "short of it after twice the steps"))
+
+
 def p_study(rs, *rates):
-    names = [n for n in rs.variants() if os.path.isfile(os.path.join(rs.root, n, "score.json"))]
+    """The study's variants: what each generates, its pretrained model against the competence
+    gate, then each slack arm against the baseline on every variant with test scores, and the
+    reading in words; a sentence saying so where no variant has been collected."""
+    names = [n for n in rs.variants() if os.path.isfile(os.path.join(rs.root, n, "setup.json"))
+             and n != "study-base"]
     if not names:
-        raise ReportError(f"{rs.root}: no study-*/score.json for {{{{study}}}}")
-    props = [[f"`{n[len('study-'):]}`", *variant_properties(rs, n)] for n in names]
-    out = [table(["variant", "prompt", "response bytes", "canvas", "EOS padding"], props)]
-    res0 = rs.score(f"{names[0]}/score")
+        return ("No variant of the study has been collected yet: `bash runs/study.sh` runs them "
+                "(after `bash runs/grammar.sh`), `python runs/report.py --collect exp` brings "
+                "them here.")
+    names = ["study-base"] * os.path.isfile(os.path.join(rs.root, "study-base",
+                                                         "score.json")) + names
+    props = [[f"`{n[len('study-'):]}`", *variant_properties(rs, n), gate_text(rs, n)]
+             for n in names]
+    out = [table(["variant", "prompt", "response bytes", "canvas", "EOS padding",
+                  "pretrained parses_std on validation (gate)"], props)]
+    scored = [n for n in names if os.path.isfile(os.path.join(rs.root, n, "score.json"))]
+    if not scored:
+        return out[0]
+    res0 = rs.score(f"{scored[0]}/score")
     for arm in verdict_arms(res0):
         rows = []
-        for n in names:
+        for n in scored:
             res, spec = rs.score(f"{n}/score"), f"{n}/score"
             base = mean_sd(res["arms"][res["baseline"]].get("0"), res["primary"])
             rows.append([f"`{n[len('study-'):]}`", base]
-                        + [verdict_cell(rs, res, spec, arm, r) for r in ["0", *rates]])
+                        + [verdict_cell(rs, res, spec, arm, r) if rs.rate(res, r, spec)
+                           else "n/a" for r in ["0", *rates]])
         out.append(f"`{arm}` against `{res0['baseline']}`, {res0['primary']}:\n\n" + table(
             ["variant", f"`{res0['baseline']}`, shift 0", "shift 0"] + [rate_label(r)
                                                                          for r in rates], rows))
+    out.append("What the variants say (exploratory: one property changed at a time, intervals "
+               "unadjusted): " + words.p_standing(rs, "study-*/score", "primary", "0", *rates))
     return "\n\n".join(out)
 
 

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+import common
 from conftest import ROOT, run_script, toy_log
 
 ARMS = {  # the arms each script scores on its test prompts (seeds pooled), pretrained included
@@ -17,7 +18,7 @@ ARMS = {  # the arms each script scores on its test prompts (seeds pooled), pret
     "text": {"pretrained", "ce-ft", "ctc-random", "ctc-model"},
 }
 SEEDS = {"grammar": 2, "copy": 1, "text": 1}  # at --tiny
-VARIANTS = ("base", "uncond", "pad", "spread", "long")
+VARIANTS = ("base", "uncond", "pad", "spread")
 
 
 @pytest.mark.parametrize("task", sorted(ARMS))
@@ -70,24 +71,37 @@ def test_script_makes_every_result(tiny_exp, task):
 
 
 def test_the_study_varies_one_property_at_a_time(tiny_exp):
-    """runs/study.sh, after runs/grammar.sh: each variant's task, its arms with every seed, all
-    decoded with the decoder runs/grammar.sh chose; the base is the grammar run itself."""
-    chosen = json.load(open(tiny_exp / "grammar" / "choice" / "choice.json"))["setting"]
+    """runs/study.sh, after runs/grammar.sh: each variant's task, its pretrained model through
+    the competence gate, its arms with every seed, decoded with the decoder chosen on its own
+    validation prompts; every variant trains on the base's batch of texts; the base is the
+    grammar run itself."""
+    base = common.load_checkpoint(str(tiny_exp / "grammar" / "ce-ft@1" / "ckpt.pt"))["args"]
     for v in VARIANTS:
         res = json.load(open(tiny_exp / "study" / v / "score" / "results.json"))
         assert set(res["arms"]) == {"pretrained", "ce-ft", "ctc-random"}, v
         assert res["primary"] == "parses_std", v
-        assert res["rates"] == ["0", "0.01", "0.1"] or v == "base", (v, res["rates"])
+        assert res["primary_comparison"] == {"arm": "ctc-random", "rate": "0.01"}, v
         assert json.load(open(tiny_exp / "study" / v / "setup.json"))["variant"] == v
-        if v != "base":
-            rec = json.loads(open(tiny_exp / "study" / v / "test-gens" / "ce-ft@1.jsonl")
-                             .readline())
-            assert "/".join(str(rec[k]) for k in ("slack_rule", "per_step",
-                                                  "block_length")) == chosen
+        if v == "base":
+            continue
+        assert res["rates"] == ["0", "0.01", "0.05", "0.1"], (v, res["rates"])
+        gate = json.load(open(tiny_exp / "study" / v / "gate.json"))
+        assert gate["passed"] and gate["checkpoint"] in ("pretrain-1", "pretrain-2")
+        assert gate["parses_std"] >= gate["base"] - gate["margin"]
+        choice = json.load(open(tiny_exp / "study" / v / "choice" / "choice.json"))
+        val = json.load(open(tiny_exp / "study" / v / "val-score" / "results.json"))
+        assert choice["scores"].endswith(f"study/{v}/val-score/results.json")
+        assert {n.split(":")[1] for n in val["arms"]} == set(choice["candidates"])
+        rec = json.loads(open(tiny_exp / "study" / v / "test-gens" / "ce-ft@1.jsonl").readline())
+        assert "/".join(str(rec[k]) for k in ("slack_rule", "per_step", "block_length")) == \
+            choice["setting"]
+        for run in ("pretrained", "ce-ft@1", "ctc-random@1"):  # the base's batch, in texts
+            ckpt = common.load_checkpoint(str(tiny_exp / "study" / v / run / "ckpt.pt"))
+            assert ckpt["args"]["batch_size"] == base["batch_size"], (v, run)
     tasks = {v: [json.loads(line) for line in open(tiny_exp / "study" / v / "task" /
                                                    "test.jsonl")] for v in VARIANTS[1:]}
     assert all(r["prompt"] == "" for r in tasks["uncond"])
-    assert all(150 <= len(r["prompt"] + r["response"]) <= 205 for r in tasks["long"])
+    assert all(24 <= len(r["prompt"] + r["response"]) <= 30 for r in tasks["spread"])
     assert json.load(open(tiny_exp / "study" / "pad" / "setup.json"))["seq_len"] == 96
 
 
