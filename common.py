@@ -59,11 +59,12 @@ def model_from_checkpoint(ckpt, use_ema=True, device="cpu"):
 
 def checkpoint_meta(ckpt):
     """How the checkpoint's model was trained: objective, schedule, whether it knows SLACK, the
-    collapse map. A checkpoint without this record is a plain model: AR if its config is causal,
-    else an MDLM with the linear schedule that never saw slack."""
+    collapse map, whether its prompts begin with a start token (bos). A checkpoint without this
+    record is a plain model: AR if its config is causal, else an MDLM with the linear schedule
+    that never saw slack, nor a start token."""
     causal = bool(ckpt.get("config", {}).get("causal"))
     return {"objective": "ar" if causal else "mdlm", "schedule": "linear", "slack": False,
-            "collapse": "surface", **(ckpt.get("meta") or {})}
+            "collapse": "surface", "bos": False, **(ckpt.get("meta") or {})}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -512,8 +512,10 @@ def run_lengths(args):
     curves = {}
     for path in args.ckpts:
         name = os.path.basename(os.path.dirname(os.path.abspath(path)))
-        model = common.model_from_checkpoint(common.load_checkpoint(path))
-        curves[name] = tasks.end_probability(model, texts, model.cfg.seq_len)
+        ckpt = common.load_checkpoint(path)
+        model = common.model_from_checkpoint(ckpt)
+        curves[name] = tasks.end_probability(model, texts, model.cfg.seq_len,
+                                             start=bool(common.checkpoint_meta(ckpt).get("bos")))
     arms = {}
     for name, c in curves.items():
         arms.setdefault(tables.arm_of(name), []).append(c)

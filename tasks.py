@@ -235,22 +235,24 @@ def grammar_check(text):
 
 
 @torch.no_grad()
-def end_probability(model, texts, T, per_length=20):
+def end_probability(model, texts, T, per_length=20, start=False):
     """{L: (number of texts, data's P(end | L), model's mean P(EOS) after the first sentence)}.
     The model's EOS is weighed against every other next token except SLACK, which only defers
-    the choice (a slack-trained model puts mass there when it is unsure of the position)."""
+    the choice (a slack-trained model puts mass there when it is unsure of the position).
+    start: the model was trained with EOS as a start token before each prompt (train.py --bos)."""
     eos, slack, mask = mdlm.special_ids(model.cfg.vocab_size)
     groups = {}
     for text in texts:
         groups.setdefault(len(first_sentence(text).encode()), []).append(text)
     out = {}
     for L, group in sorted(groups.items()):
-        if L >= T:
+        P = L + start  # each prompt: the start token, if any, and the L bytes
+        if P >= T:
             continue
-        firsts = [mdlm.encode(first_sentence(t)) for t in group[:per_length]]  # n prompts of L
-        canvas, _ = ctc_slack.masked_canvas(firsts, prompt_lengths=L, canvas_length=T,
+        firsts = [[eos] * start + mdlm.encode(first_sentence(t)) for t in group[:per_length]]
+        canvas, _ = ctc_slack.masked_canvas(firsts, prompt_lengths=P, canvas_length=T,
                                             mask_id=mask)  # (n, T): decoding's start canvas
-        p = model(canvas.to(next(model.parameters()).device)).float().softmax(-1)[:, L]  # (n, V)
+        p = model(canvas.to(next(model.parameters()).device)).float().softmax(-1)[:, P]  # (n, V)
         p_end = (p[:, eos] / (1 - p[:, slack])).mean().item()
         ends = sum(first_sentence(t) == t for t in group) / len(group)
         out[L] = (len(group), ends, p_end)

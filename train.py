@@ -59,6 +59,11 @@ def get_args(argv=None):
       help="ordinary ids of a .bin token file that has no .json metadata beside it")
     a("--sft", default=None, help="JSON lines {'prompt': ..., 'response': ...} (or 'prompt_ids', "
       "'response_ids') for conditional training")
+    a("--bos", action="store_true",
+      help="with --sft: begin every canvas with EOS as a start token (recorded in the checkpoint; "
+      "its fine-tunes and decode.py add it too). Positions are rotary, so relative only: without "
+      "a prompt, a MASK-only canvas looks the same at every position and the model cannot tell "
+      "where the text begins; the start token is that anchor")
     a("--out-dir", default="out", help="where ckpt.pt and log.jsonl go (default: out)")
     a("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
     a("--init-from", default=None,
@@ -168,6 +173,8 @@ def check_args(args):
                         "no --loss ctc, slack, prompt or SFT")
     if args.data and args.sft:
         raise UserError("give --data (a corpus) or --sft (prompt/response pairs), not both")
+    if args.bos and not args.sft:
+        raise UserError("--bos is for --sft records (a corpus window starts mid-text)")
     if args.resume and args.init_from:
         raise UserError("give --resume (continue a run) or --init-from (fine-tune), not both")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
@@ -230,7 +237,10 @@ def load_splits(args, ckpt):
     if args.sft:
         if args.vocab_size is not None and not ckpt:  # SFT ids of a tokenizer not named here
             vocab = data.Vocab(args.vocab_size, "none")
-        train_ids, val_ids = data.split_sft(data.read_sft(args.sft, vocab))
+        records = data.read_sft(args.sft, vocab)
+        if args.bos or (ckpt and common.checkpoint_meta(ckpt).get("bos")):
+            records = [([vocab.specials[0]] + p, r) for p, r in records]  # EOS as the start token
+        train_ids, val_ids = data.split_sft(records)
         return train_ids, val_ids, vocab
     n = args.vocab_size
     if n is None and ckpt and args.data and args.data.endswith(".bin") and not os.path.isfile(
@@ -295,14 +305,16 @@ class Schedule:
 
 
 def run_meta(args, init_meta, vocab):
-    """What decoding needs to know: was slack trained, which collapse map defines the output, and
-    the vocabulary. A model that never saw SLACK must never sample it (its SLACK logit is
-    untrained), and the collapse map of training is the one that turns its canvas into text."""
+    """What decoding needs to know: was slack trained, which collapse map defines the output, the
+    vocabulary, and whether prompts begin with a start token. A model that never saw SLACK must
+    never sample it (its SLACK logit is untrained), and the collapse map of training is the one
+    that turns its canvas into text."""
     uses_slack = args.slack_rate > 0 or args.loss != "ce" or bool(args.sft)
     slack = uses_slack or bool(init_meta.get("slack"))  # a fine-tune keeps what its init knew
     collapse = args.collapse if uses_slack else init_meta.get("collapse", args.collapse)
     return {"objective": args.objective, "schedule": args.schedule, "loss": args.loss,
-            "slack": slack, "collapse": collapse, "vocab": vocab.record()}
+            "slack": slack, "collapse": collapse, "vocab": vocab.record(),
+            "bos": args.bos or bool(init_meta.get("bos"))}  # prompts begin with EOS (--bos)
 
 
 @dataclass
@@ -403,7 +415,12 @@ def sample_text(model, val, meta, prompt_len, seed, device):
     gen = torch.Generator().manual_seed(seed)
     T = model.cfg.seq_len
     P = prompt_len or min(32, T // 4)  # pretraining: a short prompt
-    ids = val[0][0][-P:] if isinstance(val, list) else data.windows(val, [0], P)[0].tolist()
+    start = []  # the start token (--bos), kept in front of the prompt's last P tokens
+    if isinstance(val, list):
+        start = val[0][0][:1] if meta.get("bos") else []
+        ids = start + val[0][0][len(start):][-P:]
+    else:
+        ids = data.windows(val, [0], P)[0].tolist()
     prompt = torch.tensor([ids], dtype=torch.long, device=device)  # (1, P)
     L = T - prompt.shape[1]  # fill the rest of the canvas
     if meta["objective"] == "ar":
@@ -418,9 +435,10 @@ def sample_text(model, val, meta, prompt_len, seed, device):
     cont = ctc_slack.read_outputs(out["canvas"], prompt_lengths=len(ids), slack_id=slack,
                                   eos_id=eos, mask_id=mask, collapse=collapse)[0]
     vocab = data.Vocab.from_record(meta["vocab"])
+    shown = ids[len(start):]
     if not vocab.has_text():  # ids, where the tokenizer is not at hand
-        return f"{ids} |> {cont}"
-    return vocab.decode(ids) + " |> " + vocab.decode(cont)
+        return f"{shown} |> {cont}"
+    return vocab.decode(shown) + " |> " + vocab.decode(cont)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import common
 import conftest
 import ctc_slack
 import data
+import decode
 import mdlm
 import objective
 import sampling
@@ -128,6 +129,40 @@ def test_sft_reader(tmp_path):
         data.read_sft(path)
 
 
+def test_start_token_is_trained_kept_by_fine_tunes_and_decoded(tmp_path):
+    """train.py --bos puts EOS before every prompt (here empty ones: unconditional texts) and
+    records it; a fine-tune of that checkpoint keeps it without the flag; decode.py decodes after
+    it, and its output is what the sampler gives on a canvas that starts with EOS."""
+    sft = str(tmp_path / "sft.jsonl")
+    write_sft(sft, [{"prompt": "", "response": "ab" * (1 + i % 5)} for i in range(40)])
+    pre, fine = str(tmp_path / "pre"), str(tmp_path / "fine")
+    train.main(["--sft", sft, "--bos", "--out-dir", pre, "--steps", "3", *TINY,
+                "--sample-interval", "3"])  # the sample shows the prompt without its start token
+    train.main(["--sft", sft, "--init-from", os.path.join(pre, "ckpt.pt"), "--out-dir", fine,
+                "--steps", "2", "--loss", "ctc", "--slack-rate", "0.1", *TINY])
+    ckpt = common.load_checkpoint(os.path.join(fine, "ckpt.pt"))
+    assert common.checkpoint_meta(ckpt)["bos"] is True
+    args = train.get_args(["--sft", sft, "--out-dir", str(tmp_path / "x"), *TINY])
+    with_start, _, _ = train.load_splits(args, ckpt)
+    without, _, _ = train.load_splits(args, None)  # a fresh run without --bos
+    assert [p for p, _ in with_start] == [[EOS]] * 38 and [p for p, _ in without] == [[]] * 38
+    assert [r for _, r in with_start] == [r for _, r in without]
+
+    prompts, out = tmp_path / "p.jsonl", tmp_path / "gens.jsonl"
+    write_sft(str(prompts), [{"prompt": ""}])
+    assert decode.main(["--ckpt", os.path.join(fine, "ckpt.pt"), "--prompts", str(prompts),
+                        "--out", str(out), "--sampler", "confidence", "--temperature", "0",
+                        "--device", "cpu"]) == 0
+    rec = json.loads(out.read_text())
+    model = common.model_from_checkpoint(ckpt)
+    canvas = sampling.generate(model, torch.tensor([[EOS]]), 31, steps=31, sampler="confidence",
+                               temperature=0, allow_slack=True,
+                               slack_rule=decode.DEFAULT_SLACK_RULE)["canvas"]
+    assert rec["n_committed"] == 31  # 32 positions less the start token
+    assert rec["prompt"] == "" and rec["output_ids"] == ctc_slack.read_outputs(
+        canvas, prompt_lengths=1, slack_id=SLACK, eos_id=EOS, mask_id=MASK)[0]
+
+
 def test_sft_batches_truncate_pad_with_eos_and_count():
     records = [(list(b"p" * 5), list(b"r" * 40) + [EOS]), (list(b"q"), list(b"ok") + [EOS])]
     stats = {"truncated": 0}
@@ -203,6 +238,7 @@ def test_fine_tune_bad_input_keeps_files(pretrained, tmp_path, capsys):
          "--prompt-len"),
         (["--init-from", ckpt, "--loss", "ctc", "--sft", sft], "bad.jsonl:2:"),
         (["--data", corpus, "--init-from", ckpt, "--sft", sft], "not both"),
+        (["--data", corpus, "--bos"], "--bos is for --sft"),
         (["--data", corpus, "--init-from", ckpt, "--loss", "ctc", "--slack-placement", "mix",
           "--mix-random", "2"], "--mix-random"),
         (["--data", corpus, "--init-from", ckpt, "--slack-placement", "model",

@@ -85,7 +85,7 @@ def test_log_and_checkpoint_contents(tmp_path, corpus):
     vocab = {"n_tokens": 256, "tokenizer": "bytes", "words": [], "eos": 256, "slack": 257,
              "mask": 258}
     assert ckpt["meta"] == {"objective": "mdlm", "schedule": "linear", "loss": "ce", "slack": False,
-                            "collapse": "surface", "vocab": vocab}
+                            "collapse": "surface", "vocab": vocab, "bos": False}
     assert ckpt["config"]["seq_len"] == 32 and ckpt["step"] == 4
 
 
