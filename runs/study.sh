@@ -5,11 +5,20 @@
 # the two arms of the primary comparison (ce-ft and ctc-random) with three seeds each, the
 # decoder chosen on the variant's own validation prompts by the same rule, and the test prompts
 # decoded once, at shift-probe rates 0, 1%, 5% and 10%. The variants:
-#   uncond   no prompt: the whole text is generated (the base gives its first word)
+#   uncond   no prompt: the whole text is generated (the base gives its first word), after a
+#            start token (train.py --bos). Without it the variant measures the architecture,
+#            not the prompt: positions are rotary, relative only, so at a canvas of MASK alone the
+#            model predicts the same at every position (P(EOS) 0.45 at each of the 48, after 2000
+#            CE steps), the first commit is EOS anywhere, and the texts end early (the first
+#            study's uncond models wrote 6 bytes a text against the data's 31). With the start
+#            token, the same 2000 steps write 23 and 33 bytes a text (confidence sampler, blocks
+#            of 16 and 8) against the validation texts' 33; without it, 12 and 0
 #   pad      a canvas twice as long for the same texts: most of it is EOS padding
 #   spread   texts of 24-30 bytes only: the base's mean length, but the output lengths barely
 #            vary (base: 8-40 bytes); the same canvas, so the same mean padding
-# The long texts are an experiment of their own (TEXTS=long bash runs/grammar.sh).
+# The long texts are an experiment of their own (TEXTS=long bash runs/grammar.sh); they change
+# the length, the sentences per text and the padding share together, which this study does not
+# separate (pad varies the padding share alone, spread the spread of lengths alone).
 #
 # The competence gate: a variant's arms start from a pretrained model that parses as well as the
 # base's. After its pretraining, the variant's validation prompts are decoded at shift 0 with the
@@ -64,12 +73,13 @@ DECODE="--sampler confidence --temperature 0.8 --batch-size 512 $RUN"
 SCORE="--task grammar --primary-metric parses_std --baseline ce-ft --n-boot $N_BOOT"
 GRID="--slack-rules plain last --per-steps 1 --block-lengths $BLOCKS"
 
-# the task flags and canvas of each variant; every variant keeps the base's batch of B texts
+# the task flags, canvas and start token of each variant (its fine-tunes inherit the start
+# token from the checkpoint); every variant keeps the base's batch of B texts
 variant() {
     case "$1" in
-        uncond) TASK="$N --prompt-words 0 --max-bytes 40"; SEQ=48 ;;
-        pad) TASK="$N --max-bytes 40"; SEQ=96 ;;
-        spread) TASK="$N --min-bytes 24 --max-bytes 30"; SEQ=48 ;;
+        uncond) TASK="$N --prompt-words 0 --max-bytes 40"; SEQ=48; START="--bos" ;;
+        pad) TASK="$N --max-bytes 40"; SEQ=96; START="" ;;
+        spread) TASK="$N --min-bytes 24 --max-bytes 30"; SEQ=48; START="" ;;
         *) echo "error: unknown variant $1 (uncond, pad, spread)" >&2; exit 2 ;;
     esac
     COMMON="--seq-len $SEQ --batch-size $B $TRAIN"
@@ -123,7 +133,7 @@ done
 for v in $VARIANTS; do
     variant $v
     spawn $OUT/$v/pretrain-1 python train.py --sft $OUT/$v/task/train.jsonl \
-        --out-dir $OUT/$v/pretrain-1 $COMMON $MODEL $PRE --lr 2e-3 --loss ce --seed 1337
+        --out-dir $OUT/$v/pretrain-1 $COMMON $MODEL $PRE $START --lr 2e-3 --loss ce --seed 1337
 done
 settle
 

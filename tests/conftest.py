@@ -67,7 +67,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CHAINS = (  # (script, output folder under the toy root, extra environment), run in order
     (("grammar", "exp/grammar", ""), ("study", "exp/study", "")),
     (("copy", "exp/copy", ""), ("copy", "rerun/copy", "JOBS=2"), ("text", "exp/text", ""),
-     ("bench", "exp/bench", "")),
+     ("bench", "exp/bench", ""), ("grammar", "exp/long", "TEXTS=long")),
 )
 _toy = {}  # "root": the toy runs' folder, "chains": their running shells
 
@@ -117,8 +117,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def tiny_exp():
-    """A folder holding grammar/, copy/, text/, study/ and bench/, each runs/*.sh --tiny (and,
-    beside it, rerun/copy: copy.sh again with JOBS=2)."""
+    """A folder holding grammar/, copy/, text/, study/, bench/ and long/ (grammar.sh on long
+    texts), each runs/*.sh --tiny (and, beside it, rerun/copy: copy.sh again with JOBS=2)."""
     if not _toy:
         start_toy_runs()
     for p, chain in zip(_toy["chains"], TOY_CHAINS):

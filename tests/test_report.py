@@ -22,7 +22,7 @@ import report as report_module  # noqa: E402  (the template language, rendered i
 REPORT = os.path.join(ROOT, "runs", "report.py")
 TEMPLATE = os.path.join(ROOT, "runs", "report.md")
 START, END = "<!-- verdict:start -->", "<!-- verdict:end -->"
-EXPERIMENTS = ("grammar", "copy", "study", "bench")
+EXPERIMENTS = ("grammar", "copy", "study", "bench", "long")
 
 
 def report(*args):
@@ -76,6 +76,8 @@ def test_collect_and_render_the_toy_experiments(collected):
         assert {"setup.json", "times.json"} <= files, name
     assert "gate.json" in os.listdir(results / "study-pad")  # the competence gate, collected
     assert "| `pad` | the first word |" in page and "passed, after" in page
+    assert "## Long texts" in page and "not yet collected" not in page + block
+    assert "**long**: parses_std" in block  # the long texts join the verdict
     assert {"score-test.json", "score-test.svg", "val-score.json", "val-score-more.json",
             "choice.json", "curves.json", "curves-more.json", "runs.json",
             "task.json"} <= set(os.listdir(results / "grammar"))
@@ -245,6 +247,28 @@ def test_missing_input_is_an_error_and_markers_are_optional(tmp_path):
     p = report("--results", results, "--template", template, "--readme", readme)
     assert p.returncode == 0 and "left unchanged" in p.stdout
     assert readme.read_text(encoding="utf-8") == "# t\n\nno markers\n"
+
+
+def test_a_section_shows_only_once_its_experiment_is_collected(tmp_path):
+    """<!-- if EXP --> ... <!-- else --> ... <!-- end if -->: the first part where results/EXP
+    was collected, else the second; the placeholders of a part left out are never read, and an
+    error still names the template's own line."""
+    results, readme, template = tmp_path / "results", tmp_path / "README.md", tmp_path / "t.md"
+    (results / "copy").mkdir(parents=True)
+    (results / "copy" / "setup.json").write_text("{}", encoding="utf-8")
+    readme.write_text("# t\n", encoding="utf-8")
+    lines = ["a", "<!-- if copy -->", "here", "<!-- else -->", "not here", "<!-- end if -->",
+             "<!-- if long -->", "{{ref long/score-test exact}}", "<!-- else -->", "not yet",
+             "<!-- end if -->", "<!-- if long -->", "{{ref long/score-test exact}}",
+             "<!-- end if -->", "b"]
+    template.write_text("\n".join(lines + ["{{nosuch}}"]) + "\n", encoding="utf-8")
+    p = report("--results", results, "--template", template, "--readme", readme)
+    assert p.returncode == 1 and f"t.md:{len(lines) + 1}: {{{{nosuch}}}}" in p.stderr, p.stderr
+    template.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    p = report("--results", results, "--template", template, "--readme", readme)
+    assert p.returncode == 0, p.stderr
+    page = (results / "README.md").read_text(encoding="utf-8")
+    assert page.endswith("\na\nhere\nnot yet\nb\n"), page
 
 
 def test_the_template_prose_holds_no_number_of_its_own():

@@ -98,6 +98,8 @@ def test_the_study_varies_one_property_at_a_time(tiny_exp):
         for run in ("pretrained", "ce-ft@1", "ctc-random@1"):  # the base's batch, in texts
             ckpt = common.load_checkpoint(str(tiny_exp / "study" / v / run / "ckpt.pt"))
             assert ckpt["args"]["batch_size"] == base["batch_size"], (v, run)
+            # the prompt-free texts begin with a start token, kept by the fine-tunes
+            assert common.checkpoint_meta(ckpt)["bos"] is (v == "uncond"), (v, run)
     tasks = {v: [json.loads(line) for line in open(tiny_exp / "study" / v / "task" /
                                                    "test.jsonl")] for v in VARIANTS[1:]}
     assert all(r["prompt"] == "" for r in tasks["uncond"])
