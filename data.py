@@ -453,6 +453,13 @@ def read_sft(path, vocab=Vocab()):
     return records
 
 
+def with_start(ids, bos, vocab):
+    """A prompt's ids as a model trained with train.py --bos sees them (bos true): after EOS, the
+    start token. Rotary positions are relative only, so without a prompt a canvas of MASK looks
+    the same at every position; the start token anchors it. Read by training and decoding alike."""
+    return [vocab.specials[0], *ids] if bos else list(ids)
+
+
 def split_sft(records):
     """(train, val): the last max(1, n // 20) records are held out, the rest train. A single
     record is used for both, so a one-line smoke test still has something to validate on."""

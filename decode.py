@@ -251,12 +251,6 @@ def read_prompts(path, vocab):
     return recs, prompts
 
 
-def with_start(ids, meta, vocab):
-    """The prompt as the model was trained to see it: after EOS, the start token, for a model
-    trained with train.py --bos (the output is read after it, like any prompt)."""
-    return [vocab.specials[0]] + list(ids) if meta.get("bos") else list(ids)
-
-
 def decode_file(model, meta, vocab, args, rates, device, out_path):
     """Every prompt of --prompts at every setting (slack rule x positions per step x block length
     x probe rate) -> JSON lines in out_path. Prompts of equal length share a batch (a canvas is
@@ -266,7 +260,7 @@ def decode_file(model, meta, vocab, args, rates, device, out_path):
     slack decodes alike under every slack rule (no proposal is ever slack, so no rule reorders
     anything): it is decoded once per setting of the other flags, and recorded under each rule."""
     recs, prompts = read_prompts(args.prompts, vocab)
-    prompts = [with_start(p, meta, vocab) for p in prompts]
+    prompts = [data.with_start(p, meta["bos"], vocab) for p in prompts]  # read after it
     settings = [(resolve_rule(rule, meta), ps, bl)
                 for rule in args.slack_rules or [args.slack_rule]
                 for ps in args.per_steps or [args.per_step]
@@ -399,7 +393,7 @@ def main(argv=None):
         ids = args.prompt_ids if args.prompt_ids is not None else vocab.encode(args.prompt,
                                                                                "--prompt")
         data.check_ids(torch.tensor(ids + [0]), vocab, "--prompt-ids")
-        ids = with_start(ids, meta, vocab)
+        ids = data.with_start(ids, meta["bos"], vocab)
         prompt = torch.tensor([ids] * args.num_samples, dtype=torch.long)
         gen = torch.Generator().manual_seed(args.seed)  # CPU stream: the same samples anywhere
         out = run_batch(model, meta, prompt.view(args.num_samples, len(ids)).to(device),

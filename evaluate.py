@@ -515,7 +515,7 @@ def run_lengths(args):
         ckpt = common.load_checkpoint(path)
         model = common.model_from_checkpoint(ckpt)
         curves[name] = tasks.end_probability(model, texts, model.cfg.seq_len,
-                                             start=bool(common.checkpoint_meta(ckpt).get("bos")))
+                                             start=common.checkpoint_meta(ckpt)["bos"])
     arms = {}
     for name, c in curves.items():
         arms.setdefault(tables.arm_of(name), []).append(c)

@@ -238,8 +238,8 @@ def load_splits(args, ckpt):
         if args.vocab_size is not None and not ckpt:  # SFT ids of a tokenizer not named here
             vocab = data.Vocab(args.vocab_size, "none")
         records = data.read_sft(args.sft, vocab)
-        if args.bos or (ckpt and common.checkpoint_meta(ckpt).get("bos")):
-            records = [([vocab.specials[0]] + p, r) for p, r in records]  # EOS as the start token
+        bos = args.bos or bool(ckpt and common.checkpoint_meta(ckpt)["bos"])
+        records = [(data.with_start(p, bos, vocab), r) for p, r in records]
         train_ids, val_ids = data.split_sft(records)
         return train_ids, val_ids, vocab
     n = args.vocab_size

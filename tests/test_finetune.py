@@ -163,6 +163,24 @@ def test_start_token_is_trained_kept_by_fine_tunes_and_decoded(tmp_path):
         canvas, prompt_lengths=1, slack_id=SLACK, eos_id=EOS, mask_id=MASK)[0]
 
 
+def test_start_token_of_a_token_vocabulary_is_its_eos(tmp_path):
+    """The same off the byte path: ids of a 50-token vocabulary, whose EOS (the start token) is
+    id 50, not the byte vocabulary's 256."""
+    sft, prompts, out = (str(tmp_path / n) for n in ("sft.jsonl", "p.jsonl", "gens.jsonl"))
+    write_sft(sft, [{"prompt_ids": [], "response_ids": [i % 50] * (1 + i % 5)} for i in range(40)])
+    write_sft(prompts, [{"prompt_ids": []}])
+    pre = str(tmp_path / "pre")
+    train.main(["--sft", sft, "--vocab-size", "50", "--bos", "--out-dir", pre, "--steps", "2",
+                *TINY])
+    ckpt = common.load_checkpoint(os.path.join(pre, "ckpt.pt"))
+    args = train.get_args(["--sft", sft, "--out-dir", str(tmp_path / "x"), *TINY])
+    assert {tuple(p) for p, _ in train.load_splits(args, ckpt)[0]} == {(50,)}
+    assert decode.main(["--ckpt", os.path.join(pre, "ckpt.pt"), "--prompts", prompts, "--out",
+                        out, "--device", "cpu"]) == 0
+    rec = json.loads(open(out).read())
+    assert rec["n_committed"] == 31 and all(i < 50 for i in rec["output_ids"])
+
+
 def test_sft_batches_truncate_pad_with_eos_and_count():
     records = [(list(b"p" * 5), list(b"r" * 40) + [EOS]), (list(b"q"), list(b"ok") + [EOS])]
     stats = {"truncated": 0}
